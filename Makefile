@@ -1,0 +1,46 @@
+# sn_mm developer entry points. Everything installs into ./.venv (idempotent: each
+# step is skipped when its stamp is newer than its inputs).
+#
+#   make demo   install, then run the main job on built-in demo data
+#   make test   install, then run the test suite
+#
+# PYTHON selects the interpreter the venv is made from (Python 3.11 is tested).
+
+PYTHON ?= python3
+VENV   ?= .venv
+PY      = $(VENV)/bin/python
+PIP     = $(PY) -m pip
+CONSTRAINTS = -c requirements/constraints.txt
+PYTEST_ARGS ?=
+
+.PHONY: install demo test clean-venv
+
+install: $(VENV)/.stamp-sn_mm
+
+$(VENV)/.stamp-venv:
+	$(PYTHON) -m venv $(VENV)
+	touch $@
+
+# torch first (CPU build; a GPU user installs the CUDA build instead, see README),
+# then the build tools mmcv's setup.py needs, then mmcv built from source with its
+# compiled ops (pip caches the built wheel, so this is slow only once per machine).
+$(VENV)/.stamp-mmcv: $(VENV)/.stamp-venv requirements/constraints.txt
+	$(PIP) install $(CONSTRAINTS) torch==2.13.0
+	$(PIP) install $(CONSTRAINTS) "setuptools>=77.0.3,<81" wheel ninja
+	MAX_JOBS=$${MAX_JOBS:-2} $(PIP) install $(CONSTRAINTS) --no-build-isolation mmcv==2.1.0
+	touch $@
+
+$(VENV)/.stamp-sn_mm: $(VENV)/.stamp-mmcv requirements/runtime.txt requirements/tests.txt setup.py
+	$(PIP) install $(CONSTRAINTS) -r requirements/runtime.txt -r requirements/tests.txt
+	$(PIP) install $(CONSTRAINTS) --no-build-isolation --no-deps -e .
+	$(PY) -c "import sn_mm, mmcv.ops, mmdet, mmseg; print('sn_mm', sn_mm.__version__, 'ready')"
+	touch $@
+
+demo: install
+	$(PY) tools/demo.py
+
+test: install
+	$(PY) -m pytest tests $(PYTEST_ARGS)
+
+clean-venv:
+	rm -rf $(VENV)

@@ -1,0 +1,41 @@
+"""Swap SwitchableNorm <-> SyncSwitchableNorm in a model, carrying every tensor over."""
+from torch import nn
+
+from .switchable_norm import SwitchableNorm, SyncSwitchableNorm
+
+
+def _rebuild(layer: SwitchableNorm, cls, **extra) -> SwitchableNorm:
+    new = cls(layer.num_features, **layer.config(), **extra)
+    # Same Parameter/buffer objects: optimizer state and sharing are preserved.
+    for name, param in layer.named_parameters(recurse=False):
+        setattr(new, name, param)
+    for name, buf in layer.named_buffers(recurse=False):
+        setattr(new, name, buf)
+    new.train(layer.training)
+    return new
+
+
+def convert_sync_sn(module: nn.Module, process_group=None) -> nn.Module:
+    """Return ``module`` with every plain ``SwitchableNorm`` replaced by ``SyncSwitchableNorm``.
+
+    Like ``torch.nn.SyncBatchNorm.convert_sync_batchnorm``: parameters and buffers are
+    carried over as the same objects; ``process_group`` defaults to WORLD.
+    """
+    if type(module) is SwitchableNorm:
+        return _rebuild(module, SyncSwitchableNorm, process_group=process_group)
+    for name, child in module.named_children():
+        new_child = convert_sync_sn(child, process_group)
+        if new_child is not child:
+            module.add_module(name, new_child)
+    return module
+
+
+def revert_sync_sn(module: nn.Module) -> nn.Module:
+    """Return ``module`` with every ``SyncSwitchableNorm`` replaced by ``SwitchableNorm``."""
+    if isinstance(module, SyncSwitchableNorm):
+        return _rebuild(module, SwitchableNorm)
+    for name, child in module.named_children():
+        new_child = revert_sync_sn(child)
+        if new_child is not child:
+            module.add_module(name, new_child)
+    return module

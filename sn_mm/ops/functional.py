@@ -1,0 +1,124 @@
+r"""The autograd Function behind SwitchableNorm: big tensors analytic, small graph autograd.
+
+SN computes, for an input viewed as ``(N, C, L)`` (``L`` = product of the spatial
+sizes), the instance moments
+
+.. math::
+    \mu_{nc} = \frac{1}{L}\sum_l x_{ncl}, \qquad
+    v_{nc} = \frac{1}{L}\sum_l (x_{ncl} - \mu_{nc})^2
+
+in one pass, then turns them (together with the parameters) into a per-(n, c)
+affine map ``y = scale * x + shift``. Everything between the moments and
+``(scale, shift)`` — the IN/LN/BN mixing, softmaxes, the synchronized BN moments
+of SyncSN and running statistics — works on ``(N, C)``/``(C,)`` tensors and is left
+to autograd (the *mixer*, a callable handed in by the module). Only the two
+``(N, C, L)``-sized steps have hand-written, exact derivatives:
+
+- ``y = scale * x + shift`` gives ``dL/dscale = sum_l g x``, ``dL/dshift = sum_l g``
+  and the direct term ``scale * g`` of ``dL/dx``;
+- the moments give ``dL/dx += g_mu / L + g_v * 2 (x - mu) / L`` where ``g_mu`` and
+  ``g_v`` are the gradients autograd returns for ``mu`` and ``v`` through the mixer.
+
+Backward therefore runs the mixer's small graph once (for SyncSN that contains the
+one backward collective) and makes two passes over ``(N, C, L)`` memory, and saves
+only ``x`` plus ``(N, C)`` tensors for backward — like BatchNorm. The derivative
+is exact (checked by float64 gradcheck), not an approximation. Double backward is
+not supported.
+
+Statistics are computed in float32 for float16/bfloat16 inputs (and in float64 for
+float64 inputs); the output has the input's dtype.
+"""
+import math
+from typing import Callable, Sequence, Tuple
+
+import torch
+from torch.autograd import Function
+from torch.autograd.function import once_differentiable
+
+Mixer = Callable[..., Tuple[torch.Tensor, torch.Tensor]]
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 stays float64; every other floating dtype accumulates in float32."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def as_ncl(x: torch.Tensor) -> torch.Tensor:
+    """View ``(N, C, *spatial)`` as ``(N, C, L)`` in the accumulation dtype."""
+    x3 = x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
+    return x3.to(accumulation_dtype(x.dtype))
+
+
+def instance_moments(x3: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
+    """Per-(n, c) mean and *biased* variance of an ``(N, C, L)`` tensor, one pass.
+
+    Returns ``(mean, var)``, both ``(N, C)``.
+    """
+    var, mean = torch.var_mean(x3, dim=-1, correction=0)
+    return mean, var
+
+
+def apply_affine(x3: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``scale[n, c] * x[n, c, l] + shift[n, c]`` in one pass."""
+    return torch.addcmul(shift.to(x3.dtype).unsqueeze(-1), x3, scale.to(x3.dtype).unsqueeze(-1))
+
+
+class SwitchableNormFunction(Function):
+    """``y = SN(x)`` with ``mixer(mean_in, var_in, *params) -> (scale, shift)``.
+
+    ``params`` are the tensors the mixer differentiates (weight, bias, mean logits,
+    variance logits); their gradients are returned in the same order.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, mixer: Mixer, *params: torch.Tensor) -> torch.Tensor:
+        x3 = as_ncl(x)
+        mean_in, var_in = instance_moments(x3)
+        leaves = [t.detach().requires_grad_() for t in (mean_in, var_in, *params)]
+        with torch.enable_grad():
+            scale, shift = mixer(*leaves)
+        y = apply_affine(x3, scale.detach(), shift.detach())
+        ctx.save_for_backward(x, mean_in, scale.detach())
+        ctx.small_graph = (leaves, scale, shift)
+        return y.to(x.dtype).reshape(x.shape)
+
+    @staticmethod
+    @once_differentiable
+    def backward(ctx, grad_y: torch.Tensor):
+        x, mean_in, scale = ctx.saved_tensors
+        leaves, scale_node, shift_node = ctx.small_graph
+        x3 = as_ncl(x)
+        g3 = grad_y.reshape(x3.shape).to(x3.dtype)
+        length = x3.shape[-1]
+
+        grad_shift = g3.sum(-1)
+        grad_scale = torch.linalg.vecdot(g3, x3, dim=-1)
+        grads = torch.autograd.grad(
+            (scale_node, shift_node), leaves,
+            (grad_scale.to(scale_node.dtype), grad_shift.to(shift_node.dtype)),
+            allow_unused=True, retain_graph=True)
+        grad_mean_in, grad_var_in = grads[0], grads[1]
+
+        grad_x = None
+        if ctx.needs_input_grad[0]:
+            # dL/dx = scale*g + g_mu/L + g_v*2(x - mu)/L  ==  scale*g + k*x + c
+            k = grad_var_in.to(x3.dtype) * (2.0 / length)
+            c = grad_mean_in.to(x3.dtype) / length - mean_in * k
+            grad_x = torch.addcmul(c.unsqueeze(-1), x3, k.unsqueeze(-1))
+            grad_x.addcmul_(g3, scale.to(x3.dtype).unsqueeze(-1))
+            grad_x = grad_x.to(x.dtype).reshape(x.shape)
+
+        param_grads = [g if needed else None
+                       for g, needed in zip(grads[2:], ctx.needs_input_grad[2:])]
+        return (grad_x, None, *param_grads)
+
+
+def switchable_norm(x: torch.Tensor, mixer: Mixer, params: Sequence[torch.Tensor],
+                    build_graph: bool) -> torch.Tensor:
+    """Apply SN given the module's ``mixer``; ``build_graph=False`` skips autograd."""
+    if build_graph:
+        return SwitchableNormFunction.apply(x, mixer, *params)
+    x3 = as_ncl(x)
+    mean_in, var_in = instance_moments(x3)
+    scale, shift = mixer(mean_in, var_in, *params)
+    return apply_affine(x3, scale, shift).to(x.dtype).reshape(x.shape)

@@ -1,0 +1,368 @@
+r"""Switchable Normalization layers (pure torch).
+
+Switchable Normalization (Luo et al., ICLR 2019, arXiv:1806.10779) normalizes with a
+learned mixture of Instance-, Layer- and Batch-Norm statistics:
+
+.. math::
+    y = \gamma \, \frac{x - \sum_k w_k \mu_k}{\sqrt{\sum_k w'_k \sigma^2_k + \epsilon}} + \beta,
+    \qquad k \in \{\mathrm{IN}, \mathrm{LN}, \mathrm{BN}\},
+
+with ``w = softmax(mean_weight)`` and ``w' = softmax(var_weight)`` — two independent
+softmaxes over pre-softmax logits stored in the order **[IN, LN, BN]** (the official
+checkpoints' order), all initialised to 1 (uniform 1/3).
+
+Statistics for an input ``x`` of shape ``(N, C, *spatial)`` (``L`` spatial positions):
+
+- IN: per (n, c) over the spatial positions, :math:`\mu_{in}` and :math:`\sigma^2_{in}`;
+- LN: derived from IN, :math:`\mu_{ln} = \mathrm{mean}_c \mu_{in}`,
+  :math:`\sigma^2_{ln} = \mathrm{mean}_c(\sigma^2_{in} + \mu_{in}^2) - \mu_{ln}^2`;
+- BN: likewise over the batch dimension ``n`` (over the union batch of all ranks for
+  SyncSN, every sample weighted equally).
+
+The LN/BN variances are evaluated in the algebraically identical, cancellation-free
+form :math:`\mathrm{mean}(\sigma^2_{in}) + \mathrm{mean}((\mu_{in} - \mu)^2)`.
+
+``in_variance``: ``'unbiased'`` (default) uses the IN variance with Bessel's correction
+(divides by ``L - 1``) as the official implementation does, so official checkpoints
+evaluate as trained; ``'biased'`` (divides by ``L``) is the paper's text and makes
+one-hot SN coincide exactly with torch's InstanceNorm / LayerNorm / BatchNorm.
+On a 1x1 map (``L == 1``) the unbiased variance is undefined; SN then uses the
+biased one, which is 0: the IN term normalizes the sample to ``bias`` and the LN/BN
+terms remain well defined (no NaN, no Inf).
+
+In training the BN term uses the batch moments and updates the running statistics;
+in eval mode the BN term uses ``running_mean``/``running_var`` while IN and LN still
+come from the sample.
+
+Running statistics follow torch's momentum convention:
+``running = (1 - momentum) * running + momentum * batch``. The official SN code
+uses a *decay* ``d`` instead (``running = d * running + (1 - d) * batch``): its
+``0.9`` equals ``momentum=0.1`` and its ``0.997`` equals ``momentum=0.003``.
+``running_var`` holds the BN-branch variance as the forward uses it in
+``'unbiased'`` mode (the official rule: it is built from Bessel-corrected IN
+variances), and gets Bessel's correction over the ``N * L`` values in ``'biased'``
+mode, exactly as ``torch.nn.BatchNorm2d``. Running statistics start at mean 0,
+variance 1 (torch's convention; the official code starts both at 0).
+"""
+import math
+from typing import Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .batch_average import BatchAverage
+from .distributed import all_gather_rows, sync_world_size
+from .functional import switchable_norm
+
+IN, LN, BN = 0, 1, 2
+BRANCHES = ('IN', 'LN', 'BN')
+IN_VARIANCE_MODES = ('unbiased', 'biased')
+
+
+class SwitchableNorm(nn.Module):
+    """Switchable Normalization over ``(N, C, *spatial)`` inputs (1D, 2D or 3D).
+
+    Args:
+        num_features: number of channels ``C``.
+        eps: added to the mixed variance.
+        momentum: torch meaning, ``running = (1 - momentum) * running + momentum * batch``
+            (official decay 0.9 == momentum 0.1; 0.997 == 0.003).
+        using_moving_average: update ``running_mean``/``running_var`` in training. With
+            ``False`` the running statistics are left for a batch-average pass
+            (:meth:`start_batch_average` / :meth:`finish_batch_average`).
+        using_bn: include the BN branch (3 logits); ``False`` gives the official
+            ``(8, 1)`` layout: 2 logits [IN, LN] and no running statistics.
+        last_gamma: initialise ``weight`` (gamma) to 0 — for the last SN of a residual block.
+        in_variance: ``'unbiased'`` (official, default) or ``'biased'`` (paper).
+
+    Parameters: ``weight``, ``bias`` (C,); ``mean_weight``, ``var_weight`` (3,) or (2,),
+    pre-softmax logits in the order [IN, LN, BN]. Buffers: ``running_mean``,
+    ``running_var`` (C,), only when ``using_bn``.
+    """
+
+    _abbr_ = 'sn'
+    _version = 2
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 using_moving_average: bool = True, using_bn: bool = True,
+                 last_gamma: bool = False, in_variance: str = 'unbiased', **unknown):
+        super().__init__()
+        if unknown:
+            raise TypeError(
+                f'{type(self).__name__} got unknown argument(s) {sorted(unknown)}; expected '
+                'num_features, eps, momentum, using_moving_average, using_bn, last_gamma, '
+                f'in_variance{self._extra_arg_names()}')
+        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
+            raise ValueError(f'num_features must be a positive int, got {num_features!r}')
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f'eps must be a positive number, got {eps!r}')
+        if not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
+            raise ValueError(
+                f'momentum must be in [0, 1] (torch convention: new = (1-m)*old + m*batch), '
+                f'got {momentum!r}; the official decay d corresponds to momentum = 1 - d')
+        if in_variance not in IN_VARIANCE_MODES:
+            raise ValueError(f'in_variance must be one of {IN_VARIANCE_MODES}, got {in_variance!r}')
+        self.num_features = num_features
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.using_moving_average = bool(using_moving_average)
+        self.using_bn = bool(using_bn)
+        self.last_gamma = bool(last_gamma)
+        self.in_variance = in_variance
+
+        self.weight = nn.Parameter(torch.empty(num_features))
+        self.bias = nn.Parameter(torch.empty(num_features))
+        num_branches = 3 if self.using_bn else 2
+        self.mean_weight = nn.Parameter(torch.empty(num_branches))
+        self.var_weight = nn.Parameter(torch.empty(num_branches))
+        if self.using_bn:
+            self.register_buffer('running_mean', torch.zeros(num_features))
+            self.register_buffer('running_var', torch.ones(num_features))
+        else:
+            self.register_buffer('running_mean', None)
+            self.register_buffer('running_var', None)
+        self._batch_average: Optional[BatchAverage] = None
+        self.reset_parameters()
+
+    @staticmethod
+    def _extra_arg_names() -> str:
+        return ''
+
+    # ------------------------------------------------------------------ setup
+    def reset_running_stats(self) -> None:
+        if self.using_bn:
+            self.running_mean.zero_()
+            self.running_var.fill_(1.0)
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        with torch.no_grad():
+            self.weight.fill_(0.0 if self.last_gamma else 1.0)
+            self.bias.zero_()
+            self.mean_weight.fill_(1.0)
+            self.var_weight.fill_(1.0)
+
+    def extra_repr(self) -> str:
+        return (f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, '
+                f'using_moving_average={self.using_moving_average}, '
+                f'using_bn={self.using_bn}, last_gamma={self.last_gamma}, '
+                f'in_variance={self.in_variance!r}')
+
+    def config(self) -> dict:
+        """Constructor arguments (except ``num_features``) that rebuild this layer."""
+        return dict(eps=self.eps, momentum=self.momentum,
+                    using_moving_average=self.using_moving_average, using_bn=self.using_bn,
+                    last_gamma=self.last_gamma, in_variance=self.in_variance)
+
+    # ------------------------------------------------------------- inspection
+    def importance(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """Softmaxed (mean, variance) importance weights in the order [IN, LN(, BN)]."""
+        return (F.softmax(self.mean_weight.detach(), 0), F.softmax(self.var_weight.detach(), 0))
+
+    # ---------------------------------------------------------------- forward
+    def _check_input(self, x: torch.Tensor) -> None:
+        if x.dim() < 3:
+            raise ValueError(
+                f'{type(self).__name__} expects input of shape (N, C, *spatial) with at least '
+                f'one spatial dimension, got shape {tuple(x.shape)} ({x.dim()}D)')
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f'{type(self).__name__}({self.num_features}) got input with {x.shape[1]} '
+                f'channels (shape {tuple(x.shape)}); expected {self.num_features}')
+        if any(s == 0 for s in x.shape[2:]):
+            raise ValueError(
+                f'{type(self).__name__} got an empty spatial size, shape {tuple(x.shape)}')
+        if not x.is_floating_point():
+            raise TypeError(f'{type(self).__name__} expects a floating-point input, got {x.dtype}')
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        self._check_input(x)
+        params = (self.weight, self.bias, self.mean_weight, self.var_weight)
+        build_graph = torch.is_grad_enabled() and (
+            x.requires_grad or any(p.requires_grad for p in params))
+        length = math.prod(x.shape[2:])
+        shape = tuple(x.shape)
+
+        def mixer(mean_in, var_in, weight, bias, mean_logits, var_logits):
+            return self._mix(mean_in, var_in, length, shape, weight, bias, mean_logits, var_logits)
+
+        device_type = x.device.type
+        if torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):
+                return switchable_norm(x, mixer, params, build_graph)
+        return switchable_norm(x, mixer, params, build_graph)
+
+    def _mix(self, mean_in, var_in, length, shape, weight, bias, mean_logits, var_logits):
+        """(N, C) IN moments (biased variance) + parameters -> per-(n, c) scale and shift."""
+        if self.in_variance == 'unbiased' and length > 1:
+            var_in = var_in * (length / (length - 1))
+        mean_w = F.softmax(mean_logits, 0)
+        var_w = F.softmax(var_logits, 0)
+
+        mean_ln = mean_in.mean(1, keepdim=True)
+        var_ln = var_in.mean(1, keepdim=True) + (mean_in - mean_ln).square().mean(1, keepdim=True)
+        mean = mean_w[IN] * mean_in + mean_w[LN] * mean_ln
+        var = var_w[IN] * var_in + var_w[LN] * var_ln
+        if self.using_bn:
+            mean_bn, var_bn = self._bn_moments(mean_in, var_in, length, shape)
+            mean = mean + mean_w[BN] * mean_bn
+            var = var + var_w[BN] * var_bn
+        scale = weight * torch.rsqrt(var + self.eps)
+        shift = bias - mean * scale
+        return scale, shift
+
+    def _bn_moments(self, mean_in, var_in, length, shape):
+        """BN-branch (C,) moments: batch moments in training, running ones in eval."""
+        if not self.training:
+            return (self.running_mean.to(mean_in.dtype), self.running_var.to(var_in.dtype))
+        batch = mean_in.shape[0]
+        if batch == 0:  # empty batch (e.g. 0 RoIs): empty output, statistics untouched
+            return (self.running_mean.to(mean_in.dtype), self.running_var.to(var_in.dtype))
+        if batch * length <= 1:
+            raise ValueError(
+                f'Expected more than 1 value per channel when training the BN branch of '
+                f'{type(self).__name__}, got input size {shape}')
+        mean_bn = mean_in.mean(0)
+        var_bn = var_in.mean(0) + (mean_in - mean_bn).square().mean(0)
+        self._track(mean_bn, var_bn, batch * length)
+        return mean_bn, var_bn
+
+    @torch.no_grad()
+    def _track(self, mean_bn: torch.Tensor, var_bn: torch.Tensor, num_values: int) -> None:
+        """Update running statistics (and a running batch-average pass) from batch moments."""
+        mean_bn, var_bn = mean_bn.detach(), var_bn.detach()
+        if self._batch_average is not None:
+            self._batch_average.add(mean_bn, var_bn, num_values)
+        if self.using_moving_average:
+            self.running_mean.lerp_(mean_bn.to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_(
+                self._running_variance(var_bn, num_values).to(self.running_var.dtype),
+                self.momentum)
+
+    def _running_variance(self, var_bn: torch.Tensor, num_values: float) -> torch.Tensor:
+        """The value ``running_var`` tracks for a BN-branch variance over ``num_values``."""
+        if self.in_variance == 'biased' and num_values > 1:
+            return var_bn * (num_values / (num_values - 1))
+        return var_bn
+
+    # ------------------------------------------------------- batch average
+    def start_batch_average(self) -> None:
+        """Start pooling BN-branch batch moments of the following training forwards.
+
+        Used by the batch-average ("precise statistics") pass: forward batches in
+        train mode, then call :meth:`finish_batch_average`.
+        """
+        if not self.using_bn:
+            raise RuntimeError(f'{type(self).__name__} with using_bn=False has no BN statistics')
+        self._batch_average = BatchAverage(self.num_features, self.running_mean.device)
+
+    def finish_batch_average(self) -> Optional[BatchAverage]:
+        """Write the pooled moments into the running statistics; returns the pool.
+
+        ``running_mean`` = pooled mean and ``running_var`` = pooled
+        ``E[x^2] - E[x]^2`` over every value seen (each batch weighted by its
+        ``N * L`` values), with Bessel's correction in ``'biased'`` mode. Returns
+        ``None`` (statistics untouched) if no batch was seen.
+        """
+        pool, self._batch_average = self._batch_average, None
+        if pool is None or pool.count == 0:
+            return None
+        with torch.no_grad():
+            self.running_mean.copy_(pool.mean)
+            self.running_var.copy_(self._running_variance(pool.variance, pool.count))
+        return pool
+
+    @property
+    def batch_average(self) -> Optional[BatchAverage]:
+        """The pool of an ongoing batch-average pass, or ``None``."""
+        return self._batch_average
+
+    # ------------------------------------------------------------ checkpoints
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        version = local_metadata.get('version', None)
+        if version is None or version < 2:
+            # Official SN layout: weight/bias (1, C, 1, 1), running stats (1, C, 1).
+            for name in ('weight', 'bias', 'running_mean', 'running_var'):
+                key = prefix + name
+                value = state_dict.get(key)
+                if (isinstance(value, torch.Tensor) and value.dim() != 1
+                        and value.numel() == self.num_features):
+                    state_dict[key] = value.reshape(self.num_features)
+        logits = state_dict.get(prefix + 'mean_weight')
+        expected = self.mean_weight.numel()
+        if isinstance(logits, torch.Tensor) and logits.numel() != expected \
+                and logits.numel() in (2, 3):
+            file_using_bn = logits.numel() == 3
+            error_msgs.append(
+                f'{prefix}mean_weight has {logits.numel()} importance logits '
+                f'({"[IN, LN, BN]" if file_using_bn else "[IN, LN]"}) but this layer was built '
+                f'with using_bn={self.using_bn} ({expected} logits); build it with '
+                f'using_bn={file_using_bn}, e.g. norm_cfg=dict(type=..., using_bn={file_using_bn})')
+            return
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+
+
+class SyncSwitchableNorm(SwitchableNorm):
+    """SwitchableNorm whose BN-branch moments are synchronized across processes.
+
+    Definition of "sync": in training, inside an initialized ``torch.distributed``
+    run with more than one process in ``process_group`` (default: WORLD), the BN
+    moments are those of the **union batch** of all ranks, every sample weighted
+    equally (ranks may hold different batch sizes, including 0). Outputs, running
+    statistics and every gradient then equal those of :class:`SwitchableNorm` applied
+    to the concatenated batch (same spatial size on every rank). IN and LN moments
+    are per sample and never communicated.
+
+    Cost: one all-reduce of ``2C + 2`` values in forward and one in backward per
+    layer and iteration (gradients flow exactly through the differentiable
+    collective). A rank with an empty batch still joins both collectives, so peers
+    never hang — as long as its output takes part in its loss (e.g. ``0 * y.sum()``),
+    as for torch's SyncBatchNorm.
+
+    In eval mode or outside a distributed run it is exactly :class:`SwitchableNorm`.
+    Deliberately not a subclass of torch's ``_BatchNorm``: mmengine would silently
+    replace it by ``SyncBatchNorm``/``BatchNorm``.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 using_moving_average: bool = True, using_bn: bool = True,
+                 last_gamma: bool = False, in_variance: str = 'unbiased',
+                 process_group=None, **unknown):
+        super().__init__(num_features, eps=eps, momentum=momentum,
+                         using_moving_average=using_moving_average, using_bn=using_bn,
+                         last_gamma=last_gamma, in_variance=in_variance, **unknown)
+        self.process_group = process_group
+
+    @staticmethod
+    def _extra_arg_names() -> str:
+        return ', process_group'
+
+    def _bn_moments(self, mean_in, var_in, length, shape):
+        world_size = sync_world_size(self.process_group)
+        if not self.training or world_size == 1:
+            return super()._bn_moments(mean_in, var_in, length, shape)
+        batch = mean_in.shape[0]
+        # Per-rank count, value count, mean and M2 = sum_n (var_in + (mean_in - m_r)^2),
+        # merged exactly (Chan et al.) after one gather: no E[x^2] - E[x]^2 cancellation.
+        local_mean = mean_in.sum(0) / max(batch, 1)
+        local_m2 = (var_in + (mean_in - local_mean).square()).sum(0)
+        counts = mean_in.new_tensor([float(batch), float(batch * length)])
+        rows = all_gather_rows(torch.cat([counts, local_mean, local_m2]),
+                               self.process_group, world_size)
+        c = self.num_features
+        samples, num_values = rows[:, 0], float(rows[:, 1].sum())
+        total = samples.sum()
+        if num_values <= 1:
+            raise ValueError(
+                f'Expected more than 1 value per channel when training the BN branch of '
+                f'{type(self).__name__}, got {int(num_values)} over all ranks '
+                f'(local input size {shape})')
+        means, m2s = rows[:, 2:2 + c], rows[:, 2 + c:]
+        weights = samples.unsqueeze(1)
+        mean_bn = (weights * means).sum(0) / total
+        var_bn = (m2s.sum(0) + (weights * (means - mean_bn).square()).sum(0)) / total
+        self._track(mean_bn, var_bn, num_values)
+        return mean_bn, var_bn
