@@ -1,0 +1,126 @@
+"""SyncSN: 2 gloo processes against single-process SN on the union batch."""
+import os
+
+import pytest
+import torch
+import torch.distributed as dist
+import torch.multiprocessing as mp
+from torch.testing import assert_close
+
+from sn_mm.ops import SwitchableNorm, SyncSwitchableNorm, convert_sync_sn, revert_sync_sn
+
+C, H, W = 6, 5, 4
+PARAM_NAMES = ('weight', 'bias', 'mean_weight', 'var_weight')
+
+
+def _make_layer(cls, in_variance, seed=0):
+    layer = cls(C, momentum=0.3, in_variance=in_variance).double()
+    gen = torch.Generator().manual_seed(seed)
+    with torch.no_grad():
+        for p in layer.parameters():
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype))
+    return layer
+
+
+def _union_data(batches, seed=1):
+    gen = torch.Generator().manual_seed(seed)
+    total = sum(batches)
+    x = torch.randn(total, C, H, W, generator=gen, dtype=torch.float64) * 2 + 1
+    grad_out = torch.randn(total, C, H, W, generator=gen, dtype=torch.float64)
+    return x, grad_out
+
+
+def _worker(rank, world_size, init_file, batches, in_variance, out_dir):
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
+                            world_size=world_size)
+    calls = {'all_reduce': 0, 'other': 0}
+    real_all_reduce = dist.all_reduce
+
+    def counting_all_reduce(*args, **kwargs):
+        calls['all_reduce'] += 1
+        return real_all_reduce(*args, **kwargs)
+
+    dist.all_reduce = counting_all_reduce
+    try:
+        layer = _make_layer(SyncSwitchableNorm, in_variance)
+        x, grad_out = _union_data(batches)
+        start = sum(batches[:rank])
+        x_local = x[start:start + batches[rank]].clone().requires_grad_()
+        y = layer(x_local)
+        forward_calls = calls['all_reduce']
+        (y * grad_out[start:start + batches[rank]]).sum().backward()
+        backward_calls = calls['all_reduce'] - forward_calls
+        # A second forward in eval mode must not communicate at all.
+        layer.eval()
+        layer(x_local.detach()[:1] if batches[rank] else x[:1])
+        eval_calls = calls['all_reduce'] - forward_calls - backward_calls
+        torch.save(dict(
+            y=y.detach(), x_grad=x_local.grad,
+            param_grads={n: getattr(layer, n).grad for n in PARAM_NAMES},
+            running_mean=layer.running_mean, running_var=layer.running_var,
+            forward_calls=forward_calls, backward_calls=backward_calls, eval_calls=eval_calls,
+        ), os.path.join(out_dir, f'rank{rank}.pt'))
+    finally:
+        dist.all_reduce = real_all_reduce
+        dist.destroy_process_group()
+
+
+@pytest.mark.parametrize('batches,in_variance', [
+    ((3, 5), 'unbiased'),
+    ((0, 4), 'biased'),
+    ((4, 0), 'unbiased'),
+])
+def test_sync_sn_equals_sn_on_union_batch(tmp_path, batches, in_variance):
+    mp.spawn(_worker, args=(2, str(tmp_path / 'init'), batches, in_variance, str(tmp_path)),
+             nprocs=2, join=True)
+    results = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
+
+    reference = _make_layer(SwitchableNorm, in_variance)
+    x, grad_out = _union_data(batches)
+    x = x.requires_grad_()
+    y = reference(x)
+    (y * grad_out).sum().backward()
+
+    tol = dict(rtol=1e-10, atol=1e-10)
+    assert_close(torch.cat([r['y'] for r in results]), y.detach(), **tol)
+    assert_close(torch.cat([r['x_grad'] for r in results]), x.grad, **tol)
+    for name in PARAM_NAMES:
+        summed = sum(r['param_grads'][name] for r in results)  # what DDP's all-reduce sums
+        assert_close(summed, getattr(reference, name).grad, **tol,
+                     msg=lambda m: f'grad of {name}: {m}')
+    for r in results:
+        assert_close(r['running_mean'], reference.running_mean, **tol)
+        assert_close(r['running_var'], reference.running_var, **tol)
+        # Exactly one collective per layer in forward and one in backward, none in eval.
+        assert (r['forward_calls'], r['backward_calls'], r['eval_calls']) == (1, 1, 0)
+
+
+def test_sync_sn_without_process_group_is_sn():
+    torch.manual_seed(0)
+    sync, plain = _make_layer(SyncSwitchableNorm, 'unbiased'), _make_layer(SwitchableNorm,
+                                                                           'unbiased')
+    x = torch.randn(3, C, H, W, dtype=torch.float64)
+    assert_close(sync(x), plain(x), rtol=0, atol=0)
+    assert_close(sync.running_var, plain.running_var, rtol=0, atol=0)
+
+
+def test_convert_and_revert_carry_every_tensor():
+    model = torch.nn.Sequential(torch.nn.Conv2d(3, C, 1), SwitchableNorm(C, momentum=0.05),
+                                torch.nn.Sequential(SwitchableNorm(C, using_bn=False)))
+    model(torch.randn(2, 3, 4, 4))  # non-trivial running statistics
+    model.eval()
+    before = {k: v.clone() for k, v in model.state_dict().items()}
+    weight = model[1].weight
+
+    synced = convert_sync_sn(model)
+    assert type(synced[1]) is SyncSwitchableNorm and type(synced[2][0]) is SyncSwitchableNorm
+    assert synced[1].momentum == 0.05 and synced[2][0].using_bn is False
+    assert synced[1].weight is weight and not synced[1].training
+    assert before.keys() == synced.state_dict().keys()
+    for k, v in synced.state_dict().items():
+        assert torch.equal(v, before[k]), k
+
+    reverted = revert_sync_sn(synced)
+    assert type(reverted[1]) is SwitchableNorm and type(reverted[2][0]) is SwitchableNorm
+    for k, v in reverted.state_dict().items():
+        assert torch.equal(v, before[k]), k
