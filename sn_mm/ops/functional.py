@@ -58,9 +58,20 @@ def instance_moments(x3: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     return mean, var
 
 
-def apply_affine(x3: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``scale[n, c] * x[n, c, l] + shift[n, c]`` in one pass."""
-    return torch.addcmul(shift.to(x3.dtype).unsqueeze(-1), x3, scale.to(x3.dtype).unsqueeze(-1))
+def per_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """Broadcast an ``(N, C)`` tensor against an ``(N, C, *spatial)`` one of ``ndim`` dims."""
+    return t.reshape(t.shape + (1,) * (ndim - 2))
+
+
+def apply_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
+    """``scale[n, c] * x[n, c, ...] + shift[n, c]`` in one pass, in the accumulation dtype.
+
+    Works on the input's own shape, so the result is never a view (in-place ops such
+    as a following ``ReLU(inplace=True)`` are allowed on it).
+    """
+    acc = accumulation_dtype(x.dtype)
+    return torch.addcmul(per_channel(shift.to(acc), x.dim()), x.to(acc),
+                         per_channel(scale.to(acc), x.dim()))
 
 
 class SwitchableNormFunction(Function):
@@ -77,10 +88,10 @@ class SwitchableNormFunction(Function):
         leaves = [t.detach().requires_grad_() for t in (mean_in, var_in, *params)]
         with torch.enable_grad():
             scale, shift = mixer(*leaves)
-        y = apply_affine(x3, scale.detach(), shift.detach())
+        y = apply_affine(x, scale.detach(), shift.detach())
         ctx.save_for_backward(x, mean_in, scale.detach())
         ctx.small_graph = (leaves, scale, shift)
-        return y.to(x.dtype).reshape(x.shape)
+        return y.to(x.dtype)
 
     @staticmethod
     @once_differentiable
@@ -104,9 +115,11 @@ class SwitchableNormFunction(Function):
             # dL/dx = scale*g + g_mu/L + g_v*2(x - mu)/L  ==  scale*g + k*x + c
             k = grad_var_in.to(x3.dtype) * (2.0 / length)
             c = grad_mean_in.to(x3.dtype) / length - mean_in * k
-            grad_x = torch.addcmul(c.unsqueeze(-1), x3, k.unsqueeze(-1))
-            grad_x.addcmul_(g3, scale.to(x3.dtype).unsqueeze(-1))
-            grad_x = grad_x.to(x.dtype).reshape(x.shape)
+            ndim = x.dim()
+            grad_x = torch.addcmul(per_channel(c, ndim), x3.reshape(x.shape),
+                                   per_channel(k, ndim))
+            grad_x.addcmul_(g3.reshape(x.shape), per_channel(scale.to(x3.dtype), ndim))
+            grad_x = grad_x.to(x.dtype)
 
         param_grads = [g if needed else None
                        for g, needed in zip(grads[2:], ctx.needs_input_grad[2:])]
@@ -121,4 +134,4 @@ def switchable_norm(x: torch.Tensor, mixer: Mixer, params: Sequence[torch.Tensor
     x3 = as_ncl(x)
     mean_in, var_in = instance_moments(x3)
     scale, shift = mixer(mean_in, var_in, *params)
-    return apply_affine(x3, scale, shift).to(x.dtype).reshape(x.shape)
+    return apply_affine(x, scale, shift).to(x.dtype)

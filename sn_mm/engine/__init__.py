@@ -1,0 +1,2 @@
+"""Engine pieces for mmengine runners: optimizer constructor, hooks, checkpoint loading."""
+from . import optim  # noqa: F401
