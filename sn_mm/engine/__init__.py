@@ -1,2 +1,3 @@
 """Engine pieces for mmengine runners: optimizer constructor, hooks, checkpoint loading."""
 from . import optim  # noqa: F401
+from . import checkpoint  # noqa: F401
