@@ -50,12 +50,37 @@ def as_ncl(x: torch.Tensor) -> torch.Tensor:
 
 
 def instance_moments(x3: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-(n, c) mean and *biased* variance of an ``(N, C, L)`` tensor, one pass.
+    """Per-(n, c) mean and *biased* variance of an ``(N, C, L)`` tensor.
 
-    Returns ``(mean, var)``, both ``(N, C)``.
+    Returns ``(mean, var)``, both ``(N, C)``. Uses ATen's batch-norm statistics kernel
+    on the ``(1, N*C, L)`` view (two-pass, vectorized, no full-size temporary), which
+    is several times faster than ``torch.var_mean`` over the last dimension on CPU.
     """
-    var, mean = torch.var_mean(x3, dim=-1, correction=0)
-    return mean, var
+    n, c, length = x3.shape
+    if x3.numel() == 0:
+        var, mean = torch.var_mean(x3, dim=-1, correction=0)
+        return mean, var
+    mean, var = torch.batch_norm_update_stats(x3.reshape(1, n * c, length), None, None, 0.0)
+    return mean.view(n, c), var.view(n, c)
+
+
+def sums_for_affine_grad(g3: torch.Tensor, x3: torch.Tensor, mean: torch.Tensor
+                         ) -> Tuple[torch.Tensor, torch.Tensor]:
+    """``(sum_l g * (x - mean), sum_l g)`` per (n, c) in one fused pass over ``g`` and ``x``.
+
+    ATen's eval-mode batch-norm backward on the ``(1, N*C, L)`` view with running
+    mean ``mean``, running variance 1 and eps 0 (so inv-std is exactly 1) returns
+    exactly these two reductions as its weight and bias gradients.
+    """
+    n, c, length = x3.shape
+    if x3.numel() == 0:
+        return (g3 * (x3 - mean.unsqueeze(-1))).sum(-1), g3.sum(-1)
+    flat = (1, n * c, length)
+    _, centered_dot, total = torch.ops.aten.native_batch_norm_backward(
+        g3.reshape(flat), x3.reshape(flat), None, mean.reshape(-1),
+        torch.ones(n * c, dtype=x3.dtype, device=x3.device), None, None, False, 0.0,
+        [False, True, True])
+    return centered_dot.view(n, c), total.view(n, c)
 
 
 def per_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -102,8 +127,9 @@ class SwitchableNormFunction(Function):
         g3 = grad_y.reshape(x3.shape).to(x3.dtype)
         length = x3.shape[-1]
 
-        grad_shift = g3.sum(-1)
-        grad_scale = torch.linalg.vecdot(g3, x3, dim=-1)
+        # sum_l g*x = sum_l g*(x - mu) + mu * sum_l g
+        centered_dot, grad_shift = sums_for_affine_grad(g3, x3, mean_in)
+        grad_scale = centered_dot + mean_in * grad_shift
         grads = torch.autograd.grad(
             (scale_node, shift_node), leaves,
             (grad_scale.to(scale_node.dtype), grad_shift.to(shift_node.dtype)),
