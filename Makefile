@@ -30,9 +30,11 @@ $(VENV)/.stamp-mmcv: $(VENV)/.stamp-venv requirements/constraints.txt
 	MAX_JOBS=$${MAX_JOBS:-2} $(PIP) install $(CONSTRAINTS) --no-build-isolation mmcv==2.1.0
 	touch $@
 
-$(VENV)/.stamp-sn_mm: $(VENV)/.stamp-mmcv requirements/runtime.txt requirements/tests.txt setup.py
+# sn_mm itself, editable, with its compiled CPU kernel (SN_MM_WITH_OPS=0 skips it).
+$(VENV)/.stamp-sn_mm: $(VENV)/.stamp-mmcv requirements/runtime.txt requirements/tests.txt \
+		setup.py sn_mm/ops/csrc/sn_cpu.cpp
 	$(PIP) install $(CONSTRAINTS) -r requirements/runtime.txt -r requirements/tests.txt
-	$(PIP) install $(CONSTRAINTS) --no-build-isolation --no-deps -e .
+	$(PIP) install $(CONSTRAINTS) --no-build-isolation --use-pep517 --no-deps -e .
 	$(PY) -c "import sn_mm, mmcv.ops, mmdet, mmseg; print('sn_mm', sn_mm.__version__, 'ready')"
 	touch $@
 

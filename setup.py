@@ -1,7 +1,21 @@
 """sn_mm: Switchable Normalization for MMDetection / MMSegmentation."""
+import os
 import os.path as osp
 
 from setuptools import find_packages, setup
+
+
+def extension_kwargs():
+    """The optional CPU kernel (sn_mm._ext), built like mmcv's ops.
+
+    Set SN_MM_WITH_OPS=0 to skip it; sn_mm then uses its pure-torch path (same math).
+    """
+    if os.getenv('SN_MM_WITH_OPS', '1') == '0':
+        return {}
+    from torch.utils.cpp_extension import BuildExtension, CppExtension
+    ext = CppExtension('sn_mm._ext', ['sn_mm/ops/csrc/sn_cpu.cpp'],
+                       extra_compile_args=['-O3', '-fopenmp-simd'])
+    return dict(ext_modules=[ext], cmdclass={'build_ext': BuildExtension})
 
 
 def read_version():
@@ -28,4 +42,5 @@ setup(
         'tests': ['pytest'],
     },
     license='Apache-2.0',
+    **extension_kwargs(),
 )

@@ -29,13 +29,25 @@ Statistics are computed in float32 for float16/bfloat16 inputs (and in float64 f
 float64 inputs); the output has the input's dtype.
 """
 import math
+import os
+import warnings
 from typing import Callable, Sequence, Tuple
 
 import torch
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
+try:  # the optional compiled CPU kernel, built by setup.py (SN_MM_WITH_OPS=0 skips it)
+    from .. import _ext as compiled_kernel
+except ImportError:  # pragma: no cover - exercised by installs without the extension
+    compiled_kernel = None
+
 Mixer = Callable[..., Tuple[torch.Tensor, torch.Tensor]]
+
+#: Use the compiled CPU kernel for the input-gradient pass when it is available.
+#: ``SN_MM_DISABLE_EXT=1`` (or setting this to False) selects the pure-torch path.
+USE_COMPILED_KERNEL = os.getenv('SN_MM_DISABLE_EXT', '0') != '1'
+_warned_missing_kernel = False
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -81,6 +93,31 @@ def sums_for_affine_grad(g3: torch.Tensor, x3: torch.Tensor, mean: torch.Tensor
         torch.ones(n * c, dtype=x3.dtype, device=x3.device), None, None, False, 0.0,
         [False, True, True])
     return centered_dot.view(n, c), total.view(n, c)
+
+
+def input_grad(g3: torch.Tensor, x3: torch.Tensor, scale: torch.Tensor, k: torch.Tensor,
+               c: torch.Tensor) -> torch.Tensor:
+    """``scale * g + k * x + c`` per (n, c) over ``(N, C, L)`` tensors.
+
+    On CPU with the compiled kernel: one fused pass (read g, x; write the result).
+    Otherwise two ``addcmul`` passes with the same math (CUDA's path, and CPU
+    installs built with ``SN_MM_WITH_OPS=0``, which get a one-time warning).
+    """
+    global _warned_missing_kernel
+    if x3.device.type == 'cpu' and USE_COMPILED_KERNEL and x3.numel() > 0:
+        if compiled_kernel is not None:
+            rows = x3.shape[0] * x3.shape[1]
+            flat = (rows, x3.shape[2])
+            return compiled_kernel.fused_input_grad(
+                g3.reshape(flat), x3.reshape(flat), scale.reshape(rows).to(x3.dtype),
+                k.reshape(rows), c.reshape(rows)).view(x3.shape)
+        if not _warned_missing_kernel:
+            _warned_missing_kernel = True
+            warnings.warn('sn_mm was installed without its compiled CPU kernel (sn_mm._ext); '
+                          'using the pure-torch path: same results, slower backward. '
+                          'Reinstall with SN_MM_WITH_OPS=1 to build it.')
+    grad = torch.addcmul(c.unsqueeze(-1), x3, k.unsqueeze(-1))
+    return grad.addcmul_(g3, scale.to(x3.dtype).unsqueeze(-1))
 
 
 def per_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -141,11 +178,7 @@ class SwitchableNormFunction(Function):
             # dL/dx = scale*g + g_mu/L + g_v*2(x - mu)/L  ==  scale*g + k*x + c
             k = grad_var_in.to(x3.dtype) * (2.0 / length)
             c = grad_mean_in.to(x3.dtype) / length - mean_in * k
-            ndim = x.dim()
-            grad_x = torch.addcmul(per_channel(c, ndim), x3.reshape(x.shape),
-                                   per_channel(k, ndim))
-            grad_x.addcmul_(g3.reshape(x.shape), per_channel(scale.to(x3.dtype), ndim))
-            grad_x = grad_x.to(x.dtype)
+            grad_x = input_grad(g3, x3, scale, k, c).reshape(x.shape).to(x.dtype)
 
         param_grads = [g if needed else None
                        for g, needed in zip(grads[2:], ctx.needs_input_grad[2:])]
