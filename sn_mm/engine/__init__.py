@@ -1,3 +1,4 @@
 """Engine pieces for mmengine runners: optimizer constructor, hooks, checkpoint loading."""
 from . import optim  # noqa: F401
 from . import checkpoint  # noqa: F401
+from . import sn_ratio_hook  # noqa: F401

@@ -1,0 +1,21 @@
+"""What each SN layer learned: ratio extraction, depth order, tables and paper-style plots.
+
+See ``docs/analysis.md``. Matplotlib is imported only when plotting (Agg canvas).
+"""
+from .layers import block_of, depth_order, stage_of
+from .ratios import (BRANCHES, LayerRatios, average_shares, extract_ratios, load_checkpoint,
+                     ratios_from_checkpoint, ratios_from_model, ratios_from_state_dict,
+                     softmax_shares, stage_averages, unwrap_state_dict)
+from .table import format_table, rows, write_table
+
+
+def plot_ratios(*args, **kwargs):
+    """Lazy wrapper of :func:`sn_mm.analysis.plot.plot_ratios` (imports matplotlib)."""
+    from .plot import plot_ratios as _plot
+    return _plot(*args, **kwargs)
+
+
+__all__ = ['BRANCHES', 'LayerRatios', 'average_shares', 'block_of', 'depth_order',
+           'extract_ratios', 'format_table', 'load_checkpoint', 'plot_ratios',
+           'ratios_from_checkpoint', 'ratios_from_model', 'ratios_from_state_dict', 'rows',
+           'softmax_shares', 'stage_averages', 'stage_of', 'unwrap_state_dict', 'write_table']

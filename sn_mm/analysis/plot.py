@@ -1,0 +1,100 @@
+"""Paper-style figure of learned SN ratios (matplotlib, Agg canvas, no pyplot state).
+
+For each checkpoint (one column each, side by side) two panels: the shares of the mean
+(top) and of the variance (bottom). Each layer is one stacked bar IN / LN / BN (bottom
+to top, summing to 1), layers in depth order; thin grey lines separate blocks, dashed
+black lines separate stages, whose names are written above the top panel.
+"""
+import os
+from typing import Sequence, Tuple
+
+from .ratios import BRANCHES, LayerRatios, average_shares
+
+COLORS = {'IN': '#4C72B0', 'LN': '#55A868', 'BN': '#C44E52'}
+Labelled = Sequence[Tuple[str, Sequence[LayerRatios]]]
+
+
+def _new_figure(width: float, height: float):
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    fig = Figure(figsize=(width, height))
+    FigureCanvasAgg(fig)
+    return fig
+
+
+def _common_prefix(names: Sequence[str]) -> str:
+    split = [n.split('.') for n in names]
+    prefix = []
+    for parts in zip(*split):
+        if len(set(parts)) != 1:
+            break
+        prefix.append(parts[0])
+    if prefix and any(len(s) <= len(prefix) for s in split):
+        prefix = prefix[:-1]
+    return '.'.join(prefix) + '.' if prefix else ''
+
+
+def _panel(ax, layers: Sequence[LayerRatios], kind: str, show_stages: bool, fontsize: float):
+    xs = range(len(layers))
+    bottom = [0.0] * len(layers)
+    for k, branch in enumerate(BRANCHES):
+        heights = [getattr(layer, kind)[k] for layer in layers]
+        ax.bar(xs, heights, bottom=bottom, width=0.85, color=COLORS[branch], label=branch,
+               linewidth=0)
+        bottom = [b + h for b, h in zip(bottom, heights)]
+    for i in range(1, len(layers)):
+        if layers[i].stage != layers[i - 1].stage:
+            ax.axvline(i - 0.5, color='black', linestyle='--', linewidth=1.2, zorder=3)
+        elif layers[i].block != layers[i - 1].block:
+            ax.axvline(i - 0.5, color='0.15', linewidth=0.7, zorder=3)
+    if show_stages:
+        start = 0
+        for i in range(1, len(layers) + 1):
+            if i == len(layers) or layers[i].stage != layers[start].stage:
+                ax.text((start + i - 1) / 2, 1.03, layers[start].stage, ha='center',
+                        va='bottom', fontsize=fontsize + 1, transform=ax.get_xaxis_transform())
+                start = i
+    avg = average_shares(layers)[kind]
+    ax.set_ylabel(f'{"mean" if kind == "mean" else "variance"} share\n'
+                  + ' '.join(f'{b} {v:.2f}' for b, v in zip(BRANCHES, avg)), fontsize=8)
+    ax.set_ylim(0, 1)
+    ax.set_xlim(-0.6, len(layers) - 0.4)
+
+
+def plot_ratios(tables: Labelled, path: str, title: str = '') -> str:
+    """Draw the figure for ``[(label, layers), ...]`` into ``path`` (.png/.pdf/.svg)."""
+    if not tables:
+        raise ValueError('nothing to plot: expected at least one (label, layers) pair')
+    for label, layers in tables:
+        if not layers:
+            raise ValueError(f'{label}: no SN layers to plot')
+    ext = os.path.splitext(path)[1].lower()
+    if ext not in ('.png', '.pdf', '.svg'):
+        raise ValueError(f'plot file must end in .png, .pdf or .svg, got {path!r}')
+    most = max(len(layers) for _, layers in tables)
+    col_width = min(max(3.5, 0.17 * most + 1.2), 14.0)
+    fig = _new_figure(col_width * len(tables), 6.8)
+    axes = fig.subplots(2, len(tables), squeeze=False)
+    for col, (label, layers) in enumerate(tables):
+        layers = list(layers)
+        fontsize = max(5.0, min(8.0, 300.0 / max(len(layers), 1) / max(1, len(tables)) ** 0.5))
+        prefix = _common_prefix([l.name for l in layers])
+        for row, kind in enumerate(('mean', 'var')):
+            ax = axes[row][col]
+            _panel(ax, layers, kind, show_stages=row == 0, fontsize=fontsize)
+            ax.set_xticks(range(len(layers)))
+            if row == 1:
+                ax.set_xticklabels([l.name[len(prefix):] for l in layers], rotation=90,
+                                   fontsize=fontsize)
+            else:
+                ax.set_xticklabels([])
+                ax.set_title(label, fontsize=10, pad=16)
+    handles, names = axes[0][0].get_legend_handles_labels()
+    fig.legend(handles, names, loc='upper right', ncol=3, fontsize=8, frameon=False)
+    if title:
+        fig.suptitle(title, fontsize=11, x=0.01, ha='left')
+    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
+    fig.savefig(path, dpi=100)
+    return path

@@ -1,0 +1,209 @@
+r"""Learned SN importance ratios from checkpoints or live models.
+
+Each SN layer holds two vectors of pre-softmax logits, ``mean_weight`` and
+``var_weight``, in the order [IN, LN, BN] (or [IN, LN] for ``using_bn=False``). The
+*ratios* (shares) are their softmaxes,
+
+.. math:: w_k = \frac{e^{\lambda_k}}{\sum_j e^{\lambda_j}}, \quad k \in \{IN, LN, BN\},
+
+computed here in float64. A 2-logit layer gets a BN share of exactly 0.
+
+Accepted checkpoint layouts:
+
+- mmengine: ``{'meta': ..., 'state_dict': {'backbone.layer1.0.sn1.mean_weight': ...}}``;
+- official SN: ``{'state_dict': {'module.layer1.0.sn1.mean_weight': (3,), ...}, 'epoch': ...}``
+  with (1, C, 1, 1) affine parameters (shapes other than the logits' are not used);
+- a bare state dict, or ``{'model': state_dict}``.
+
+A leading ``module.`` (DataParallel/DDP) is removed from every key.
+"""
+import math
+import os
+from collections import OrderedDict
+from dataclasses import asdict, dataclass
+from typing import Dict, List, Mapping, Sequence, Tuple, Union
+
+import torch
+from torch import nn
+
+from .layers import block_of, depth_order, stage_of
+
+BRANCHES = ('IN', 'LN', 'BN')
+Shares = Tuple[float, float, float]
+
+
+@dataclass(frozen=True)
+class LayerRatios:
+    """Softmaxed shares of one SN layer, [IN, LN, BN] for the mean and the variance."""
+
+    name: str
+    mean: Shares
+    var: Shares
+    using_bn: bool
+    stage: str = ''
+    block: str = ''
+
+    def as_row(self) -> Dict[str, object]:
+        row = OrderedDict(name=self.name, stage=self.stage, block=self.block,
+                          using_bn=self.using_bn)
+        for kind in ('mean', 'var'):
+            for branch, value in zip(BRANCHES, getattr(self, kind)):
+                row[f'{kind}_{branch}'] = value
+        return row
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+def softmax_shares(logits) -> Shares:
+    """float64 softmax of 2 or 3 logits [IN, LN(, BN)] -> (IN, LN, BN), BN = 0 for 2."""
+    values = torch.as_tensor(logits).detach().to('cpu', torch.float64).flatten()
+    if values.numel() not in (2, 3):
+        raise ValueError(f'expected 2 ([IN, LN]) or 3 ([IN, LN, BN]) importance logits, '
+                         f'got {values.numel()}: {values.tolist()}')
+    if not torch.isfinite(values).all():
+        raise ValueError(f'importance logits must be finite, got {values.tolist()}')
+    shares = torch.softmax(values, 0).tolist()
+    if len(shares) == 2:
+        shares.append(0.0)
+    return tuple(shares)
+
+
+def _finish(raw: Sequence[Tuple[str, Shares, Shares, bool]]) -> List[LayerRatios]:
+    by_name = {name: (mean, var, using_bn) for name, mean, var, using_bn in raw}
+    names = depth_order([name for name, *_ in raw])
+    return [LayerRatios(name, *by_name[name], stage=stage_of(name, names),
+                        block=block_of(name, names)) for name in names]
+
+
+def unwrap_state_dict(checkpoint: Mapping) -> Mapping:
+    """The state dict inside a checkpoint dict (``state_dict`` or ``model`` entry, or itself)."""
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError(f'expected a checkpoint dict or a state dict, got {type(checkpoint).__name__}')
+    for key in ('state_dict', 'model'):
+        inner = checkpoint.get(key)
+        if isinstance(inner, Mapping):
+            return inner
+    return checkpoint
+
+
+def ratios_from_state_dict(checkpoint: Mapping) -> List[LayerRatios]:
+    """Ratios of every SN layer of a checkpoint or state dict, in depth order.
+
+    An SN layer is a prefix ``P`` with both ``P.mean_weight`` and ``P.var_weight``;
+    ``module.`` prefixes are removed. Raises ``ValueError`` if no SN layer is found or
+    a layer's logits are not 2 or 3 values, or its two vectors differ in length.
+    """
+    state = unwrap_state_dict(checkpoint)
+    raw = []
+    for key, mean_logits in state.items():
+        if not (isinstance(key, str) and key.endswith('mean_weight')):
+            continue
+        prefix = key[:-len('mean_weight')]
+        var_logits = state.get(prefix + 'var_weight')
+        if var_logits is None:
+            continue
+        name = prefix.rstrip('.')
+        while name.startswith('module.'):
+            name = name[len('module.'):]
+        mean_logits, var_logits = torch.as_tensor(mean_logits), torch.as_tensor(var_logits)
+        if mean_logits.numel() != var_logits.numel():
+            raise ValueError(f'{prefix}mean_weight has {mean_logits.numel()} logits but '
+                             f'{prefix}var_weight has {var_logits.numel()}; expected equal '
+                             'lengths (3: [IN, LN, BN] or 2: [IN, LN])')
+        try:
+            mean, var = softmax_shares(mean_logits), softmax_shares(var_logits)
+        except ValueError as err:
+            raise ValueError(f'SN layer {name!r}: {err}') from None
+        raw.append((name, mean, var, mean_logits.numel() == 3))
+    if not raw:
+        keys = list(state)[:5]
+        raise ValueError('no SN layer found: expected keys ending in "mean_weight" and '
+                         f'"var_weight" (SN importance logits); first keys are {keys}')
+    return _finish(raw)
+
+
+def ratios_from_model(model: nn.Module) -> List[LayerRatios]:
+    """Ratios of every :class:`sn_mm.ops.SwitchableNorm` in a live model, in depth order.
+
+    Uses ``layer.importance()``; wrappers (``model.module``) are looked through by name.
+    """
+    from sn_mm.ops import SwitchableNorm
+
+    raw = []
+    for name, module in model.named_modules():
+        if isinstance(module, SwitchableNorm):
+            while name.startswith('module.'):
+                name = name[len('module.'):]
+            mean, var = module.importance()
+            raw.append((name or 'sn', _pad(mean), _pad(var), module.using_bn))
+    if not raw:
+        raise ValueError(f'no SwitchableNorm layer found in {type(model).__name__}')
+    return _finish(raw)
+
+
+def _pad(weights: torch.Tensor) -> Shares:
+    values = [float(v) for v in weights.detach().cpu().flatten()]
+    if len(values) == 2:
+        values.append(0.0)
+    return tuple(values)
+
+
+def load_checkpoint(path: str) -> Mapping:
+    """Load a checkpoint on CPU with ``weights_only=True`` and mmengine's allowlist.
+
+    Uses :func:`sn_mm.engine.checkpoint.safe_load` (tensors, containers, plus the
+    ``HistoryBuffer``/numpy objects mmengine writes); anything else is refused with
+    ``UnsafeCheckpointError`` rather than unpickled.
+    """
+    if not os.path.isfile(path):
+        raise FileNotFoundError(f'checkpoint {path!r} does not exist (or is not a file)')
+    from sn_mm.engine.checkpoint import safe_load
+    return safe_load(path, map_location='cpu')
+
+
+def ratios_from_checkpoint(path: str) -> List[LayerRatios]:
+    """Ratios of every SN layer of the checkpoint file at ``path`` (see module docstring)."""
+    try:
+        return ratios_from_state_dict(load_checkpoint(path))
+    except ValueError as err:
+        raise ValueError(f'{path}: {err}') from None
+
+
+Source = Union[str, Mapping, nn.Module]
+
+
+def extract_ratios(source: Source) -> List[LayerRatios]:
+    """Dispatch: a path, a checkpoint/state dict, or an ``nn.Module``."""
+    if isinstance(source, nn.Module):
+        return ratios_from_model(source)
+    if isinstance(source, Mapping):
+        return ratios_from_state_dict(source)
+    if isinstance(source, str):
+        return ratios_from_checkpoint(source)
+    raise TypeError(f'expected a checkpoint path, a state dict or an nn.Module, '
+                    f'got {type(source).__name__}')
+
+
+def _average(layers: Sequence[LayerRatios], kind: str) -> Shares:
+    return tuple(math.fsum(getattr(l, kind)[k] for l in layers) / len(layers) for k in range(3))
+
+
+def average_shares(layers: Sequence[LayerRatios]) -> Dict[str, Shares]:
+    """Unweighted mean over layers: ``{'mean': (IN, LN, BN), 'var': ..., 'both': ...}``.
+
+    ``both`` is the mean of the mean and variance shares (the paper's "ratio averaged
+    over layers" is read this way when one number per normalizer is quoted).
+    """
+    if not layers:
+        raise ValueError('no layers to average')
+    mean, var = _average(layers, 'mean'), _average(layers, 'var')
+    return OrderedDict(mean=mean, var=var, both=tuple((m + v) / 2 for m, v in zip(mean, var)))
+
+
+def stage_averages(layers: Sequence[LayerRatios]) -> 'OrderedDict[str, Dict[str, Shares]]':
+    """:func:`average_shares` per stage, stages in depth order."""
+    groups: 'OrderedDict[str, List[LayerRatios]]' = OrderedDict()
+    for layer in layers:
+        groups.setdefault(layer.stage, []).append(layer)
+    return OrderedDict((stage, average_shares(group)) for stage, group in groups.items())

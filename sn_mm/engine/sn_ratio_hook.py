@@ -1,0 +1,100 @@
+"""Training hook that logs the learned SN ratios, so a run shows how each layer's choice evolves.
+
+Config::
+
+    custom_imports = dict(imports=['sn_mm'])   # sn_mm.engine once the package imports it
+    custom_hooks = [dict(type='SNRatioHook', interval=50)]
+    # TensorBoard as well as the local JSON backend:
+    visualizer = dict(type='Visualizer', vis_backends=[
+        dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')])
+
+Every ``interval`` training iterations (and before the first and after the last one) the
+softmaxed shares of every :class:`sn_mm.ops.SwitchableNorm` are written as scalars with
+``runner.visualizer.add_scalars`` (step = iterations done) and into
+``runner.message_hub`` (``message_hub.get_scalar(key).current()``):
+
+- ``{prefix}/{layer}/{mean|var}_{IN|LN|BN}`` per layer (``per_layer=True``);
+- ``{prefix}_avg/{stage}/{mean|var}_{IN|LN|BN}`` averaged over the layers of each stage
+  (``stem``, ``layer1`` ... as in :func:`sn_mm.analysis.stage_of`);
+- ``{prefix}_avg/all/{mean|var}_{IN|LN|BN}`` averaged over all layers.
+
+A ``using_bn=False`` layer has no ``BN`` keys (its share is 0 by construction). Keys have
+no ``train/`` prefix, so they do not crowd the LoggerHook's text line.
+"""
+from typing import Dict, Optional
+
+from mmengine.hooks import Hook
+from mmengine.model import is_model_wrapper
+from mmengine.registry import HOOKS
+
+from sn_mm.analysis import BRANCHES, average_shares, ratios_from_model, stage_averages
+
+
+def ratio_scalars(model, prefix: str = 'sn_ratio', per_layer: bool = True,
+                  per_stage: bool = True) -> Dict[str, float]:
+    """The scalar dict the hook logs for ``model`` (see the module docstring)."""
+    layers = ratios_from_model(model)
+    with_bn = any(layer.using_bn for layer in layers)
+    scalars: Dict[str, float] = {}
+
+    def put(group: str, shares: dict, has_bn: bool):
+        for kind in ('mean', 'var'):
+            for branch, value in zip(BRANCHES, shares[kind]):
+                if branch != 'BN' or has_bn:
+                    scalars[f'{group}/{kind}_{branch}'] = float(value)
+
+    if per_layer:
+        for layer in layers:
+            put(f'{prefix}/{layer.name}', {'mean': layer.mean, 'var': layer.var},
+                layer.using_bn)
+    if per_stage:
+        for stage, shares in stage_averages(layers).items():
+            put(f'{prefix}_avg/{stage}', shares, with_bn)
+    put(f'{prefix}_avg/all', average_shares(layers), with_bn)
+    return scalars
+
+
+@HOOKS.register_module()
+class SNRatioHook(Hook):
+    """Log SN importance ratios every ``interval`` training iterations.
+
+    Args:
+        interval: logging period in iterations (>= 1).
+        per_layer: log every layer's six shares.
+        per_stage: log the shares averaged per stage.
+        log_start: also log before the first iteration (the initial 1/3 shares).
+        prefix: key prefix.
+    """
+
+    priority = 'NORMAL'  # before LoggerHook (BELOW_NORMAL) in the same iteration
+
+    def __init__(self, interval: int = 50, per_layer: bool = True, per_stage: bool = True,
+                 log_start: bool = True, prefix: str = 'sn_ratio'):
+        if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
+            raise ValueError(f'SNRatioHook interval must be a positive int, got {interval!r}')
+        if not prefix or not isinstance(prefix, str):
+            raise ValueError(f'SNRatioHook prefix must be a non-empty string, got {prefix!r}')
+        self.interval = interval
+        self.per_layer = per_layer
+        self.per_stage = per_stage
+        self.log_start = log_start
+        self.prefix = prefix
+        self._last_step: Optional[int] = None
+
+    def _log(self, runner, step: int) -> None:
+        if step == self._last_step:
+            return
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        scalars = ratio_scalars(model, self.prefix, self.per_layer, self.per_stage)
+        for key, value in scalars.items():
+            runner.message_hub.update_scalar(key, value)
+        runner.visualizer.add_scalars(scalars, step=step)
+        self._last_step = step
+
+    def before_train(self, runner) -> None:
+        if self.log_start:
+            self._log(runner, runner.iter)
+
+    def after_train_iter(self, runner, batch_idx: int, data_batch=None, outputs=None) -> None:
+        if self.every_n_train_iters(runner, self.interval) or self.is_last_train_iter(runner):
+            self._log(runner, runner.iter + 1)

@@ -1,0 +1,144 @@
+"""SNRatioHook on a real mmengine Runner: scalars land in the visualizer's scalars.json and
+the message hub, per layer, per stage and overall, at the configured iterations."""
+import glob
+import itertools
+import json
+import os
+
+import pytest
+import torch
+import torch.nn.functional as F
+from mmengine.model import BaseModel
+from mmengine.registry import HOOKS
+from mmengine.runner import Runner
+from torch import nn
+from torch.utils.data import DataLoader, Dataset
+
+import sn_mm.engine.sn_ratio_hook  # noqa: F401  (registers SNRatioHook)
+from sn_mm.engine.sn_ratio_hook import SNRatioHook, ratio_scalars
+from sn_mm.ops import SwitchableNorm
+
+_names = itertools.count()
+
+
+class _Data(Dataset):
+    def __init__(self, length=16):
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(length, 3, 6, 6, generator=gen) * 2 + 1
+        self.y = torch.randint(0, 2, (length,), generator=gen)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return dict(inputs=self.x[i], labels=self.y[i])
+
+
+class _Block(nn.Module):
+    def __init__(self, c, using_bn=True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.sn1 = SwitchableNorm(c, using_bn=using_bn)
+
+    def forward(self, x):
+        return F.relu(self.sn1(self.conv1(x))) + x
+
+
+class TinySNNet(BaseModel):
+    """Stem ``sn1``, ``layer1.0.sn1``, ``layer2.0.sn1`` (the last with 2 logits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.sn1 = SwitchableNorm(4)
+        self.layer1 = nn.Sequential(_Block(4))
+        self.layer2 = nn.Sequential(_Block(4, using_bn=False))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, inputs, labels=None, mode='tensor'):
+        x = F.relu(self.sn1(self.conv1(inputs)))
+        logits = self.fc(self.layer2(self.layer1(x)).mean((2, 3)))
+        if mode == 'loss':
+            return dict(loss=F.cross_entropy(logits, labels))
+        return logits
+
+
+def _runner(work_dir, hook, max_iters=5):
+    torch.manual_seed(0)
+    return Runner(
+        model=TinySNNet(), work_dir=str(work_dir), experiment_name=f'snhook_{next(_names)}',
+        train_dataloader=DataLoader(_Data(), batch_size=4, shuffle=False),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=2.0)),
+        default_hooks=dict(checkpoint=None, logger=dict(type='LoggerHook', interval=100)),
+        custom_hooks=[hook],
+        visualizer=dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')]),
+        default_scope='mmengine')
+
+
+def _read_scalars(work_dir, prefix='sn_ratio'):
+    files = glob.glob(os.path.join(str(work_dir), '*', 'vis_data', 'scalars.json'))
+    assert len(files) == 1, files
+    with open(files[0]) as f:
+        lines = [json.loads(line) for line in f if line.strip()]
+    return [line for line in lines if any(k.startswith(prefix) for k in line)]
+
+
+def test_hook_is_registered_in_root_hooks():
+    assert HOOKS.get('SNRatioHook') is SNRatioHook
+
+
+def test_hook_logs_scalars_on_a_real_runner(tmp_path):
+    runner = _runner(tmp_path, dict(type='SNRatioHook', interval=2))
+    runner.train()
+    logged = _read_scalars(tmp_path)
+    assert [line['step'] for line in logged] == [0, 2, 4, 5]  # start, every 2, last
+
+    first, last = logged[0], logged[-1]
+    assert first['sn_ratio/sn1/mean_BN'] == pytest.approx(1 / 3, abs=1e-6)
+    assert first['sn_ratio/layer2.0.sn1/var_IN'] == pytest.approx(0.5, abs=1e-6)
+    assert 'sn_ratio/layer2.0.sn1/mean_BN' not in first  # 2-logit layer: no BN share
+    model = runner.model
+    for name, layer in (('sn1', model.sn1), ('layer1.0.sn1', model.layer1[0].sn1),
+                        ('layer2.0.sn1', model.layer2[0].sn1)):
+        mean, var = layer.importance()
+        for k, branch in enumerate(('IN', 'LN', 'BN')[:mean.numel()]):
+            assert last[f'sn_ratio/{name}/mean_{branch}'] == pytest.approx(float(mean[k]), abs=1e-6)
+            assert last[f'sn_ratio/{name}/var_{branch}'] == pytest.approx(float(var[k]), abs=1e-6)
+    # the logits did learn, so the logged values moved away from the uniform start
+    assert abs(last['sn_ratio/sn1/mean_BN'] - 1 / 3) > 1e-4
+
+    # stage and overall averages (unweighted over the layers of the stage)
+    assert last['sn_ratio_avg/stem/mean_IN'] == pytest.approx(last['sn_ratio/sn1/mean_IN'])
+    assert last['sn_ratio_avg/layer2/var_BN'] == 0.0
+    overall = sum(last[f'sn_ratio/{n}/mean_IN'] for n in ('sn1', 'layer1.0.sn1', 'layer2.0.sn1'))
+    assert last['sn_ratio_avg/all/mean_IN'] == pytest.approx(overall / 3, abs=1e-6)
+
+    # the message hub holds the latest values
+    hub = runner.message_hub
+    assert hub.get_scalar('sn_ratio/layer1.0.sn1/var_LN').current() == pytest.approx(
+        last['sn_ratio/layer1.0.sn1/var_LN'])
+    assert hub.get_scalar('sn_ratio_avg/all/mean_BN').current() == pytest.approx(
+        last['sn_ratio_avg/all/mean_BN'])
+
+
+def test_hook_options(tmp_path):
+    runner = _runner(tmp_path, dict(type='SNRatioHook', interval=3, per_layer=False,
+                                    log_start=False, prefix='snr'), max_iters=3)
+    runner.train()
+    logged = _read_scalars(tmp_path, prefix='snr')
+    assert [line['step'] for line in logged] == [3]
+    keys = set(logged[0]) - {'step'}
+    assert keys and all(k.startswith('snr_avg/') for k in keys)
+    assert {k.split('/')[1] for k in keys} == {'stem', 'layer1', 'layer2', 'all'}
+
+
+def test_ratio_scalars_and_bad_arguments():
+    scalars = ratio_scalars(TinySNNet(), per_stage=False)
+    assert len([k for k in scalars if k.startswith('sn_ratio/')]) == 6 + 6 + 4
+    assert set(k for k in scalars if k.startswith('sn_ratio_avg/')) == {
+        f'sn_ratio_avg/all/{kind}_{b}' for kind in ('mean', 'var') for b in ('IN', 'LN', 'BN')}
+    with pytest.raises(ValueError, match='interval must be a positive int, got 0'):
+        SNRatioHook(interval=0)
+    with pytest.raises(ValueError, match='prefix'):
+        SNRatioHook(prefix='')
