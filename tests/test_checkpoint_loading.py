@@ -165,3 +165,26 @@ def test_http_scheme_downloads_and_loads_safely(trained, tmp_path, monkeypatch):
         server.shutdown()
         server.server_close()
     assert not (tmp_path / 'pwned').exists()
+
+
+class _CallScheduler:
+    def __reduce__(self):  # try to call mmengine's OneCycleParamScheduler on load
+        from mmengine.optim.scheduler.param_scheduler import OneCycleParamScheduler
+        return (OneCycleParamScheduler, (None,))
+
+
+def test_one_cycle_scheduler_state_round_trips_but_cannot_be_called(tmp_path):
+    from mmengine.optim import OneCycleLR
+    optimizer = torch.optim.SGD(torch.nn.Linear(2, 2).parameters(), lr=0.1)
+    scheduler = OneCycleLR(optimizer, eta_max=0.1, total_steps=10, anneal_strategy='linear')
+    for _ in range(3):
+        optimizer.step()
+        scheduler.step()
+    torch.save(dict(param_schedulers=[scheduler.state_dict()]), tmp_path / 'ok.pth')
+    state = safe_load(str(tmp_path / 'ok.pth'))['param_schedulers'][0]
+    fresh = OneCycleLR(optimizer, eta_max=0.1, total_steps=10)  # 'cos' by default
+    fresh.load_state_dict(state)
+    assert fresh.anneal_func is scheduler.anneal_func and fresh.last_step == 3
+    torch.save(dict(x=_CallScheduler()), tmp_path / 'call.pth')
+    with pytest.raises(UnsafeCheckpointError, match='calling <mmengine.optim'):
+        safe_load(str(tmp_path / 'call.pth'))

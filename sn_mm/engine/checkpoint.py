@@ -15,9 +15,11 @@ with exactly the extra globals mmengine writes (:data:`MMENGINE_SAFE_GLOBALS`):
 
 - ``mmengine.logging.HistoryBuffer`` (``message_hub.log_scalars``) and the
   ``getattr(HistoryBuffer, 'min'|'max'|'current'|'mean'|...)`` calls its pickled
-  state makes. ``builtins.getattr`` itself is *not* allowed: the name maps to
-  :func:`_history_buffer_getattr`, which only returns public functions defined on
-  ``HistoryBuffer`` and refuses everything else;
+  state makes; ``OneCycleLR``'s ``anneal_func`` (``getattr(OneCycleParamScheduler,
+  '_annealing_cos'|'_annealing_linear')``, the class name resolving to a
+  placeholder that cannot be instantiated or called). ``builtins.getattr`` itself
+  is *not* allowed: the name maps to :func:`_restricted_getattr`, which only
+  returns those functions and refuses everything else;
 - numpy arrays and scalars (``ndarray``, ``dtype`` and the numeric dtype classes,
   ``multiarray._reconstruct``, ``multiarray.scalar``), under both the numpy 2
   (``numpy._core``) and the numpy 1 (``numpy.core``) module names.
@@ -57,19 +59,55 @@ class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint needs a global outside the allowlist; it was not loaded."""
 
 
-def _history_buffer_getattr(obj, name):
-    """Stand-in for ``builtins.getattr`` while unpickling: ``HistoryBuffer`` methods only.
+class _MethodOwner:
+    """Stands for a class whose functions mmengine pickles as ``getattr(cls, name)``.
 
-    ``HistoryBuffer.__getstate__`` stores its statistics methods (plain functions
-    defined on the class, pickled as ``getattr(HistoryBuffer, 'mean')``). Any
-    other use of ``getattr`` in a checkpoint is refused.
+    The class name resolves to this placeholder, not to the class: the checkpoint can
+    neither instantiate nor call it; only :func:`_restricted_getattr` reads the listed
+    functions from it.
+    """
+
+    def __new__(cls, *args, **kwargs):
+        if not isinstance(cls, type):  # NEWOBJ on the placeholder inside a pickle
+            raise UnsafeCheckpointError(f'Unsupported: creating an instance of {cls!r}')
+        return super().__new__(cls)
+
+    def __init__(self, cls, names):
+        self.cls, self.names = cls, frozenset(names)
+
+    def __call__(self, *args, **kwargs):  # REDUCE on the placeholder inside a pickle
+        raise UnsafeCheckpointError(f'Unsupported: calling {self!r}')
+
+    def __repr__(self):
+        return f'<{self.cls.__module__}.{self.cls.__qualname__} (functions {sorted(self.names)})>'
+
+
+def _one_cycle_owner():
+    from mmengine.optim.scheduler.param_scheduler import OneCycleParamScheduler
+    return _MethodOwner(OneCycleParamScheduler, ('_annealing_cos', '_annealing_linear'))
+
+
+_ONE_CYCLE = _one_cycle_owner()
+
+
+def _restricted_getattr(obj, name):
+    """Stand-in for ``builtins.getattr`` while unpickling; everything else is refused.
+
+    mmengine pickles two kinds of function references this way:
+    ``HistoryBuffer.__getstate__`` stores its statistics methods (public functions
+    defined on the class, ``getattr(HistoryBuffer, 'mean')``), and ``OneCycleLR``'s
+    state holds ``anneal_func`` (``getattr(OneCycleParamScheduler, '_annealing_cos')``).
     """
     if (obj is HistoryBuffer and isinstance(name, str) and not name.startswith('_')
             and callable(vars(HistoryBuffer).get(name))):
         return vars(HistoryBuffer)[name]
+    if isinstance(obj, _MethodOwner) and name in obj.names:
+        return getattr(obj.cls, name)
+    owner = obj.cls if isinstance(obj, _MethodOwner) else obj
     raise UnsafeCheckpointError(
-        f'Unsupported global: builtins.getattr({getattr(obj, "__qualname__", obj)!r}, '
-        f'{name!r}); sn_mm only allows getattr(HistoryBuffer, <statistics method>)')
+        f'Unsupported global: builtins.getattr({getattr(owner, "__qualname__", owner)!r}, '
+        f'{name!r}); sn_mm only allows getattr(HistoryBuffer, <statistics method>) and '
+        'getattr(OneCycleParamScheduler, <annealing function>)')
 
 
 def _numpy_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
@@ -88,7 +126,9 @@ def _numpy_globals() -> List[Union[Callable, Tuple[Callable, str]]]:
 
 #: Extra globals allowed on top of torch's weights_only defaults: what mmengine writes.
 MMENGINE_SAFE_GLOBALS: List[Union[Callable, Tuple[Callable, str]]] = [
-    HistoryBuffer, (_history_buffer_getattr, 'builtins.getattr')] + _numpy_globals()
+    HistoryBuffer, (_restricted_getattr, 'builtins.getattr'),
+    (_ONE_CYCLE, 'mmengine.optim.scheduler.param_scheduler.OneCycleParamScheduler'),
+] + _numpy_globals()
 
 _ALLOWED_NAMES = {entry[1] if isinstance(entry, tuple) else
                   f'{entry.__module__}.{entry.__qualname__}' for entry in MMENGINE_SAFE_GLOBALS}
@@ -99,6 +139,7 @@ _GLOBAL_PATTERNS = (
     re.compile(r'(Trying to call reduce for unrecognized function .*?)(?:\n|$)'),
     re.compile(r'(Can only (?:build|create new object for) .*?)(?:\n|$)'),
     re.compile(r'(Trying to load unsupported GLOBAL \S+ whose module \S+ is blocked)'),
+    re.compile(r'WeightsUnpickler error:\s*(?:Unsupported: )?(.+)'),
 )
 
 
