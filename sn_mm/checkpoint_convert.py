@@ -1,4 +1,4 @@
-r"""Checkpoint conversion and inspection for SN ResNets (library of ``tools/convert_checkpoint.py``).
+r"""Checkpoint conversion and inspection for SN ResNets (library of tools/convert_checkpoint.py).
 
 Three jobs:
 

@@ -37,7 +37,7 @@ class _Collect(logging.Handler):
 
 
 def build_resnet(scope, depth, checkpoint=None, using_bn=True, prefix=None, **kwargs):
-    """mmdet/mmseg ``ResNet`` with SN, initialised from ``checkpoint``; returns (model, warnings)."""
+    """mmdet/mmseg ``ResNet`` with SN, initialised from ``checkpoint``: (model, warnings)."""
     cfg = dict(type='ResNet', depth=depth, norm_cfg=dict(type='SN', using_bn=using_bn),
                norm_eval=False, **kwargs)
     if checkpoint is not None:
