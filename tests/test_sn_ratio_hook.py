@@ -15,6 +15,7 @@ from torch import nn
 from torch.utils.data import DataLoader, Dataset
 
 import sn_mm.engine.sn_ratio_hook  # noqa: F401  (registers SNRatioHook)
+from sn_mm.analysis import ratios_from_checkpoint
 from sn_mm.engine.sn_ratio_hook import SNRatioHook, ratio_scalars
 from sn_mm.ops import SwitchableNorm
 
@@ -63,14 +64,14 @@ class TinySNNet(BaseModel):
         return logits
 
 
-def _runner(work_dir, hook, max_iters=5):
+def _runner(work_dir, hook, max_iters=5, checkpoint=None):
     torch.manual_seed(0)
     return Runner(
         model=TinySNNet(), work_dir=str(work_dir), experiment_name=f'snhook_{next(_names)}',
         train_dataloader=DataLoader(_Data(), batch_size=4, shuffle=False),
         train_cfg=dict(by_epoch=False, max_iters=max_iters),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=2.0)),
-        default_hooks=dict(checkpoint=None, logger=dict(type='LoggerHook', interval=100)),
+        default_hooks=dict(checkpoint=checkpoint, logger=dict(type='LoggerHook', interval=100)),
         custom_hooks=[hook],
         visualizer=dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')]),
         default_scope='mmengine')
@@ -89,7 +90,8 @@ def test_hook_is_registered_in_root_hooks():
 
 
 def test_hook_logs_scalars_on_a_real_runner(tmp_path):
-    runner = _runner(tmp_path, dict(type='SNRatioHook', interval=2))
+    runner = _runner(tmp_path, dict(type='SNRatioHook', interval=2),
+                     checkpoint=dict(type='CheckpointHook', interval=5, by_epoch=False))
     runner.train()
     logged = _read_scalars(tmp_path)
     assert [line['step'] for line in logged] == [0, 2, 4, 5]  # start, every 2, last
@@ -113,6 +115,14 @@ def test_hook_logs_scalars_on_a_real_runner(tmp_path):
     assert last['sn_ratio_avg/layer2/var_BN'] == 0.0
     overall = sum(last[f'sn_ratio/{n}/mean_IN'] for n in ('sn1', 'layer1.0.sn1', 'layer2.0.sn1'))
     assert last['sn_ratio_avg/all/mean_IN'] == pytest.approx(overall / 3, abs=1e-6)
+
+    # the runner's own checkpoint, read back by the analysis tools, gives the same shares
+    saved = {l.name: l for l in ratios_from_checkpoint(str(tmp_path / 'iter_5.pth'))}
+    assert set(saved) == {'sn1', 'layer1.0.sn1', 'layer2.0.sn1'}
+    assert saved['layer1.0.sn1'].var[1] == pytest.approx(last['sn_ratio/layer1.0.sn1/var_LN'],
+                                                         abs=1e-6)
+    assert saved['layer2.0.sn1'].mean[0] == pytest.approx(
+        last['sn_ratio/layer2.0.sn1/mean_IN'], abs=1e-6)
 
     # the message hub holds the latest values
     hub = runner.message_hub

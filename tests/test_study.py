@@ -14,7 +14,8 @@ pytest.importorskip('sklearn', reason='tools/study.py needs scikit-learn')
 
 
 def _study():
-    spec = importlib.util.spec_from_file_location('sn_study', os.path.join(ROOT, 'tools', 'study.py'))
+    spec = importlib.util.spec_from_file_location('sn_study',
+                                                  os.path.join(ROOT, 'tools', 'study.py'))
     module = importlib.util.module_from_spec(spec)
     spec.loader.exec_module(module)
     return module
@@ -55,7 +56,9 @@ def test_schedules_and_plan():
     assert study.lr_factor('constant', 0.9) == 1.0
     runs = study.plan([2, 4, 32], [0, 1], [0], quick=False)
     acc = [r for r in runs if all(r[k] == v for k, v in study.BASE.items() if k != 'norm')]
-    assert len(acc) == 3 * len(study.NORMS) * 2
+    # SN and BN at every batch size; per-sample norms once, at the largest
+    assert len(acc) == (3 * 2 + len(study.PER_SAMPLE_NORMS)) * 2
+    assert {r['batch'] for r in acc if r['norm'] in study.PER_SAMPLE_NORMS} == {32}
     varied = [r for r in runs if r not in acc]
     assert {r['batch'] for r in varied} == {2, 32} and {r['seed'] for r in varied} == {0}
     assert len(runs) == len({json.dumps(r, sort_keys=True) for r in runs})
@@ -79,7 +82,8 @@ def test_quick_study_end_to_end(tmp_path, capsys):
     bn_start = [r for r in sn_runs if r['init'] == 'bn-start']
     assert bn_start and all(r['average']['mean'][2] > 0.5 for r in bn_start)
     report = (out / 'report.md').read_text()
-    for heading in ('## (a)', '## (b)', '## Answers', '| SN |', '| BN |', 'logit_lr_mult'):
+    for heading in ('## (a)', '## (b)', '## Answers', '| SN |', '| BN |', '| GN |',
+                    'logit_lr_mult', 'seed-to-seed'):
         assert heading in report
     assert result['summary']['ends'] == [2, 8]
     assert 'wrote' in capsys.readouterr().out

@@ -79,7 +79,8 @@ def _finish(raw: Sequence[Tuple[str, Shares, Shares, bool]]) -> List[LayerRatios
 def unwrap_state_dict(checkpoint: Mapping) -> Mapping:
     """The state dict inside a checkpoint dict (``state_dict`` or ``model`` entry, or itself)."""
     if not isinstance(checkpoint, Mapping):
-        raise TypeError(f'expected a checkpoint dict or a state dict, got {type(checkpoint).__name__}')
+        raise TypeError('expected a checkpoint dict or a state dict, got '
+                        f'{type(checkpoint).__name__}')
     for key in ('state_dict', 'model'):
         inner = checkpoint.get(key)
         if isinstance(inner, Mapping):
