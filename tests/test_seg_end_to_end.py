@@ -1,0 +1,128 @@
+"""End to end on freshly generated demo data of both layouts: tools/make_seg_demo.py ->
+mmseg's CityscapesDataset / ADE20KDataset -> tools/train.py (a few iterations, validation)
+-> tools/test.py on the saved checkpoint, whose mIoU must equal the validation mIoU."""
+import os
+import os.path as osp
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from mmengine.config import Config
+from mmengine.registry import DefaultScope
+
+from sn_mm.datasets.seg_demo import (ADE20K_DEMO_CLASSES, CITYSCAPES_CLASSES, IGNORE_INDEX,
+                                     ensure_seg_demo, generate_sample, is_generated,
+                                     make_seg_demo)
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+TINY = dict(cityscapes=dict(num_train=4, num_val=2, size=(64, 128)),
+            ade20k=dict(num_train=4, num_val=2, size=(80, 96)))
+ITERS = 3
+
+
+def _run(args, timeout=300):
+    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
+    proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=timeout)
+    out = proc.stdout + proc.stderr
+    assert proc.returncode == 0, f'{args[0]} failed ({proc.returncode}):\n{out[-4000:]}'
+    return out
+
+
+def _loader_options(data_root):
+    opts = []
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        opts += [f'{loader}.dataset.data_root={data_root}', f'{loader}.num_workers=0',
+                 f'{loader}.persistent_workers=False']
+    return opts
+
+
+def test_generator_is_deterministic_and_in_the_real_label_spaces():
+    for layout in ('cityscapes', 'ade20k'):
+        img1, lab1 = generate_sample(layout, 'train', 3, seed=7, size=(64, 96))
+        img2, lab2 = generate_sample(layout, 'train', 3, seed=7, size=(64, 96))
+        assert np.array_equal(img1, img2) and np.array_equal(lab1, lab2)
+        img3, _ = generate_sample(layout, 'val', 3, seed=7, size=(64, 96))
+        assert img3.shape != img1.shape or not np.array_equal(img1, img3)
+        assert img1.dtype == np.uint8 and img1.ndim == 3 and img1.shape[:2] == lab1.shape
+    labels = np.concatenate([generate_sample('cityscapes', 'train', i)[1].ravel()
+                             for i in range(30)])
+    values = set(np.unique(labels).tolist())
+    assert values <= set(range(19)) | {IGNORE_INDEX} and len(values - {IGNORE_INDEX}) == 19
+    labels = np.concatenate([generate_sample('ade20k', 'train', i)[1].ravel() for i in range(30)])
+    values = set(np.unique(labels).tolist())
+    assert values == {0} | {k + 1 for k in ADE20K_DEMO_CLASSES.values()}
+    with pytest.raises(ValueError, match="layout must be one of"):
+        generate_sample('coco', 'train', 0)
+    with pytest.raises(ValueError, match='num_train must be an int >= 1, got 0'):
+        make_seg_demo('unused', 'ade20k', num_train=0)
+
+
+def test_mmseg_datasets_read_both_layouts(tmp_path):
+    from mmseg.datasets import ADE20KDataset, CityscapesDataset
+    from mmseg.registry import DATASETS
+    ade_classes = ADE20KDataset.METAINFO['classes']
+    assert all(ade_classes[i] == name for name, i in ADE20K_DEMO_CLASSES.items())
+    assert tuple(CityscapesDataset.METAINFO['classes']) == CITYSCAPES_CLASSES
+    for layout, (split_train, split_val) in (('cityscapes', ('train', 'val')),
+                                             ('ade20k', ('training', 'validation'))):
+        root = str(tmp_path / layout)
+        assert ensure_seg_demo(root, layout, **TINY[layout])
+        assert is_generated(root, layout, **TINY[layout])
+        assert not ensure_seg_demo(root, layout, **TINY[layout])  # cached
+        cfg = Config.fromfile(osp.join(ROOT, 'configs', 'seg_demo',
+                                       f'deeplabv3_r18-d8-sn_demo-{layout}.py'))
+        with DefaultScope.overwrite_default_scope('mmseg'):
+            for loader, count in (('train_dataloader', 4), ('val_dataloader', 2)):
+                dataset = DATASETS.build(dict(cfg[loader].dataset, data_root=root))
+                assert len(dataset) == count
+                sample = dataset[0]
+                seg = sample['data_samples'].gt_sem_seg.data
+                values = set(seg.unique().tolist())
+                if layout == 'cityscapes':
+                    assert '_leftImg8bit.png' in sample['data_samples'].img_path
+                    assert values <= set(range(19)) | {255}
+                else:  # reduce_zero_label: file value k -> k-1, 0 -> 255
+                    assert sample['data_samples'].img_path.endswith('.jpg')
+                    assert values <= set(ADE20K_DEMO_CLASSES.values()) | {255}
+                    assert sample['data_samples'].reduce_zero_label
+        assert osp.isdir(osp.join(root, 'gtFine' if layout == 'cityscapes' else 'annotations',
+                                  split_train))
+        assert osp.isdir(osp.join(root, 'leftImg8bit' if layout == 'cityscapes' else 'images',
+                                  split_val))
+
+
+@pytest.mark.parametrize('config', ['deeplabv3_r18-d8-sn_demo-cityscapes.py',
+                                    'deeplabv3plus_r18-d8-sn_demo-ade20k.py'])
+def test_train_then_test_through_the_tools(config, tmp_path):
+    layout = 'cityscapes' if 'cityscapes' in config else 'ade20k'
+    data_root = str(tmp_path / 'data' / layout)
+    tiny = TINY[layout]
+    _run(['tools/make_seg_demo.py', '--layout', layout, '--root', str(tmp_path / 'data'),
+          '--num-train', str(tiny['num_train']), '--num-val', str(tiny['num_val']),
+          '--size', *map(str, tiny['size'])])
+    assert is_generated(data_root, layout, **tiny)
+    cfg_path = osp.join('configs', 'seg_demo', config)
+    work_dir = str(tmp_path / 'work')
+    options = _loader_options(data_root) + [
+        'train_dataloader.batch_size=2', f'train_cfg.max_iters={ITERS}',
+        f'train_cfg.val_interval={ITERS}', f'default_hooks.checkpoint.interval={ITERS}',
+        'default_hooks.logger.interval=1', 'train_dataloader.dataset.pipeline.3.crop_size=(64,64)',
+        'model.data_preprocessor.size=(64,64)']
+    out = _run(['tools/train.py', cfg_path, '--work-dir', work_dir, '--cfg-options', *options])
+    assert f'Iter(train) [{ITERS}/{ITERS}]' in out
+    val = re.findall(r'Iter\(val\) \[\d+/\d+\]\s+aAcc: ([\d.]+)\s+mIoU: ([\d.]+)', out)
+    assert len(val) == 1, out[-3000:]
+    checkpoint = osp.join(work_dir, f'iter_{ITERS}.pth')
+    assert osp.isfile(checkpoint)
+
+    out = _run(['tools/test.py', cfg_path, checkpoint, '--work-dir', str(tmp_path / 'test'),
+                '--cfg-options', *_loader_options(data_root)])
+    number = r'(?:np\.float\d+\()?([\d.]+)\)?'  # numpy 2 prints np.float32(4.77)
+    metrics = re.search(rf"Metrics: {{'aAcc': {number}, 'mIoU': {number}, 'mAcc': {number}}}", out)
+    assert metrics, out[-3000:]
+    assert 0.0 <= float(metrics.group(2)) <= 100.0
+    # Same weights and running statistics after the checkpoint round trip -> same numbers.
+    assert (float(metrics.group(1)), float(metrics.group(2))) == tuple(map(float, val[0]))
