@@ -1,0 +1,215 @@
+"""End to end on freshly generated demo data, through the command-line tools.
+
+- ``tools/train.py`` trains the SN demo config for a few iterations and saves a
+  checkpoint; ``tools/test.py`` loads it (mmengine checkpoint, torch weights_only
+  loading through sn_mm.engine.checkpoint) and reports mmdet's COCO bbox and segm mAP.
+- mmdet's own packaged ``tools/train.py`` runs the same config unchanged
+  (``custom_imports`` makes it import sn_mm).
+- The generator is deterministic and writes valid COCO (pycocotools loads it; every
+  annotation's area/bbox agree with its mask).
+"""
+import ast
+import glob
+import hashlib
+import json
+import os
+import os.path as osp
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from sn_mm.datasets import coco_demo
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+SN_DEMO = osp.join(ROOT, 'configs', 'mask_rcnn_demo', 'mask-rcnn_r18_fpn_sn-all_coco-demo.py')
+
+
+def tiny_demo_config(path: str, base: str, data_root: str, max_iters: int = 3,
+                     extra: str = '') -> str:
+    """A config file inheriting ``base`` that trains ``max_iters`` iterations on
+    ``data_root`` with in-process data loading and a checkpoint at the end."""
+    data_root = data_root.rstrip('/') + '/'
+    text = f'''
+_base_ = {base!r}
+data_root = {data_root!r}
+train_dataloader = dict(num_workers=0, persistent_workers=False,
+                        dataset=dict(data_root=data_root))
+val_dataloader = dict(num_workers=0, persistent_workers=False,
+                      dataset=dict(data_root=data_root))
+test_dataloader = val_dataloader
+val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
+test_evaluator = val_evaluator
+train_cfg = dict(max_iters={max_iters}, val_interval=10000)
+default_hooks = dict(logger=dict(interval=1),
+                     checkpoint=dict(interval={max_iters}))
+{extra}
+'''
+    with open(path, 'w') as f:
+        f.write(text)
+    return path
+
+
+def run(cmd, timeout=420):
+    env = dict(os.environ, OMP_WAIT_POLICY=os.environ.get('OMP_WAIT_POLICY', 'PASSIVE'))
+    proc = subprocess.run(cmd, cwd=ROOT, env=env, capture_output=True, text=True,
+                          timeout=timeout)
+    assert proc.returncode == 0, (
+        f'{cmd} failed ({proc.returncode}):\n{proc.stdout[-3000:]}\n{proc.stderr[-6000:]}')
+    return proc.stdout + proc.stderr
+
+
+@pytest.fixture(scope='module')
+def tiny_data(tmp_path_factory):
+    root = str(tmp_path_factory.mktemp('coco_demo'))
+    coco_demo.make_coco_demo(root, num_train=6, num_val=3, seed=3)
+    return root
+
+
+def test_generator_is_deterministic_and_valid_coco(tmp_path):
+    from pycocotools import mask as mask_utils
+    from pycocotools.coco import COCO
+    a, b = str(tmp_path / 'a'), str(tmp_path / 'b')
+    coco_demo.make_coco_demo(a, num_train=12, num_val=2, seed=7, max_objects=6)
+    coco_demo.make_coco_demo(b, num_train=12, num_val=2, seed=7, max_objects=6)
+
+    def digest(root):
+        h = hashlib.sha256()
+        for p in sorted(glob.glob(osp.join(root, '**', '*.*'), recursive=True)):
+            h.update(osp.relpath(p, root).encode())
+            h.update(open(p, 'rb').read())
+        return h.hexdigest()
+
+    assert digest(a) == digest(b)
+    coco_demo.make_coco_demo(b, num_train=12, num_val=2, seed=8, max_objects=6)
+    assert digest(a) != digest(b)
+    assert coco_demo.is_generated(a, num_train=12, num_val=2, seed=7, max_objects=6)
+    assert not coco_demo.is_generated(a, num_train=12, num_val=2, seed=8, max_objects=6)
+
+    coco = COCO(osp.join(a, 'annotations', 'instances_train.json'))
+    assert [c['name'] for c in coco.loadCats(coco.getCatIds())] == list(coco_demo.CLASSES)
+    assert len(coco.getImgIds()) == 12
+    anns = coco.loadAnns(coco.getAnnIds())
+    assert len(anns) >= 12
+    kinds = {type(a['segmentation']).__name__ for a in anns}
+    assert kinds == {'list', 'dict'}  # polygons (unoccluded) and RLE (occluded)
+    for ann in anns:
+        assert ann['iscrowd'] == 0 and 1 <= ann['category_id'] <= len(coco_demo.CLASSES)
+        m = coco.annToMask(ann)
+        assert m.sum() == ann['area'] >= coco_demo.MIN_VISIBLE_PIXELS
+        ys, xs = np.nonzero(m)
+        x, y, w, h = ann['bbox']
+        assert (x, y, x + w, y + h) == (xs.min(), ys.min(), xs.max() + 1, ys.max() + 1)
+    # visible masks of one image never overlap (occluded parts are removed)
+    for img_id in coco.getImgIds():
+        masks = [coco.annToMask(x) for x in coco.loadAnns(coco.getAnnIds(imgIds=img_id))]
+        if masks:
+            assert np.stack(masks).sum(0).max() <= 1
+    img = coco.loadImgs(1)[0]
+    assert osp.isfile(osp.join(a, 'train', img['file_name']))
+    assert (img['width'], img['height']) == (256, 256)
+    assert isinstance(mask_utils.decode(
+        next(x for x in anns if isinstance(x['segmentation'], dict))['segmentation']),
+        np.ndarray)
+
+
+def test_generator_rejects_bad_parameters(tmp_path):
+    with pytest.raises(ValueError, match='num_train'):
+        coco_demo.make_coco_demo(str(tmp_path), num_train=0)
+    with pytest.raises(ValueError, match='min_size'):
+        coco_demo.make_coco_demo(str(tmp_path), min_size=50, max_size=20)
+    with pytest.raises(TypeError, match='num_trian'):
+        coco_demo.make_coco_demo(str(tmp_path), num_trian=3)
+
+
+def test_train_then_test_through_tools(tmp_path, tiny_data):
+    cfg = tiny_demo_config(str(tmp_path / 'tiny_sn.py'), SN_DEMO, tiny_data, max_iters=3)
+    work = tmp_path / 'work'
+    out = run([sys.executable, 'tools/train.py', cfg, '--work-dir', str(work)])
+    assert 'Iter(train) [3/3]' in out
+    ckpt = work / 'iter_3.pth'
+    assert ckpt.is_file()
+
+    out = run([sys.executable, 'tools/test.py', cfg, str(ckpt),
+               '--work-dir', str(tmp_path / 'test')])
+    assert 'Load checkpoint from' in out
+    line = next(x for x in out.splitlines() if x.startswith('Metrics: '))
+    metrics = ast.literal_eval(line[len('Metrics: '):])
+    for key in ('coco/bbox_mAP', 'coco/bbox_mAP_50', 'coco/segm_mAP', 'coco/segm_mAP_50'):
+        assert key in metrics and -1.0 <= metrics[key] <= 1.0, (key, metrics)
+    # the metrics are also in the run's json log
+    logs = glob.glob(str(tmp_path / 'test' / '*' / '*.json'))
+    assert logs and 'coco/segm_mAP' in json.load(open(logs[0]))
+
+
+def test_mmdet_packaged_train_script_runs_our_config(tmp_path, tiny_data):
+    import mmdet
+    script = osp.join(osp.dirname(mmdet.__file__), '.mim', 'tools', 'train.py')
+    assert osp.isfile(script)
+    cfg = tiny_demo_config(str(tmp_path / 'tiny_sn.py'), SN_DEMO, tiny_data, max_iters=2)
+    work = tmp_path / 'work'
+    out = run([sys.executable, script, cfg, '--work-dir', str(work)])
+    assert 'Iter(train) [2/2]' in out
+    assert (work / 'iter_2.pth').is_file()
+    # SN layers really were built (sn_mm imported through custom_imports)
+    assert _ckpt_has_sn(work / 'iter_2.pth')
+
+
+def _ckpt_has_sn(path) -> bool:
+    from sn_mm.engine.checkpoint import safe_load
+    state = safe_load(str(path), map_location='cpu')['state_dict']
+    return 'backbone.layer1.0.sn1.mean_weight' in state and 'neck.fpn_convs.0.sn.var_weight' in state
+
+
+def test_demo_tool_generates_trains_evaluates(tmp_path):
+    """tools/demo.py: data generation, training with progress/ETA logs, COCO metrics,
+    and the final summary naming checkpoint, logs and metrics."""
+    data, work = tmp_path / 'data', tmp_path / 'work'
+    out = run([sys.executable, 'tools/demo.py', '--data-root', str(data), '--num-train', '4',
+               '--num-val', '2', '--iters', '2', '--work-dir', str(work)])
+    assert coco_demo.is_generated(str(data), num_train=4, num_val=2)
+    assert 'generated' in out and 'eta:' in out and 'Iter(train) [2/2]' in out
+    summary = json.load(open(work / 'metrics.json'))
+    assert summary['iterations'] == 2 and summary['train_seconds_per_iteration'] > 0
+    for key in ('coco/bbox_mAP', 'coco/segm_mAP'):
+        assert -1.0 <= summary['metrics'][key] <= 1.0
+    shares = summary['sn_shares_in_ln_bn']
+    assert set(shares) == {'backbone', 'FPN + heads'}
+    assert sum(shares['backbone']['mean']) == pytest.approx(1.0, abs=1e-3)
+    for label in ('checkpoint:', 'logs:', 'metrics:'):
+        line = next(x for x in out.splitlines() if x.startswith(f'[demo] {label}'))
+        assert osp.exists(line.split(label, 1)[1].strip()), line
+    assert (work / 'iter_2.pth').is_file()
+
+
+def test_compare_table_format():
+    sys.path.insert(0, osp.join(ROOT, 'tools'))
+    try:
+        import compare_norms_det as cmp
+    finally:
+        sys.path.pop(0)
+    result = dict(iterations=10, images_per_iteration=2, train_seconds_per_iteration=0.5,
+                  metrics={'coco/bbox_mAP': 0.4321, 'coco/bbox_mAP_50': 0.7,
+                           'coco/segm_mAP': 0.25, 'coco/segm_mAP_50': 0.6})
+    table = cmp.markdown_table({'bn': result, 'syncsn': dict(result, metrics={})})
+    lines = table.splitlines()
+    assert lines[0].startswith('| Normalizer') and 'train s/iter' in lines[0]
+    assert lines[2] == '| BN / BN | 43.2 | 70.0 | 25.0 | 60.0 | 0.50 |'
+    assert lines[3] == '| SyncSN / SyncSN | - | - | - | - | 0.50 |'
+    assert '10 iterations x 2 images' in table
+    assert cmp.config_of('gn_sn-head').endswith('mask-rcnn_r18_fpn_gn_sn-head_coco-demo.py')
+    for norm in cmp.LABELS:
+        assert osp.isfile(cmp.config_of(norm))
+    with pytest.raises(ValueError, match='unknown normalizer'):
+        cmp.config_of('ln')
+
+
+@pytest.mark.slow
+def test_compare_tool_runs(tmp_path):
+    out = run([sys.executable, 'tools/compare_norms_det.py', '--norms', 'bn', 'sn',
+               '--iters', '1', '--work-dir', str(tmp_path / 'cmp'), '--data-root',
+               str(tmp_path / 'data'), '--demo-args', '--num-train', '4', '--num-val', '2'],
+              timeout=600)
+    table = (tmp_path / 'cmp' / 'table.md').read_text()
+    assert '| BN / BN |' in table and '| SN / SN |' in table and table in out + '\n'
