@@ -222,7 +222,36 @@ def test_official_sn_checkpoint_initialises_the_whole_backbone(name, tmp_path):
     model.init_weights()
     backbone = dict(model.backbone.state_dict())
     backbone = {k: v for k, v in backbone.items() if not k.endswith('num_batches_tracked')}
-    expected = {k[len('module.'):]: v for k, v in official.items() if not k.startswith('module.fc.')}
+    expected = {k[len('module.'):]: v for k, v in official.items()
+                if not k.startswith('module.fc.')}
     assert set(backbone) == set(expected)  # every backbone tensor comes from the file
     for k, v in expected.items():
         assert_close(backbone[k], v.reshape(backbone[k].shape), rtol=0, atol=0, msg=k)
+
+
+def test_bn_imagenet_weights_initialise_the_convs_of_sn_configs(tmp_path):
+    """The SN configs keep mmseg's BN-trained ``open-mmlab://resnet50_v1c`` backbone:
+    its conv weights load, the SN layers (no counterpart for ``bn``/``stem.1`` keys) keep
+    their initial values. Simulated with a local BN ResNetV1c-50 file of the same layout."""
+    from mmseg.registry import MODELS
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        bn_backbone = MODELS.build(dict(type='ResNetV1c', depth=50, norm_cfg=dict(type='BN')))
+    bn_state = {k: torch.randn_like(v) if v.is_floating_point() else v
+                for k, v in bn_backbone.state_dict().items()}
+    ckpt = tmp_path / 'resnet50_v1c_bn.pth'
+    torch.save(dict(state_dict=bn_state), ckpt)
+    cfg = Config.fromfile(osp.join(ROOT, 'configs', 'deeplabv3',
+                                   'deeplabv3_r50-d8-sn_4xb4-160k_ade20k-512x512.py'))
+    assert cfg.model.pretrained == 'open-mmlab://resnet50_v1c'
+    cfg.model.pretrained = str(ckpt)
+    with DefaultScope.overwrite_default_scope('mmseg'):
+        model = MODELS.build(cfg.model)
+    model.init_weights()
+    state = model.backbone.state_dict()
+    convs = [k for k in bn_state if k.endswith('.weight') and bn_state[k].dim() == 4]
+    assert len(convs) == 3 + 16 * 3 + 4  # deep stem, 16 bottlenecks, 4 downsample convs
+    for k in convs:
+        assert_close(state[k], bn_state[k], rtol=0, atol=0, msg=k)
+    for name, m in model.backbone.named_modules():
+        if isinstance(m, SwitchableNorm):
+            assert torch.equal(m.mean_weight, torch.ones(3)), name  # official init (uniform)

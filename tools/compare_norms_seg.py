@@ -64,7 +64,7 @@ def format_table(results: dict, layouts, norms, meta: dict) -> str:
     notes = [
         '',
         f'{meta["model_title"]} R18-D8 (half width, from scratch), {meta["iters"]} iterations x '
-        f'{meta["batch"]} crops of 128x128, SGD lr 0.01 poly, 1 process; mIoU on the 20 val '
+        f'{meta["batch"]} crops of 128x128, SGD lr 0.02 poly, 1 process; mIoU on the 20 val '
         'images (mmseg IoUMetric, single scale; classes absent from the val split are skipped).',
         f'Machine: {meta["cpus"]} CPU cores ({meta["cpu"]}), torch {meta["torch"]}, '
         f'OMP_NUM_THREADS={meta["threads"]}; load average (1/5/15 min) {meta["load_before"]} '
@@ -78,8 +78,9 @@ def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     parser.add_argument('--model', choices=MODELS, default='deeplabv3')
     parser.add_argument('--layouts', nargs='+', choices=LAYOUTS, default=list(LAYOUTS))
-    parser.add_argument('--norms', nargs='+', choices=NORMS, default=['syncbn', 'gn', 'sn', 'syncsn'])
-    parser.add_argument('--iters', type=int, default=None, help='default: the configs (800)')
+    parser.add_argument('--norms', nargs='+', choices=NORMS,
+                        default=['syncbn', 'gn', 'sn', 'syncsn'])
+    parser.add_argument('--iters', type=int, default=None, help='default: the configs (600)')
     parser.add_argument('--threads', type=int, default=None,
                         help='OMP_NUM_THREADS of each run (default: torch default)')
     parser.add_argument('--data-root', default='data/seg_demo')

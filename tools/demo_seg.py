@@ -10,7 +10,7 @@ For each layout (default: both):
    val street scenes, 256x128; ADE20K layout: 100 / 20 indoor scenes up to 224x160),
    skipped when already there;
 2. ``tools/train.py configs/seg_demo/<model>_r18-d8-<norm>_demo-<layout>.py`` trains
-   (800 iterations of 4 crops of 128x128 by default) and validates at the end with
+   (600 iterations of 4 crops of 128x128 by default) and validates at the end with
    mmseg's ``IoUMetric``;
 3. ``tools/test.py`` evaluates the saved checkpoint (mIoU on the val split).
 
@@ -138,7 +138,7 @@ def parse_args(argv=None):
     parser.add_argument('--model', choices=MODELS, default='deeplabv3')
     parser.add_argument('--norm', choices=NORMS, default='sn')
     parser.add_argument('--iters', type=int, default=None,
-                        help='training iterations (default: the config, 800)')
+                        help='training iterations (default: the config, 600)')
     parser.add_argument('--threads', type=int, default=None,
                         help='OMP_NUM_THREADS of the train/test processes (default: torch default)')
     parser.add_argument('--data-root', default='data/seg_demo')

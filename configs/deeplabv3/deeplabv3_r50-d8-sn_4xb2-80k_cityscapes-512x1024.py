@@ -1,6 +1,7 @@
 # DeepLabV3 R50-D8 with SN (Switchable Normalization) everywhere: backbone, ASPP head (including
 # its 1x1 image-pooling branch) and auxiliary FCN head.
-# Cityscapes 512x1024 crops, 4 GPUs x 2 images, 80k iterations (the mmseg schedule and pipeline, unchanged).
+# Cityscapes 512x1024 crops, 4 GPUs x 2 images, 80k iterations (the mmseg schedule and
+# pipeline, unchanged).
 # With one image per GPU the BN branch cannot train (1x1 image pooling): use SyncSN,
 # or norm_cfg=dict(type='SN', using_bn=False) (the official (8,1) setting).
 _base_ = 'mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-80k_cityscapes-512x1024.py'

@@ -1,6 +1,7 @@
 # DeepLabV3 R50-D8 with SyncBN (mmseg's default) everywhere: backbone, ASPP head (including
 # its 1x1 image-pooling branch) and auxiliary FCN head.
-# Cityscapes 512x1024 crops, 4 GPUs x 2 images, 80k iterations (the mmseg schedule and pipeline, unchanged).
+# Cityscapes 512x1024 crops, 4 GPUs x 2 images, 80k iterations (the mmseg schedule and
+# pipeline, unchanged).
 _base_ = 'mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-80k_cityscapes-512x1024.py'
 custom_imports = dict(imports=['sn_mm'], allow_failed_imports=False)
 norm_cfg = dict(type='SyncBN', requires_grad=True)

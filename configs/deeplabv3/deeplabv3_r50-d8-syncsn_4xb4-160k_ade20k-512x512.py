@@ -1,6 +1,8 @@
-# DeepLabV3 R50-D8 with SyncSN (SN whose BN-branch moments are taken over all GPUs) everywhere: backbone, ASPP head (including
-# its 1x1 image-pooling branch) and auxiliary FCN head.
-# ADE20K 512x512 crops, 4 GPUs x 4 images, 160k iterations (the mmseg schedule and pipeline, unchanged).
+# DeepLabV3 R50-D8 with SyncSN (SN whose BN-branch moments are taken over all GPUs)
+# everywhere: backbone, ASPP head (including its 1x1 image-pooling branch) and
+# auxiliary FCN head.
+# ADE20K 512x512 crops, 4 GPUs x 4 images, 160k iterations (the mmseg schedule and pipeline,
+# unchanged).
 _base_ = 'mmseg::deeplabv3/deeplabv3_r50-d8_4xb4-160k_ade20k-512x512.py'
 custom_imports = dict(imports=['sn_mm'], allow_failed_imports=False)
 norm_cfg = dict(type='SyncSN', requires_grad=True)

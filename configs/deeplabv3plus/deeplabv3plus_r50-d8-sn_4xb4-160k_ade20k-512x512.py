@@ -2,7 +2,8 @@
 # (including its 1x1 image-pooling branch, and both the depthwise and the pointwise
 # norm of every DepthwiseSeparableConvModule: mmcv's dw_norm_cfg/pw_norm_cfg default
 # to the head's norm_cfg) and auxiliary FCN head.
-# ADE20K 512x512 crops, 4 GPUs x 4 images, 160k iterations (the mmseg schedule and pipeline, unchanged).
+# ADE20K 512x512 crops, 4 GPUs x 4 images, 160k iterations (the mmseg schedule and pipeline,
+# unchanged).
 # With one image per GPU the BN branch cannot train (1x1 image pooling): use SyncSN,
 # or norm_cfg=dict(type='SN', using_bn=False) (the official (8,1) setting).
 _base_ = 'mmseg::deeplabv3plus/deeplabv3plus_r50-d8_4xb4-160k_ade20k-512x512.py'

@@ -2,7 +2,8 @@
 # (including its 1x1 image-pooling branch, and both the depthwise and the pointwise
 # norm of every DepthwiseSeparableConvModule: mmcv's dw_norm_cfg/pw_norm_cfg default
 # to the head's norm_cfg) and auxiliary FCN head.
-# Cityscapes 512x1024 crops, 4 GPUs x 2 images, 80k iterations (the mmseg schedule and pipeline, unchanged).
+# Cityscapes 512x1024 crops, 4 GPUs x 2 images, 80k iterations (the mmseg schedule and
+# pipeline, unchanged).
 _base_ = 'mmseg::deeplabv3plus/deeplabv3plus_r50-d8_4xb2-80k_cityscapes-512x1024.py'
 custom_imports = dict(imports=['sn_mm'], allow_failed_imports=False)
 norm_cfg = dict(type='SyncBN', requires_grad=True)

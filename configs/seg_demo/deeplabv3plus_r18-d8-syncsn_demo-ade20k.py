@@ -1,4 +1,5 @@
-# DeepLabV3+ R18-D8 from scratch, SyncSN everywhere (BN-branch moments over all processes; equals SN on one process),
+# DeepLabV3+ R18-D8 from scratch, SyncSN everywhere (BN-branch moments over all processes;
+# equals SN on one process),
 # on the built-in ade20k-layout demo data (tools/make_seg_demo.py).
 _base_ = [
     './_base_/deeplabv3plus_r18-d8_demo.py', './_base_/seg_demo_ade20k.py',

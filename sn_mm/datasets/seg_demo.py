@@ -95,7 +95,8 @@ def _smooth_noise(rng: np.random.Generator, height: int, width: int, cell: int) 
     """Low-frequency noise in [-1, 1]: a coarse random grid, bilinearly upsampled."""
     gh, gw = height // cell + 2, width // cell + 2
     coarse = rng.uniform(-1.0, 1.0, (gh, gw)).astype(np.float32)
-    return cv2.resize(coarse, (gw * cell, gh * cell), interpolation=cv2.INTER_LINEAR)[:height, :width]
+    fine = cv2.resize(coarse, (gw * cell, gh * cell), interpolation=cv2.INTER_LINEAR)
+    return fine[:height, :width]
 
 
 def _texture(kind: str, rng: np.random.Generator, yy: np.ndarray, xx: np.ndarray,

@@ -1,8 +1,8 @@
 # Demo schedule for CPU: a short poly schedule, validation (mIoU) and a checkpoint at the
-# end, gloo for multi-process runs (tools/dist_train.sh on CPU).
+# end, gloo as the backend of multi-process CPU runs.
 _base_ = 'mmseg::_base_/default_runtime.py'
-max_iters = 800
-optimizer = dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=0.0005)
+max_iters = 600
+optimizer = dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0005)
 optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer, clip_grad=None)
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, begin=0, end=50, by_epoch=False),
