@@ -1,8 +1,11 @@
 # sn_mm developer entry points. Everything installs into ./.venv (idempotent: each
 # step is skipped when its stamp is newer than its inputs).
 #
-#   make demo   install, then run the main job on built-in demo data
-#   make test   install, then run the test suite
+#   make demo       install, then train + evaluate Mask R-CNN with SN on built-in demo data
+#   make test       install, then run the test suite (what CI runs)
+#   make demo-seg   DeepLabV3 with SN on Cityscapes- and ADE20K-layout demo data
+#   make study      the small-scale study of what SN layers learn (tools/study.py)
+#   make bench      speed/memory of SN vs BatchNorm/GroupNorm, and a Mask R-CNN step
 #
 # PYTHON selects the interpreter the venv is made from (Python 3.11 is tested).
 
@@ -13,7 +16,7 @@ PIP     = $(PY) -m pip
 CONSTRAINTS = -c requirements/constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install demo test clean-venv
+.PHONY: install demo demo-seg study bench test clean-venv
 
 install: $(VENV)/.stamp-sn_mm
 
@@ -40,6 +43,16 @@ $(VENV)/.stamp-sn_mm: $(VENV)/.stamp-mmcv requirements/runtime.txt requirements/
 
 demo: install
 	$(PY) tools/demo.py
+
+demo-seg: install
+	$(PY) tools/demo_seg.py
+
+study: install
+	$(PY) tools/study.py --workers 2
+
+bench: install
+	$(PY) bench/bench_sn.py
+	$(PY) bench/bench_mask_rcnn.py
 
 test: install
 	$(PY) -m pytest tests $(PYTEST_ARGS)
