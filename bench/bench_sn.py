@@ -89,7 +89,6 @@ def peak_bytes(name, shape):
         'small = torch.randn(2, shape[1], 4, 4, requires_grad=True)\n'
         'b.fwd_bwd(layer, small, torch.randn_like(small))\n'
         'x = torch.randn(shape, requires_grad=True); g = torch.randn(shape)\n'
-        'x.grad = torch.zeros_like(x); x.grad = None\n'
         'before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss\n'
         'b.fwd_bwd(layer, x, g)\n'
         'print(resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - before)\n'
