@@ -172,6 +172,7 @@ def test_demo_tool_generates_trains_evaluates(tmp_path):
     assert 'generated' in out and 'eta:' in out and 'Iter(train) [2/2]' in out
     summary = json.load(open(work / 'metrics.json'))
     assert summary['iterations'] == 2 and summary['train_seconds_per_iteration'] > 0
+    assert summary['train_cpu_seconds_per_iteration'] > 0
     for key in ('coco/bbox_mAP', 'coco/segm_mAP'):
         assert -1.0 <= summary['metrics'][key] <= 1.0
     shares = summary['sn_shares_in_ln_bn']
@@ -190,14 +191,15 @@ def test_compare_table_format():
     finally:
         sys.path.pop(0)
     result = dict(iterations=10, images_per_iteration=2, train_seconds_per_iteration=0.5,
-                  metrics={'coco/bbox_mAP': 0.4321, 'coco/bbox_mAP_50': 0.7,
+                  train_cpu_seconds_per_iteration=0.9, load_average_1min=[1.5, 2.25],
+                  torch_threads=2, metrics={'coco/bbox_mAP': 0.4321, 'coco/bbox_mAP_50': 0.7,
                            'coco/segm_mAP': 0.25, 'coco/segm_mAP_50': 0.6})
     table = cmp.markdown_table({'bn': result, 'syncsn': dict(result, metrics={})})
     lines = table.splitlines()
     assert lines[0].startswith('| Normalizer') and 'train s/iter' in lines[0]
-    assert lines[2] == '| BN / BN | 43.2 | 70.0 | 25.0 | 60.0 | 0.50 |'
-    assert lines[3] == '| SyncSN / SyncSN | - | - | - | - | 0.50 |'
-    assert '10 iterations x 2 images' in table
+    assert lines[2] == '| BN / BN | 43.2 | 70.0 | 25.0 | 60.0 | 0.50 | 0.90 |'
+    assert lines[3] == '| SyncSN / SyncSN | - | - | - | - | 0.50 | 0.90 |'
+    assert '10 iterations x 2 images' in table and 'load average 1.5-2.2' in table
     assert cmp.config_of('gn_sn-head').endswith('mask-rcnn_r18_fpn_gn_sn-head_coco-demo.py')
     for norm in cmp.LABELS:
         assert osp.isfile(cmp.config_of(norm))

@@ -56,19 +56,30 @@ def _fmt(value) -> str:
     return '-' if value is None else f'{100 * value:.1f}'
 
 
+def _cpu(result: dict) -> str:
+    value = result.get('train_cpu_seconds_per_iteration')
+    return '-' if value is None else f'{value:.2f}'
+
+
+def _loads(results: dict) -> str:
+    loads = [x for r in results.values() for x in r.get('load_average_1min', []) if x >= 0]
+    return f'{min(loads):.1f}-{max(loads):.1f}' if loads else 'unknown'
+
+
 def markdown_table(results: dict) -> str:
     any_result = next(iter(results.values()))
     lines = [
         '| Normalizer (backbone / FPN + heads) | bbox mAP | bbox AP50 | segm mAP | segm AP50 '
-        '| train s/iter |',
-        '|---|---:|---:|---:|---:|---:|',
+        '| train s/iter | train CPU s/iter |',
+        '|---|---:|---:|---:|---:|---:|---:|',
     ]
     for norm, r in results.items():
         m = r['metrics']
         lines.append(f'| {LABELS[norm]} | {_fmt(m.get("coco/bbox_mAP"))} '
                      f'| {_fmt(m.get("coco/bbox_mAP_50"))} | {_fmt(m.get("coco/segm_mAP"))} '
                      f'| {_fmt(m.get("coco/segm_mAP_50"))} '
-                     f'| {r["train_seconds_per_iteration"]:.2f} |')
+                     f'| {r["train_seconds_per_iteration"]:.2f} '
+                     f'| {_cpu(r)} |')
     lines.append('')
     lines.append(
         f'Mask R-CNN, half-width ResNet-18 FPN from scratch, synthetic COCO-format shapes '
@@ -76,6 +87,9 @@ def markdown_table(results: dict) -> str:
         f'{any_result["images_per_iteration"]} images, mAP x100 on the val split '
         f'(mmdet CocoMetric). Measured {datetime.date.today().isoformat()} on '
         f'{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), '
+        f'{any_result.get("torch_threads", "?")} torch threads, 1-minute load average '
+        f'{_loads(results)} during training (wall s/iter grows with other jobs on the '
+        f'machine; CPU s/iter, summed over the threads, much less), '
         f'`python tools/compare_norms_det.py`.')
     return '\n'.join(lines)
 

@@ -76,9 +76,14 @@ class Timer(Hook):
 
     def before_train(self, runner):
         self.times['train_start'] = time.time()
+        self.times['train_cpu_start'] = time.process_time()  # all threads of this process
+        self.times['load_start'] = os.getloadavg()[0]
 
     def before_val(self, runner):
-        self.times.setdefault('val_start', time.time())
+        if 'val_start' not in self.times:
+            self.times['val_start'] = time.time()
+            self.times['train_cpu'] = time.process_time() - self.times['train_cpu_start']
+            self.times['load_end'] = os.getloadavg()[0]
 
     def after_val(self, runner):
         self.times['val_end'] = time.time()
@@ -146,6 +151,7 @@ def main(argv=None):
     runner.train()
     t_end = time.time()
 
+    import torch
     hub = runner.message_hub
     metrics = {}
     for key in METRIC_KEYS:
@@ -159,6 +165,12 @@ def main(argv=None):
                    images_per_iteration=cfg.train_dataloader.batch_size,
                    train_seconds=round(train_s, 1),
                    train_seconds_per_iteration=round(train_s / iters, 3),
+                   # CPU seconds of the training process (all its threads) per iteration:
+                   # less sensitive than wall time to other jobs on the machine
+                   train_cpu_seconds_per_iteration=round(times.get('train_cpu', 0.0) / iters, 3),
+                   load_average_1min=[round(times.get('load_start', -1), 2),
+                                      round(times.get('load_end', -1), 2)],
+                   torch_threads=torch.get_num_threads(),
                    eval_seconds=round(val_s, 1), data_seconds=round(t_data, 1),
                    total_seconds=round(t_end - t0, 1), metrics=metrics,
                    sn_shares_in_ln_bn={k: dict(mean=[round(x, 3) for x in m],
@@ -173,7 +185,10 @@ def main(argv=None):
     print('\n' + '=' * 72)
     print(f'[demo] Mask R-CNN ({name}) on the synthetic COCO data: done in '
           f'{(t_end - t0) / 60:.1f} min (training {train_s / 60:.1f} min, '
-          f'{train_s / iters:.2f} s/iteration; evaluation {val_s:.0f} s)')
+          f'{train_s / iters:.2f} s/iteration, {summary["train_cpu_seconds_per_iteration"]:.2f} '
+          f'CPU s/iteration on {summary["torch_threads"]} threads, load average '
+          f'{summary["load_average_1min"][0]}-{summary["load_average_1min"][1]}; '
+          f'evaluation {val_s:.0f} s)')
     if metrics:
         print(f'[demo] val: bbox mAP {metrics.get("coco/bbox_mAP", float("nan")):.3f} '
               f'(AP50 {metrics.get("coco/bbox_mAP_50", float("nan")):.3f}), segm mAP '
