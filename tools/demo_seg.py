@@ -57,9 +57,10 @@ def run_tool(args: Sequence[str], log_path: str, threads: Optional[int] = None,
         for line in proc.stdout:
             log.write(line)
             lines.append(line)
-            if echo and ('mmengine - INFO - Iter(' in line or line.startswith(('|', '+'))
-                         or 'Error' in line):
-                print(line, end='', flush=True)
+            absent = line.startswith('|') and re.search(r'\|\s+nan\s+\|', line)
+            if echo and not absent and ('mmengine - INFO - Iter(' in line or 'Error' in line
+                                        or line.startswith(('|', '+'))):
+                print(line, end='', flush=True)  # per-class table without absent classes
     if proc.returncode != 0:
         tail = ''.join(lines[-40:])
         raise RuntimeError(f'python {" ".join(args)} failed with exit code {proc.returncode} '
@@ -111,7 +112,8 @@ def train_and_test(model: str, norm: str, layout: str, data_root: str, work_root
         options += [f'train_cfg.max_iters={iters}', f'train_cfg.val_interval={iters}',
                     f'default_hooks.checkpoint.interval={iters}',
                     f'param_scheduler.0.end={warmup}', f'param_scheduler.1.begin={warmup}',
-                    f'param_scheduler.1.end={max(iters, warmup + 1)}']
+                    f'param_scheduler.1.end={max(iters, warmup + 1)}',
+                    f'default_hooks.logger.interval={min(20, max(1, iters // 10))}']
     options += list(extra_options)
     from mmengine.config import Config
     cfg = Config.fromfile(osp.join(ROOT, config))
@@ -125,7 +127,10 @@ def train_and_test(model: str, norm: str, layout: str, data_root: str, work_root
     test_out = run_tool(['tools/test.py', config, checkpoint, '--work-dir',
                          osp.join(work_dir, 'test'), '--cfg-options', *options],
                         osp.join(work_dir, 'test_stdout.log'), threads, echo)
-    sec_per_iter, windows = parse_iter_times(train_out)
+    try:
+        sec_per_iter, windows = parse_iter_times(train_out)
+    except ValueError:  # no logging window (very short run)
+        sec_per_iter, windows = float('nan'), 0
     return dict(config=config, work_dir=osp.abspath(work_dir), checkpoint=osp.abspath(checkpoint),
                 val=parse_val_metrics(train_out), test=parse_test_metrics(test_out),
                 sec_per_iter=sec_per_iter, log_windows=windows, iters=max_iters,
