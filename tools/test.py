@@ -13,6 +13,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import sn_mm  # noqa: F401  registers SN/SyncSN, hooks and safe checkpoint loading
+from sn_mm.engine.launch import setup_cpu_distributed
 
 
 def parse_args():
@@ -43,6 +44,7 @@ def main():
     elif cfg.get('work_dir', None) is None:
         cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
     cfg.load_from = args.checkpoint
+    setup_cpu_distributed(cfg)  # torchrun on CPU-only torch: gloo, DDP without device_ids
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     if args.out is not None:
         if not args.out.endswith(('.pkl', '.pickle')):

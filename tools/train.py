@@ -15,6 +15,7 @@ from mmengine.registry import RUNNERS
 from mmengine.runner import Runner
 
 import sn_mm  # noqa: F401  registers SN/SyncSN, hooks and safe checkpoint loading
+from sn_mm.engine.launch import setup_cpu_distributed
 
 
 def parse_args():
@@ -67,6 +68,7 @@ def build_cfg(args) -> Config:
 def main():
     args = parse_args()
     cfg = build_cfg(args)
+    setup_cpu_distributed(cfg)  # torchrun on CPU-only torch: gloo, DDP without device_ids
     runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
     runner.train()
     print(f'Work dir (checkpoints, logs, metrics): {osp.abspath(cfg.work_dir)}')
