@@ -16,7 +16,7 @@ PIP     = $(PY) -m pip
 CONSTRAINTS = -c requirements/constraints.txt
 PYTEST_ARGS ?=
 
-.PHONY: install demo demo-seg study bench test clean-venv
+.PHONY: install demo demo-seg compare-det compare-seg study bench test clean-venv
 
 install: $(VENV)/.stamp-sn_mm
 
@@ -46,6 +46,12 @@ demo: install
 
 demo-seg: install
 	$(PY) tools/demo_seg.py
+
+compare-det: install
+	$(PY) tools/compare_norms_det.py
+
+compare-seg: install
+	$(PY) tools/compare_norms_seg.py --threads 1
 
 study: install
 	$(PY) tools/study.py --workers 2
