@@ -4,7 +4,7 @@ Prints, per ResNet-50 shape at detection batch sizes, the median forward+backwar
 time (train mode) of every variant measured *interleaved in one run* (so machine
 noise hits all of them alike), the ratio to ``nn.BatchNorm2d``, the bytes saved
 for backward (``torch.autograd.graph.saved_tensors_hooks``, unique storages) and
-the peak extra memory of one forward+backward (torch profiler's allocator events).
+the peak memory growth of one forward+backward (ru_maxrss, a fresh process per variant).
 
     python bench/bench_sn.py [--rounds 9] [--threads N] [--quick]
 """
@@ -99,6 +99,8 @@ def peak_bytes(name, shape):
 
 
 def bench_shape(shape, rounds):
+    # Peaks first, in fresh processes (measured after the timing loops they read 0 here).
+    peaks = {name: peak_bytes(name, shape) for name in variants(shape[1])}
     torch.manual_seed(0)
     x = torch.randn(shape, requires_grad=True)
     grad = torch.randn(shape)
@@ -113,7 +115,6 @@ def bench_shape(shape, rounds):
             times[name].append(time.perf_counter() - start)
     medians = {name: statistics.median(t) for name, t in times.items()}
     saved = {name: saved_bytes(layer, x) for name, layer in layers.items()}
-    peaks = {name: peak_bytes(name, shape) for name in layers}
     return medians, saved, peaks
 
 
