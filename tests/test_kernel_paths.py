@@ -1,4 +1,4 @@
-"""The compiled CPU kernel and the pure-torch path compute the same gradients."""
+"""The compiled CPU kernels and the pure-torch path compute the same results."""
 import os
 
 import pytest
@@ -25,6 +25,42 @@ def test_fused_input_grad_matches_formula(dtype):
     assert_close(out, a[:, None] * g + k[:, None] * x + c[:, None])
     with pytest.raises(RuntimeError, match='must have R = 12'):
         functional.compiled_kernel.fused_input_grad(g, x, a[:5], k, c)
+
+
+@pytest.mark.skipif(functional.compiled_kernel is None, reason='compiled kernel not built')
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float64])
+@pytest.mark.parametrize('length', [1, 7, 2048, 2049, 54400])
+def test_instance_moments_kernel_matches_float64_reference(dtype, length):
+    gen = torch.Generator().manual_seed(length)
+    # A large common offset: a one-pass E[x^2] - E[x]^2 would lose every digit here.
+    x = torch.randn(6, length, generator=gen, dtype=torch.float64) * 0.01 + 1000.0
+    mean, var = functional.compiled_kernel.instance_moments(x.to(dtype))
+    ref_var, ref_mean = torch.var_mean(x.to(dtype).double(), -1, correction=0)
+    assert mean.dtype == var.dtype == dtype
+    assert_close(mean.double(), ref_mean, rtol=1e-7 if dtype == torch.float32 else 1e-14,
+                 atol=0)
+    assert_close(var.double(), ref_var, rtol=1e-5 if dtype == torch.float32 else 1e-10,
+                 atol=1e-12)
+    assert (var >= 0).all()
+
+
+@pytest.mark.skipif(functional.compiled_kernel is None, reason='compiled kernel not built')
+def test_instance_moments_kernel_rejects_bad_input():
+    with pytest.raises(RuntimeError, match=r'must be \(R, L\) with L > 0'):
+        functional.compiled_kernel.instance_moments(torch.randn(2, 3, 4))
+    with pytest.raises(RuntimeError, match=r'must be \(R, L\) with L > 0'):
+        functional.compiled_kernel.instance_moments(torch.randn(2, 0))
+
+
+def test_missing_kernel_warns_once_and_falls_back(monkeypatch):
+    monkeypatch.setattr(functional, 'compiled_kernel', None)
+    monkeypatch.setattr(functional, 'USE_COMPILED_KERNEL', True)
+    monkeypatch.setattr(functional, '_warned_missing_kernel', False)
+    x = torch.randn(2, 4, 5, 5)
+    with pytest.warns(UserWarning, match='without its compiled CPU kernels'):
+        y = SwitchableNorm(4)(x)
+    monkeypatch.setattr(functional, 'USE_COMPILED_KERNEL', False)
+    assert_close(y, SwitchableNorm(4)(x))
 
 
 @pytest.mark.parametrize('use_kernel', [True, False])

@@ -48,6 +48,29 @@ Mixer = Callable[..., Tuple[torch.Tensor, torch.Tensor]]
 #: ``SN_MM_DISABLE_EXT=1`` (or setting this to False) selects the pure-torch path.
 USE_COMPILED_KERNEL = os.getenv('SN_MM_DISABLE_EXT', '0') != '1'
 _warned_missing_kernel = False
+_KERNELS = ('instance_moments', 'fused_input_grad')
+
+
+def use_compiled_kernel(x3: torch.Tensor) -> bool:
+    """Whether the compiled CPU kernels handle this (non-empty) CPU tensor.
+
+    CPU installs built without the kernels (``SN_MM_WITH_OPS=0``, or a stale build that
+    lacks one of them) get a one-time warning and the pure-torch path: same results,
+    slower.
+    """
+    global _warned_missing_kernel
+    if x3.device.type != 'cpu' or not USE_COMPILED_KERNEL or x3.numel() == 0:
+        return False
+    if compiled_kernel is not None and all(
+            hasattr(compiled_kernel, name) for name in _KERNELS):
+        return True
+    if not _warned_missing_kernel:
+        _warned_missing_kernel = True
+        warnings.warn('sn_mm was installed without its compiled CPU kernels (sn_mm._ext '
+                      f'with {", ".join(_KERNELS)}); using the pure-torch path: same '
+                      'results, slower. Reinstall (pip install -e . with SN_MM_WITH_OPS=1, '
+                      'the default) to build them.')
+    return False
 
 
 def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
@@ -64,13 +87,17 @@ def as_ncl(x: torch.Tensor) -> torch.Tensor:
 def instance_moments(x3: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-(n, c) mean and *biased* variance of an ``(N, C, L)`` tensor.
 
-    Returns ``(mean, var)``, both ``(N, C)``. Uses ATen's batch-norm statistics kernel
-    on the ``(1, N*C, L)`` view (two-pass, vectorized, no full-size temporary), which
-    is several times faster than ``torch.var_mean`` over the last dimension on CPU.
+    Returns ``(mean, var)``, both ``(N, C)``. On CPU with the compiled kernel: one
+    parallel two-pass sweep per row (the row stays in cache), ~4x faster than ATen.
+    Otherwise ATen's batch-norm statistics kernel on the ``(1, N*C, L)`` view (two-pass,
+    no full-size temporary, several times faster than ``torch.var_mean`` on CPU).
     """
     n, c, length = x3.shape
     if x3.numel() == 0:  # empty batch: (0, C) moments
         return x3.sum(-1), x3.sum(-1)
+    if use_compiled_kernel(x3):
+        mean, var = compiled_kernel.instance_moments(x3.reshape(n * c, length))
+        return mean.view(n, c), var.view(n, c)
     mean, var = torch.batch_norm_update_stats(x3.reshape(1, n * c, length), None, None, 0.0)
     return mean.view(n, c), var.view(n, c)
 
@@ -102,19 +129,12 @@ def input_grad(g3: torch.Tensor, x3: torch.Tensor, scale: torch.Tensor, k: torch
     Otherwise two ``addcmul`` passes with the same math (CUDA's path, and CPU
     installs built with ``SN_MM_WITH_OPS=0``, which get a one-time warning).
     """
-    global _warned_missing_kernel
-    if x3.device.type == 'cpu' and USE_COMPILED_KERNEL and x3.numel() > 0:
-        if compiled_kernel is not None:
-            rows = x3.shape[0] * x3.shape[1]
-            flat = (rows, x3.shape[2])
-            return compiled_kernel.fused_input_grad(
-                g3.reshape(flat), x3.reshape(flat), scale.reshape(rows).to(x3.dtype),
-                k.reshape(rows), c.reshape(rows)).view(x3.shape)
-        if not _warned_missing_kernel:
-            _warned_missing_kernel = True
-            warnings.warn('sn_mm was installed without its compiled CPU kernel (sn_mm._ext); '
-                          'using the pure-torch path: same results, slower backward. '
-                          'Reinstall with SN_MM_WITH_OPS=1 to build it.')
+    if use_compiled_kernel(x3):
+        rows = x3.shape[0] * x3.shape[1]
+        flat = (rows, x3.shape[2])
+        return compiled_kernel.fused_input_grad(
+            g3.reshape(flat), x3.reshape(flat), scale.reshape(rows).to(x3.dtype),
+            k.reshape(rows), c.reshape(rows)).view(x3.shape)
     grad = torch.addcmul(c.unsqueeze(-1), x3, k.unsqueeze(-1))
     return grad.addcmul_(g3, scale.to(x3.dtype).unsqueeze(-1))
 
