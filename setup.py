@@ -1,6 +1,7 @@
 """sn_mm: Switchable Normalization for MMDetection / MMSegmentation."""
 import os
 import os.path as osp
+import sys
 
 from setuptools import find_packages, setup
 
@@ -12,9 +13,20 @@ def extension_kwargs():
     """
     if os.getenv('SN_MM_WITH_OPS', '1') == '0':
         return {}
+    import torch
     from torch.utils.cpp_extension import BuildExtension, CppExtension
+
+    # at::parallel_for is an OpenMP region compiled into *this* library: without
+    # -fopenmp it silently runs on one thread. Linked this way the extension shares
+    # the OpenMP runtime torch has already loaded (same soname, libgomp.so.1).
+    compile_args, link_args = ['-O3'], []
+    if torch.backends.openmp.is_available() and sys.platform.startswith('linux'):
+        compile_args.append('-fopenmp')
+        link_args.append('-fopenmp')
+    else:
+        compile_args.append('-fopenmp-simd')
     ext = CppExtension('sn_mm._ext', ['sn_mm/ops/csrc/sn_cpu.cpp'],
-                       extra_compile_args=['-O3', '-fopenmp-simd'])
+                       extra_compile_args=compile_args, extra_link_args=link_args)
     return dict(ext_modules=[ext], cmdclass={'build_ext': BuildExtension})
 
 

@@ -1,5 +1,6 @@
 """The compiled CPU kernels and the pure-torch path compute the same results."""
 import os
+import sys
 
 import pytest
 import torch
@@ -13,6 +14,21 @@ BUILT_WITHOUT_OPS = os.getenv('SN_MM_WITH_OPS', '1') == '0'
 @pytest.mark.skipif(BUILT_WITHOUT_OPS, reason='installed with SN_MM_WITH_OPS=0')
 def test_compiled_kernel_is_built():
     assert functional.compiled_kernel is not None, 'sn_mm._ext missing: reinstall (make install)'
+
+
+@pytest.mark.skipif(functional.compiled_kernel is None, reason='compiled kernel not built')
+@pytest.mark.skipif(not (torch.backends.openmp.is_available() and sys.platform.startswith('linux')),
+                    reason='the extension is built with OpenMP on Linux only')
+def test_compiled_kernel_runs_parallel():
+    # Built without -fopenmp, at::parallel_for in the extension silently runs on one thread.
+    threads = torch.get_num_threads()
+    try:
+        torch.set_num_threads(2)
+        assert functional.compiled_kernel.parallel_threads() == 2
+    finally:
+        torch.set_num_threads(threads)
+    gomp = {line.split()[-1] for line in open('/proc/self/maps') if 'libgomp' in line}
+    assert len(gomp) <= 1, f'two OpenMP runtimes loaded: {sorted(gomp)}'
 
 
 @pytest.mark.skipif(functional.compiled_kernel is None, reason='compiled kernel not built')

@@ -1,4 +1,4 @@
-r"""The autograd Function behind SwitchableNorm: big tensors analytic, small graph autograd.
+r"""The autograd Function behind SwitchableNorm: every derivative written out by hand.
 
 SN computes, for an input viewed as ``(N, C, L)`` (``L`` = product of the spatial
 sizes), the instance moments
@@ -10,20 +10,21 @@ sizes), the instance moments
 in one pass, then turns them (together with the parameters) into a per-(n, c)
 affine map ``y = scale * x + shift``. Everything between the moments and
 ``(scale, shift)`` — the IN/LN/BN mixing, softmaxes, the synchronized BN moments
-of SyncSN and running statistics — works on ``(N, C)``/``(C,)`` tensors and is left
-to autograd (the *mixer*, a callable handed in by the module). Only the two
-``(N, C, L)``-sized steps have hand-written, exact derivatives:
+of SyncSN and running statistics — works on ``(N, C)``/``(C,)`` tensors: the
+*mixer* handed in by the module, with its own hand-derived backward
+(``sn_mm.ops.mixing``). The two ``(N, C, L)``-sized steps have exact derivatives:
 
 - ``y = scale * x + shift`` gives ``dL/dscale = sum_l g x``, ``dL/dshift = sum_l g``
   and the direct term ``scale * g`` of ``dL/dx``;
 - the moments give ``dL/dx += g_mu / L + g_v * 2 (x - mu) / L`` where ``g_mu`` and
-  ``g_v`` are the gradients autograd returns for ``mu`` and ``v`` through the mixer.
+  ``g_v`` are the gradients the mixer's backward returns for ``mu`` and ``v``.
 
-Backward therefore runs the mixer's small graph once (for SyncSN that contains the
-one backward collective) and makes two passes over ``(N, C, L)`` memory, and saves
-only ``x`` plus ``(N, C)`` tensors for backward — like BatchNorm. The derivative
-is exact (checked by float64 gradcheck), not an approximation. Double backward is
-not supported.
+Backward therefore makes two passes over ``(N, C, L)`` memory (one fused reduction,
+one fused input-gradient pass) plus the mixer's ``(N, C)`` arithmetic (for SyncSN
+that contains the one backward collective), and saves only ``x`` plus ``(N, C)``
+tensors — like BatchNorm. No autograd graph is recorded for the small step, which
+keeps SN's fixed per-layer cost low. The derivative is exact (checked by float64
+gradcheck), not an approximation. Double backward is not supported.
 
 Statistics are computed in float32 for float16/bfloat16 inputs (and in float64 for
 float64 inputs); the output has the input's dtype.
@@ -31,7 +32,7 @@ float64 inputs); the output has the input's dtype.
 import math
 import os
 import warnings
-from typing import Callable, Sequence, Tuple
+from typing import Protocol, Sequence, Tuple
 
 import torch
 from torch.autograd import Function
@@ -42,7 +43,25 @@ try:  # the optional compiled CPU kernel, built by setup.py (SN_MM_WITH_OPS=0 sk
 except ImportError:  # pragma: no cover - exercised by installs without the extension
     compiled_kernel = None
 
-Mixer = Callable[..., Tuple[torch.Tensor, torch.Tensor]]
+
+
+class Mixer(Protocol):
+    """SN's ``(N, C)`` step for one forward call (see ``sn_mm.ops.mixing``).
+
+    ``forward(mean_in, var_in, *params) -> (scale, shift, saved)`` maps the IN moments
+    (biased variance) and the parameters to the per-(n, c) affine map and a tuple of
+    tensors for backward; ``backward(saved, grad_scale, grad_shift)`` returns the
+    gradients w.r.t. ``(mean_in, var_in, *params)``. ``params`` holds the parameters
+    (their dtypes are those of the returned gradients).
+    """
+
+    params: Sequence[torch.Tensor]
+
+    def forward(self, mean_in: torch.Tensor, var_in: torch.Tensor, *params: torch.Tensor
+                ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[torch.Tensor, ...]]: ...
+
+    def backward(self, saved: Sequence[torch.Tensor], grad_scale: torch.Tensor,
+                 grad_shift: torch.Tensor) -> Tuple[torch.Tensor, ...]: ...
 
 #: Use the compiled CPU kernel for the input-gradient pass when it is available.
 #: ``SN_MM_DISABLE_EXT=1`` (or setting this to False) selects the pure-torch path.
@@ -156,60 +175,57 @@ def apply_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> t
 
 
 class SwitchableNormFunction(Function):
-    """``y = SN(x)`` with ``mixer(mean_in, var_in, *params) -> (scale, shift)``.
+    """``y = SN(x)`` given a :class:`Mixer` for the ``(N, C)`` step.
 
-    ``params`` are the tensors the mixer differentiates (weight, bias, mean logits,
-    variance logits); their gradients are returned in the same order.
+    ``params`` are the tensors the mixer takes after the IN moments (weight, bias,
+    mean logits, variance logits); their gradients are returned in the same order.
+    Everything saved for backward (``x`` and the mixer's ``(N, C)``/``(C,)`` tensors)
+    goes through ``save_for_backward``, so saved-tensor hooks see all of it.
     """
 
     @staticmethod
-    def forward(ctx, x: torch.Tensor, mixer: Mixer, *params: torch.Tensor) -> torch.Tensor:
+    def forward(ctx, x: torch.Tensor, mixer: 'Mixer', *params: torch.Tensor) -> torch.Tensor:
         x3 = as_ncl(x)
         mean_in, var_in = instance_moments(x3)
-        leaves = [t.detach().requires_grad_() for t in (mean_in, var_in, *params)]
-        with torch.enable_grad():
-            scale, shift = mixer(*leaves)
-        y = apply_affine(x, scale.detach(), shift.detach())
-        ctx.save_for_backward(x, mean_in, scale.detach())
-        ctx.small_graph = (leaves, scale, shift)
+        scale, shift, saved = mixer.forward(mean_in, var_in, *params)
+        y = apply_affine(x, scale, shift)
+        ctx.mixer = mixer
+        ctx.save_for_backward(x, mean_in, scale, *saved)
         return y.to(x.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
-        x, mean_in, scale = ctx.saved_tensors
-        leaves, scale_node, shift_node = ctx.small_graph
+        x, mean_in, scale, *saved = ctx.saved_tensors
         x3 = as_ncl(x)
         g3 = grad_y.reshape(x3.shape).to(x3.dtype)
         length = x3.shape[-1]
 
         # sum_l g*x = sum_l g*(x - mu) + mu * sum_l g
         centered_dot, grad_shift = sums_for_affine_grad(g3, x3, mean_in)
-        grad_scale = centered_dot + mean_in * grad_shift
-        grads = torch.autograd.grad(
-            (scale_node, shift_node), leaves,
-            (grad_scale.to(scale_node.dtype), grad_shift.to(shift_node.dtype)),
-            allow_unused=True, retain_graph=True)
-        grad_mean_in, grad_var_in = grads[0], grads[1]
+        grad_scale = torch.addcmul(centered_dot, mean_in, grad_shift)
+        grad_mean_in, grad_var_in, *param_grads = ctx.mixer.backward(
+            saved, grad_scale, grad_shift)
 
         grad_x = None
         if ctx.needs_input_grad[0]:
             # dL/dx = scale*g + g_mu/L + g_v*2(x - mu)/L  ==  scale*g + k*x + c
             k = grad_var_in.to(x3.dtype) * (2.0 / length)
-            c = grad_mean_in.to(x3.dtype) / length - mean_in * k
+            c = torch.addcmul(grad_mean_in.to(x3.dtype) / length, mean_in, k, value=-1)
             grad_x = input_grad(g3, x3, scale, k, c).reshape(x.shape).to(x.dtype)
 
-        param_grads = [g if needed else None
-                       for g, needed in zip(grads[2:], ctx.needs_input_grad[2:])]
+        params = ctx.mixer.params
+        param_grads = [g.to(p.dtype) if needed else None for g, p, needed
+                       in zip(param_grads, params, ctx.needs_input_grad[2:])]
         return (grad_x, None, *param_grads)
 
 
-def switchable_norm(x: torch.Tensor, mixer: Mixer, params: Sequence[torch.Tensor],
+def switchable_norm(x: torch.Tensor, mixer: 'Mixer', params: Sequence[torch.Tensor],
                     build_graph: bool) -> torch.Tensor:
     """Apply SN given the module's ``mixer``; ``build_graph=False`` skips autograd."""
     if build_graph:
         return SwitchableNormFunction.apply(x, mixer, *params)
     x3 = as_ncl(x)
     mean_in, var_in = instance_moments(x3)
-    scale, shift = mixer(mean_in, var_in, *params)
+    scale, shift, _ = mixer.forward(mean_in, var_in, *params)
     return apply_affine(x, scale, shift).to(x.dtype)

@@ -52,8 +52,9 @@ import torch.nn.functional as F
 from torch import nn
 
 from .batch_average import BatchAverage
-from .distributed import all_gather_rows, sync_world_size
+from .distributed import all_gather_rows, all_reduce_sum, sync_world_size
 from .functional import switchable_norm
+from .mixing import BNMoments, mix_backward, mix_forward
 
 IN, LN, BN = 0, 1, 2
 BRANCHES = ('IN', 'LN', 'BN')
@@ -181,52 +182,38 @@ class SwitchableNorm(nn.Module):
         params = (self.weight, self.bias, self.mean_weight, self.var_weight)
         build_graph = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in params))
-        length = math.prod(x.shape[2:])
-        shape = tuple(x.shape)
-
-        def mixer(mean_in, var_in, weight, bias, mean_logits, var_logits):
-            return self._mix(mean_in, var_in, length, shape, weight, bias, mean_logits, var_logits)
-
+        mixer = SNMixer(self, math.prod(x.shape[2:]), tuple(x.shape), params)
         device_type = x.device.type
         if torch.is_autocast_enabled(device_type):
             with torch.autocast(device_type, enabled=False):
                 return switchable_norm(x, mixer, params, build_graph)
         return switchable_norm(x, mixer, params, build_graph)
 
-    def _mix(self, mean_in, var_in, length, shape, weight, bias, mean_logits, var_logits):
-        """(N, C) IN moments (biased variance) + parameters -> per-(n, c) scale and shift."""
-        if self.in_variance == 'unbiased' and length > 1:
-            var_in = var_in * (length / (length - 1))
-        mean_w = F.softmax(mean_logits, 0)
-        var_w = F.softmax(var_logits, 0)
+    def _bn_moments(self, mean_in: torch.Tensor, var_in: torch.Tensor, length: int,
+                    shape: tuple) -> BNMoments:
+        """BN-branch (C,) moments: batch moments in training, running ones in eval.
 
-        mean_ln = mean_in.mean(1, keepdim=True)
-        var_ln = var_in.mean(1, keepdim=True) + (mean_in - mean_ln).square().mean(1, keepdim=True)
-        mean = mean_w[IN] * mean_in + mean_w[LN] * mean_ln
-        var = var_w[IN] * var_in + var_w[LN] * var_ln
-        if self.using_bn:
-            mean_bn, var_bn = self._bn_moments(mean_in, var_in, length, shape)
-            mean = mean + mean_w[BN] * mean_bn
-            var = var + var_w[BN] * var_bn
-        scale = weight * torch.rsqrt(var + self.eps)
-        shift = bias - mean * scale
-        return scale, shift
-
-    def _bn_moments(self, mean_in, var_in, length, shape):
-        """BN-branch (C,) moments: batch moments in training, running ones in eval."""
-        if not self.training:
-            return (self.running_mean.to(mean_in.dtype), self.running_var.to(var_in.dtype))
+        ``var_in`` is the IN variance as the layer uses it (Bessel-corrected in
+        ``'unbiased'`` mode). Batch moments carry the gradient reduction of
+        :mod:`sn_mm.ops.mixing`; running statistics are constants (``reduce=None``).
+        """
         batch = mean_in.shape[0]
-        if batch == 0:  # empty batch (e.g. 0 RoIs): empty output, statistics untouched
-            return (self.running_mean.to(mean_in.dtype), self.running_var.to(var_in.dtype))
+        if not self.training or batch == 0:
+            # eval, or an empty batch (e.g. 0 RoIs): empty output, statistics untouched
+            return self._running_moments(mean_in.dtype)
         if batch * length <= 1:
             raise ValueError(
                 f'Expected more than 1 value per channel when training the BN branch of '
                 f'{type(self).__name__}, got input size {shape}')
-        mean_bn = mean_in.mean(0)
-        var_bn = var_in.mean(0) + (mean_in - mean_bn).square().mean(0)
+        mean_bn = mean_in.sum(0).div_(batch)
+        var_bn = (var_in.sum(0) + (mean_in - mean_bn).square_().sum(0)).div_(batch)
         self._track(mean_bn, var_bn, batch * length)
-        return mean_bn, var_bn
+        return BNMoments(mean_bn, var_bn, lambda g_mean, g_var: (g_mean, g_var, batch))
+
+    def _running_moments(self, dtype: torch.dtype) -> BNMoments:
+        """The running statistics as constant BN moments (copies: later updates can't leak)."""
+        return BNMoments(self.running_mean.to(dtype, copy=True),
+                         self.running_var.to(dtype, copy=True), None)
 
     @torch.no_grad()
     def _track(self, mean_bn: torch.Tensor, var_bn: torch.Tensor, num_values: int) -> None:
@@ -316,9 +303,10 @@ class SyncSwitchableNorm(SwitchableNorm):
     to the concatenated batch (same spatial size on every rank). IN and LN moments
     are per sample and never communicated.
 
-    Cost: one all-reduce of ``2C + 2`` values in forward and one in backward per
-    layer and iteration (gradients flow exactly through the differentiable
-    collective). A rank with an empty batch still joins both collectives, so peers
+    Cost: per layer and iteration, one all-reduce in forward (every rank's row of
+    ``2C + 2`` values: sample and value counts, mean, M2) and one of ``2C`` values
+    in backward (the gradients w.r.t. the shared BN moments; see
+    :mod:`sn_mm.ops.mixing`). A rank with an empty batch still joins both collectives, so peers
     never hang — as long as its output takes part in its loss (e.g. ``0 * y.sum()``),
     as for torch's SyncBatchNorm.
 
@@ -354,7 +342,7 @@ class SyncSwitchableNorm(SwitchableNorm):
                                self.process_group, world_size)
         c = self.num_features
         samples, num_values = rows[:, 0], float(rows[:, 1].sum())
-        total = samples.sum()
+        total = float(samples.sum())
         if num_values <= 1:
             raise ValueError(
                 f'Expected more than 1 value per channel when training the BN branch of '
@@ -365,4 +353,50 @@ class SyncSwitchableNorm(SwitchableNorm):
         mean_bn = (weights * means).sum(0) / total
         var_bn = (m2s.sum(0) + (weights * (means - mean_bn).square()).sum(0)) / total
         self._track(mean_bn, var_bn, num_values)
-        return mean_bn, var_bn
+        group = self.process_group
+
+        def reduce(g_mean, g_var):  # the one backward collective: sum over every rank
+            summed = all_reduce_sum(torch.cat([g_mean, g_var]), group)
+            return summed[:c], summed[c:], total
+
+        return BNMoments(mean_bn, var_bn, reduce)
+
+
+class SNMixer:
+    """One forward call's ``(N, C)`` step of a :class:`SwitchableNorm` (the ``Mixer`` protocol).
+
+    Applies the IN-variance convention of the layer (Bessel's correction in
+    ``'unbiased'`` mode, none on 1x1 maps), asks the layer for its BN moments
+    (batch, synchronized or running; this also updates running statistics) and runs
+    :func:`~sn_mm.ops.mixing.mix_forward` / :func:`~sn_mm.ops.mixing.mix_backward`.
+    """
+
+    def __init__(self, layer: SwitchableNorm, length: int, shape: tuple, params):
+        self.layer = layer
+        self.length = length
+        self.shape = shape
+        self.params = params
+        self.var_factor = (length / (length - 1)
+                           if layer.in_variance == 'unbiased' and length > 1 else 1.0)
+        self.bn_reduce = None
+
+    def forward(self, mean_in, var_in, weight, bias, mean_logits, var_logits):
+        layer = self.layer
+        u = var_in * self.var_factor if self.var_factor != 1.0 else var_in
+        bn = layer._bn_moments(mean_in, u, self.length, self.shape) if layer.using_bn else None
+        scale, shift, saved = mix_forward(mean_in, u, weight, bias, mean_logits, var_logits,
+                                          layer.eps, bn)
+        if bn is None:
+            return scale, shift, (mean_in, u, *saved)
+        self.bn_reduce = bn.reduce
+        return scale, shift, (mean_in, u, *saved, bn.mean, bn.var)
+
+    def backward(self, saved, grad_scale, grad_shift):
+        mean_in, u, *rest = saved
+        bn = None
+        if self.layer.using_bn:
+            bn = BNMoments(rest[-2], rest[-1], self.bn_reduce)
+            rest = rest[:-2]
+        grad_mean_in, grad_u, *param_grads = mix_backward(
+            rest, mean_in, u, bn, grad_scale, grad_shift)
+        return (grad_mean_in, grad_u * self.var_factor, *param_grads)

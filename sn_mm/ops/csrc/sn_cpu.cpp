@@ -138,9 +138,20 @@ torch::Tensor fused_input_grad(const torch::Tensor& g, const torch::Tensor& x,
   return out;
 }
 
+// Threads at::parallel_for can use here: 1 if this library was built without OpenMP.
+int64_t parallel_threads() {
+#ifdef _OPENMP
+  return at::get_num_threads();
+#else
+  return 1;
+#endif
+}
+
 }  // namespace
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("parallel_threads", &parallel_threads,
+        "threads the kernels' parallel loops use (1 when built without OpenMP)");
   m.def("instance_moments", &instance_moments,
         "per-row (mean, biased variance) of an (R, L) tensor (CPU)");
   m.def("fused_input_grad", &fused_input_grad,
