@@ -21,8 +21,9 @@ of SyncSN and running statistics — works on ``(N, C)``/``(C,)`` tensors: the
 
 Backward therefore makes two passes over ``(N, C, L)`` memory (one fused reduction,
 one fused input-gradient pass) plus the mixer's ``(N, C)`` arithmetic (for SyncSN
-that contains the one backward collective), and saves only ``x`` plus ``(N, C)``
-tensors — like BatchNorm. No autograd graph is recorded for the small step, which
+that contains the one backward collective), and saves only ``x``, the two ``(N, C)``
+IN moments and ``(C,)``-sized tensors — like BatchNorm (the mixer recomputes its
+other intermediate terms in backward). No autograd graph is recorded for the small step, which
 keeps SN's fixed per-layer cost low. The derivative is exact (checked by float64
 gradcheck), not an approximation. Double backward is not supported.
 
@@ -50,8 +51,8 @@ class Mixer(Protocol):
 
     ``forward(mean_in, var_in, *params) -> (scale, shift, saved)`` maps the IN moments
     (biased variance) and the parameters to the per-(n, c) affine map and a tuple of
-    tensors for backward; ``backward(saved, grad_scale, grad_shift)`` returns the
-    gradients w.r.t. ``(mean_in, var_in, *params)``. ``params`` holds the parameters
+    tensors for backward; ``backward(saved, grad_scale, grad_shift)`` returns ``scale``
+    followed by the gradients w.r.t. ``(mean_in, var_in, *params)``. ``params`` holds the parameters
     (their dtypes are those of the returned gradients).
     """
 
@@ -61,7 +62,7 @@ class Mixer(Protocol):
                 ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[torch.Tensor, ...]]: ...
 
     def backward(self, saved: Sequence[torch.Tensor], grad_scale: torch.Tensor,
-                 grad_shift: torch.Tensor) -> Tuple[torch.Tensor, ...]: ...
+                 grad_shift: torch.Tensor) -> Tuple[torch.Tensor, ...]: ...  # scale, grads
 
 #: Use the compiled CPU kernel for the input-gradient pass when it is available.
 #: ``SN_MM_DISABLE_EXT=1`` (or setting this to False) selects the pure-torch path.
@@ -190,13 +191,13 @@ class SwitchableNormFunction(Function):
         scale, shift, saved = mixer.forward(mean_in, var_in, *params)
         y = apply_affine(x, scale, shift)
         ctx.mixer = mixer
-        ctx.save_for_backward(x, mean_in, scale, *saved)
+        ctx.save_for_backward(x, mean_in, *saved)
         return y.to(x.dtype)
 
     @staticmethod
     @once_differentiable
     def backward(ctx, grad_y: torch.Tensor):
-        x, mean_in, scale, *saved = ctx.saved_tensors
+        x, mean_in, *saved = ctx.saved_tensors
         x3 = as_ncl(x)
         g3 = grad_y.reshape(x3.shape).to(x3.dtype)
         length = x3.shape[-1]
@@ -204,7 +205,7 @@ class SwitchableNormFunction(Function):
         # sum_l g*x = sum_l g*(x - mu) + mu * sum_l g
         centered_dot, grad_shift = sums_for_affine_grad(g3, x3, mean_in)
         grad_scale = torch.addcmul(centered_dot, mean_in, grad_shift)
-        grad_mean_in, grad_var_in, *param_grads = ctx.mixer.backward(
+        scale, grad_mean_in, grad_var_in, *param_grads = ctx.mixer.backward(
             saved, grad_scale, grad_shift)
 
         grad_x = None

@@ -382,21 +382,26 @@ class SNMixer:
 
     def forward(self, mean_in, var_in, weight, bias, mean_logits, var_logits):
         layer = self.layer
-        u = var_in * self.var_factor if self.var_factor != 1.0 else var_in
+        u = self._corrected(var_in)
         bn = layer._bn_moments(mean_in, u, self.length, self.shape) if layer.using_bn else None
-        scale, shift, saved = mix_forward(mean_in, u, weight, bias, mean_logits, var_logits,
-                                          layer.eps, bn)
+        scale, shift, softmaxes = mix_forward(mean_in, u, weight, bias, mean_logits,
+                                              var_logits, layer.eps, bn)
+        # Saved: the (N, C) IN moments only (backward recomputes the rest), the
+        # softmax weights, gamma and the (C,) BN moments.
+        saved = (mean_in, var_in, weight, *softmaxes)
         if bn is None:
-            return scale, shift, (mean_in, u, *saved)
+            return scale, shift, saved
         self.bn_reduce = bn.reduce
-        return scale, shift, (mean_in, u, *saved, bn.mean, bn.var)
+        return scale, shift, (*saved, bn.mean, bn.var)
 
     def backward(self, saved, grad_scale, grad_shift):
-        mean_in, u, *rest = saved
-        bn = None
-        if self.layer.using_bn:
-            bn = BNMoments(rest[-2], rest[-1], self.bn_reduce)
-            rest = rest[:-2]
-        grad_mean_in, grad_u, *param_grads = mix_backward(
-            rest, mean_in, u, bn, grad_scale, grad_shift)
-        return (grad_mean_in, grad_u * self.var_factor, *param_grads)
+        mean_in, var_in, weight, a, b, *bn_moments = saved
+        bn = BNMoments(*bn_moments, self.bn_reduce) if bn_moments else None
+        scale, grad_mean_in, grad_u, *param_grads = mix_backward(
+            (a, b), mean_in, self._corrected(var_in), weight, self.layer.eps, bn,
+            grad_scale, grad_shift)
+        return (scale, grad_mean_in, grad_u * self.var_factor, *param_grads)
+
+    def _corrected(self, var_in):
+        """The IN variance as the layer uses it (Bessel-corrected in ``'unbiased'`` mode)."""
+        return var_in * self.var_factor if self.var_factor != 1.0 else var_in
