@@ -3,9 +3,12 @@
 The model is mmdet's ``gn/mask-rcnn_r50_fpn_gn-all_2x_coco.py`` (norm in backbone, FPN,
 Shared4Conv1FC box head and mask head) with ``norm_cfg`` swapped; inputs are mmdet's
 ``demo_mm_inputs`` (random images with boxes and masks). Prints the median step time
-of each variant and the ratios to GN — one run, steps interleaved.
+of each variant and the ratios to GN — one run, steps interleaved with the order
+rotated — and, from one profiled step each, the time spent in the norm layers themselves
+(the step time is dominated by convolutions and RoIAlign, whose run-to-run noise on a
+shared CPU is larger than the whole difference between the norms).
 
-    python bench/bench_mask_rcnn.py [--size 384] [--steps 4] [--batch 2]
+    python bench/bench_mask_rcnn.py [--size 384] [--steps 6] [--batch 2]
 """
 import argparse
 import copy
@@ -19,6 +22,13 @@ from mmengine.config import Config
 from mmengine.registry import init_default_scope
 
 import sn_mm  # noqa: F401
+
+# The outermost profiler events of each norm's forward and backward (inclusive times).
+NORM_OPS = {
+    'SN': ('SwitchableNormFunction', 'SwitchableNormFunctionBackward'),
+    'GN': ('aten::group_norm', 'NativeGroupNormBackward0'),
+    'BN': ('aten::batch_norm', 'NativeBatchNormBackward0'),
+}
 
 NORMS = {
     'SN': dict(type='SN'),
@@ -63,7 +73,7 @@ def make_step(model, size, batch):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--size', type=int, default=384)
-    parser.add_argument('--steps', type=int, default=4)
+    parser.add_argument('--steps', type=int, default=6)
     parser.add_argument('--batch', type=int, default=2)
     args = parser.parse_args()
     init_default_scope('mmdet')
@@ -71,21 +81,35 @@ def main():
     steps = {name: make_step(build(cfg), args.size, args.batch) for name, cfg in NORMS.items()}
     for step in steps.values():  # warm-up
         step()
-    times = {name: [] for name in steps}
-    for _ in range(args.steps):
-        for name, step in steps.items():
+    names = list(steps)
+    times = {name: [] for name in names}
+    for i in range(args.steps):  # interleaved, order rotated every round
+        for name in names[i % len(names):] + names[:i % len(names)]:
             start = time.perf_counter()
-            step()
+            steps[name]()
             times[name].append(time.perf_counter() - start)
     med = {name: statistics.median(t) for name, t in times.items()}
+    own = {name: norm_time_in_step(steps[name], name) for name in names}
     print(f'# Mask R-CNN R50-FPN training step, {args.batch}x{args.size}x{args.size}, '
           f'torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, '
-          f'median of {args.steps} interleaved steps')
-    print('| norm everywhere | s/step | ratio to GN |')
-    print('|---|---|---|')
+          f'median of {args.steps} interleaved steps (order rotated)')
+    print('| norm everywhere | s/step | ratio to GN | norm layers\' own s/step (profiled) |')
+    print('|---|---|---|---|')
     for name, t in med.items():
-        print(f'| {name} | {t:.2f} | {t / med["GN"]:.2f} |')
+        print(f'| {name} | {t:.2f} | {t / med["GN"]:.2f} | {own[name]:.2f} |')
+    print()
+    print("Norm layers' own time: forward+backward of the norm ops alone in one profiled step "
+          '(torch.profiler, inclusive CPU time of ' + '; '.join(
+              f'{n}: {", ".join(ops)}' for n, ops in NORM_OPS.items()) + ').')
 
+
+def norm_time_in_step(step, name):
+    """Seconds one training step spends inside the norm layers' own ops (profiled)."""
+    from torch.profiler import profile
+    with profile() as prof:
+        step()
+    return sum(e.cpu_time_total for e in prof.key_averages()
+               if e.key in NORM_OPS[name]) / 1e6
 
 if __name__ == '__main__':
     main()
