@@ -9,7 +9,7 @@ architecture is unchanged): about 2 s per R50 config on 2 idle cores.
 import glob
 import math
 import os.path as osp
-from typing import Dict, List, Optional, Sequence
+from typing import List, Optional, Sequence
 
 import numpy as np
 import pytest

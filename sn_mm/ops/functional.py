@@ -39,10 +39,14 @@ import torch
 from torch.autograd import Function
 from torch.autograd.function import once_differentiable
 
-try:  # the optional compiled CPU kernel, built by setup.py (SN_MM_WITH_OPS=0 skips it)
+_KERNELS = ('instance_moments', 'fused_input_grad')
+
+try:  # the optional compiled CPU kernels, built by setup.py (SN_MM_WITH_OPS=0 skips them)
     from .. import _ext as compiled_kernel
 except ImportError:  # pragma: no cover - exercised by installs without the extension
     compiled_kernel = None
+if compiled_kernel is not None and not all(hasattr(compiled_kernel, k) for k in _KERNELS):
+    compiled_kernel = None  # a stale build that lacks one of them: use the pure-torch path
 
 
 
@@ -52,11 +56,8 @@ class Mixer(Protocol):
     ``forward(mean_in, var_in, *params) -> (scale, shift, saved)`` maps the IN moments
     (biased variance) and the parameters to the per-(n, c) affine map and a tuple of
     tensors for backward; ``backward(saved, grad_scale, grad_shift)`` returns ``scale``
-    followed by the gradients w.r.t. ``(mean_in, var_in, *params)``. ``params`` holds the parameters
-    (their dtypes are those of the returned gradients).
+    followed by the gradients w.r.t. ``(mean_in, var_in, *params)``.
     """
-
-    params: Sequence[torch.Tensor]
 
     def forward(self, mean_in: torch.Tensor, var_in: torch.Tensor, *params: torch.Tensor
                 ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[torch.Tensor, ...]]: ...
@@ -68,7 +69,6 @@ class Mixer(Protocol):
 #: ``SN_MM_DISABLE_EXT=1`` (or setting this to False) selects the pure-torch path.
 USE_COMPILED_KERNEL = os.getenv('SN_MM_DISABLE_EXT', '0') != '1'
 _warned_missing_kernel = False
-_KERNELS = ('instance_moments', 'fused_input_grad')
 
 
 def use_compiled_kernel(x3: torch.Tensor) -> bool:
@@ -81,8 +81,7 @@ def use_compiled_kernel(x3: torch.Tensor) -> bool:
     global _warned_missing_kernel
     if x3.device.type != 'cpu' or not USE_COMPILED_KERNEL or x3.numel() == 0:
         return False
-    if compiled_kernel is not None and all(
-            hasattr(compiled_kernel, name) for name in _KERNELS):
+    if compiled_kernel is not None:
         return True
     if not _warned_missing_kernel:
         _warned_missing_kernel = True
@@ -191,6 +190,7 @@ class SwitchableNormFunction(Function):
         scale, shift, saved = mixer.forward(mean_in, var_in, *params)
         y = apply_affine(x, scale, shift)
         ctx.mixer = mixer
+        ctx.param_dtypes = [p.dtype for p in params]
         ctx.save_for_backward(x, mean_in, *saved)
         return y.to(x.dtype)
 
@@ -215,9 +215,8 @@ class SwitchableNormFunction(Function):
             c = torch.addcmul(grad_mean_in.to(x3.dtype) / length, mean_in, k, value=-1)
             grad_x = input_grad(g3, x3, scale, k, c).reshape(x.shape).to(x.dtype)
 
-        params = ctx.mixer.params
-        param_grads = [g.to(p.dtype) if needed else None for g, p, needed
-                       in zip(param_grads, params, ctx.needs_input_grad[2:])]
+        param_grads = [g.to(dtype) if needed else None for g, dtype, needed
+                       in zip(param_grads, ctx.param_dtypes, ctx.needs_input_grad[2:])]
         return (grad_x, None, *param_grads)
 
 

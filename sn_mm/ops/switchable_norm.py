@@ -182,7 +182,7 @@ class SwitchableNorm(nn.Module):
         params = (self.weight, self.bias, self.mean_weight, self.var_weight)
         build_graph = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in params))
-        mixer = SNMixer(self, math.prod(x.shape[2:]), tuple(x.shape), params)
+        mixer = SNMixer(self, math.prod(x.shape[2:]), tuple(x.shape))
         device_type = x.device.type
         if torch.is_autocast_enabled(device_type):
             with torch.autocast(device_type, enabled=False):
@@ -371,11 +371,10 @@ class SNMixer:
     :func:`~sn_mm.ops.mixing.mix_forward` / :func:`~sn_mm.ops.mixing.mix_backward`.
     """
 
-    def __init__(self, layer: SwitchableNorm, length: int, shape: tuple, params):
+    def __init__(self, layer: SwitchableNorm, length: int, shape: tuple):
         self.layer = layer
         self.length = length
         self.shape = shape
-        self.params = params
         self.var_factor = (length / (length - 1)
                            if layer.in_variance == 'unbiased' and length > 1 else 1.0)
         self.bn_reduce = None
