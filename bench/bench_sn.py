@@ -182,6 +182,35 @@ def print_table(shapes, rounds, with_peaks):
     return ratios
 
 
+def best_ms(fn, rounds):
+    fn()
+    times = []
+    for _ in range(rounds):
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return min(times) * 1e3
+
+
+def print_parts(rounds):
+    """Two numbers the README quotes: the IN-moments kernel and SN's fixed per-layer cost."""
+    from sn_mm.ops import functional
+    print('## Parts')
+    x = torch.randn(2 * 256, 100 * 136)
+    if functional.compiled_kernel is not None:
+        ext = best_ms(lambda: functional.compiled_kernel.instance_moments(x), rounds)
+        aten = best_ms(lambda: torch.batch_norm_update_stats(x[None], None, None, 0.0), rounds)
+        print(f'IN moments of (2, 256, 100, 136), best of {rounds}: sn_mm._ext {ext:.2f} ms, '
+              f"ATen's batch_norm_update_stats {aten:.2f} ms ({aten / ext:.1f}x)")
+    tiny = torch.randn(2, 256, 2, 2, requires_grad=True)
+    grad = torch.randn_like(tiny)
+    layers = {'SN': SwitchableNorm(256), 'BN': nn.BatchNorm2d(256)}
+    cost = {name: best_ms(lambda layer=layer: fwd_bwd(layer, tiny, grad), rounds * 20)
+            for name, layer in layers.items()}
+    print(f'Fixed cost per layer (forward+backward of (2, 256, 2, 2), best of {rounds * 20}): '
+          f'SN {cost["SN"]:.2f} ms, BN {cost["BN"]:.2f} ms')
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--rounds', type=int, default=15)
@@ -202,6 +231,8 @@ def main():
     print('saved = bytes saved for backward (unique storages); peak = resident memory a '
           'forward+backward adds at its peak (fresh process per variant and shape).')
     if not args.quick:
+        print()
+        print_parts(args.rounds)
         print()
         print('## RoI-head shapes (Mask R-CNN mask head: positive RoIs x 256 x 14 x 14; '
               'not part of the targets)')

@@ -10,7 +10,7 @@
 //     m = sum_l x / L,  d = x - m,  mean = m + sum_l d / L,  var = (sum_l d^2 - (sum_l d)^2 / L) / L.
 //
 // ATen's batch_norm_update_stats on the (1, R, L) view computes the same (the
-// fallback in sn_mm/ops/functional.py) but is ~4x slower on CPU.
+// fallback in sn_mm/ops/functional.py) but is several times slower on CPU (bench/bench_sn.py).
 //
 // fused_input_grad: for x, g of shape (R, L) (R = N*C rows, contiguous) and per-row coefficients
 // a, k, c of shape (R,):
