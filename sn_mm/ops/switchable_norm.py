@@ -157,9 +157,19 @@ class SwitchableNorm(nn.Module):
                     last_gamma=self.last_gamma, in_variance=self.in_variance)
 
     # ------------------------------------------------------------- inspection
+    def mixture_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
+        """The differentiable (mean, variance) importance weights the forward mixes with.
+
+        SN maps its logits through two softmaxes; subclasses (e.g. sparse SN) may map
+        them differently: the mixing step takes whatever weights this returns.
+        """
+        return F.softmax(self.mean_weight, 0), F.softmax(self.var_weight, 0)
+
     def importance(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """Softmaxed (mean, variance) importance weights in the order [IN, LN(, BN)]."""
-        return (F.softmax(self.mean_weight.detach(), 0), F.softmax(self.var_weight.detach(), 0))
+        """(mean, variance) importance weights in the order [IN, LN(, BN)], detached."""
+        with torch.no_grad():
+            mean_w, var_w = self.mixture_weights()
+        return mean_w.detach(), var_w.detach()
 
     # ---------------------------------------------------------------- forward
     def _check_input(self, x: torch.Tensor) -> None:
@@ -179,7 +189,8 @@ class SwitchableNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        params = (self.weight, self.bias, self.mean_weight, self.var_weight)
+        mean_w, var_w = self.mixture_weights()
+        params = (self.weight, self.bias, mean_w, var_w)
         build_graph = torch.is_grad_enabled() and (
             x.requires_grad or any(p.requires_grad for p in params))
         mixer = SNMixer(self, math.prod(x.shape[2:]), tuple(x.shape))
@@ -379,15 +390,14 @@ class SNMixer:
                            if layer.in_variance == 'unbiased' and length > 1 else 1.0)
         self.bn_reduce = None
 
-    def forward(self, mean_in, var_in, weight, bias, mean_logits, var_logits):
+    def forward(self, mean_in, var_in, weight, bias, mean_w, var_w):
         layer = self.layer
         u = self._corrected(var_in)
         bn = layer._bn_moments(mean_in, u, self.length, self.shape) if layer.using_bn else None
-        scale, shift, softmaxes = mix_forward(mean_in, u, weight, bias, mean_logits,
-                                              var_logits, layer.eps, bn)
+        scale, shift, _ = mix_forward(mean_in, u, weight, bias, mean_w, var_w, layer.eps, bn)
         # Saved: the (N, C) IN moments only (backward recomputes the rest), the
-        # softmax weights, gamma and the (C,) BN moments.
-        saved = (mean_in, var_in, weight, *softmaxes)
+        # importance weights, gamma and the (C,) BN moments.
+        saved = (mean_in, var_in, weight, mean_w, var_w)
         if bn is None:
             return scale, shift, saved
         self.bn_reduce = bn.reduce
