@@ -7,7 +7,7 @@ from mmengine.optim import build_optim_wrapper
 from mmengine.registry import DefaultScope
 
 import sn_mm  # noqa: F401
-from sn_mm.engine import norm_eval as sn_norm_eval
+from sn_mm.ops import norm_eval as sn_norm_eval
 from sn_mm.ops import SwitchableNorm
 
 
@@ -97,9 +97,9 @@ def test_frozen_stages_cover_sn():
 def test_norm_eval_switched_on_after_construction_warns():
     model = _build('mmdet', norm_eval=False)
     model.norm_eval = True
-    model.train()
     with pytest.warns(UserWarning, match='froze the importance logits'):
-        model(_x())
+        model.train()
+    model(_x())
     assert all(not m.training and not m.var_weight.requires_grad for _, m in _sn(model))
     model.norm_eval = False
     model.train()
@@ -117,3 +117,25 @@ def test_disable_restores_library_behaviour():
     finally:
         sn_norm_eval.enable()
     assert sn_norm_eval.is_enabled()
+
+
+def test_no_global_module_hook():
+    """Only SN's own constructor looks for a norm_eval owner: no process-wide hook."""
+    from torch.nn.modules import module as torch_module
+    assert not torch_module._global_module_registration_hooks
+    assert not torch_module._global_forward_pre_hooks
+
+
+def test_owner_survives_convert_sync_sn():
+    model = _build('mmdet', norm_eval=True)
+    sn_mm.convert_sync_sn(model)
+    model.train()
+    assert all(not m.training for _, m in _sn(model))
+    assert all(type(m).__name__ == 'SyncSwitchableNorm' for _, m in _sn(model))
+
+
+def test_layers_outside_a_norm_eval_owner_are_unbound():
+    layer = SwitchableNorm(4)
+    assert sn_norm_eval.owner_of(layer) is None
+    layer.train()
+    assert layer.training and layer.mean_weight.requires_grad

@@ -1,8 +1,11 @@
-"""Pure-torch core of sn_mm: the SN math and the synchronized statistics (no mm* import)."""
+"""Pure-torch core of sn_mm: the SN math and the synchronized statistics (no mm* import).
+
+``import sn_mm.ops`` registers the ``torch.ops.sn_mm`` custom ops (``functional``).
+"""
 from .batch_average import BatchAverage
 from .convert import convert_sync_sn, revert_sync_sn
-from .functional import SwitchableNormFunction, switchable_norm
+from .functional import switchable_norm
 from .switchable_norm import BRANCHES, SwitchableNorm, SyncSwitchableNorm
 
 __all__ = ['BatchAverage', 'BRANCHES', 'SwitchableNorm', 'SyncSwitchableNorm',
-           'SwitchableNormFunction', 'switchable_norm', 'convert_sync_sn', 'revert_sync_sn']
+           'switchable_norm', 'convert_sync_sn', 'revert_sync_sn']

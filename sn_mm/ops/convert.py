@@ -1,6 +1,7 @@
 """Swap SwitchableNorm <-> SyncSwitchableNorm in a model, carrying every tensor over."""
 from torch import nn
 
+from . import norm_eval
 from .switchable_norm import SwitchableNorm, SyncSwitchableNorm
 
 
@@ -11,6 +12,9 @@ def _rebuild(layer: SwitchableNorm, cls, **extra) -> SwitchableNorm:
         setattr(new, name, param)
     for name, buf in layer.named_buffers(recurse=False):
         setattr(new, name, buf)
+    owner = norm_eval.owner_of(layer)
+    if owner is not None:  # keep the norm_eval owner the layer was built in
+        vars(new)[norm_eval._OWNER] = owner
     new.train(layer.training)
     return new
 

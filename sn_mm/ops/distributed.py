@@ -11,12 +11,38 @@ all-reduce:
   ``d(sum_r L_r) / d(shared)`` is the sum of every rank's contribution, which is what
   each rank then propagates into its own samples (see ``sn_mm.ops.mixing``).
 
-Autograd never sees these calls: SN's backward is written out by hand.
+Autograd never sees these calls: SN's backward is written out by hand, and both run
+inside the ``sn_mm::switchable_norm`` ops (so ``torch.compile`` treats a SyncSN layer
+as one opaque node). Custom ops take no process-group objects, so a group travels as an
+integer handle (:func:`group_handle`): 0 means "no synchronization", 1 is WORLD.
 """
-from typing import Optional
+from typing import Dict, List, Optional
 
 import torch
 import torch.distributed as dist
+
+
+_GROUPS: List[object] = [None, None]  # handle -> group; 1 is WORLD (None)
+_HANDLES: Dict[int, int] = {}
+
+
+def group_handle(process_group=None) -> int:
+    """The integer handle of ``process_group`` (``None``: WORLD, handle 1)."""
+    if process_group is None:
+        return 1
+    handle = _HANDLES.get(id(process_group))
+    if handle is None or _GROUPS[handle] is not process_group:
+        _GROUPS.append(process_group)
+        handle = _HANDLES[id(process_group)] = len(_GROUPS) - 1
+    return handle
+
+
+def process_group_of(handle: int):
+    """The group behind a handle from :func:`group_handle`."""
+    if handle < 1 or handle >= len(_GROUPS):
+        raise ValueError(f'unknown process-group handle {handle!r}; expected 1 (WORLD) '
+                         f'or a handle from group_handle() (< {len(_GROUPS)})')
+    return _GROUPS[handle]
 
 
 def sync_world_size(process_group=None) -> int:

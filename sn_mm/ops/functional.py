@@ -1,232 +1,287 @@
-r"""The autograd Function behind SwitchableNorm: every derivative written out by hand.
+r"""SN as one ``torch.library`` custom op, with its backward written out by hand.
 
-SN computes, for an input viewed as ``(N, C, L)`` (``L`` = product of the spatial
-sizes), the instance moments
+For an input viewed as ``(N, C, L)`` (``L`` = product of the spatial sizes) the op
+
+1. computes the instance moments in one pass,
+
+   .. math::
+       \mu_{nc} = \frac{1}{L}\sum_l x_{ncl}, \qquad
+       v_{nc} = \frac{1}{L}\sum_l (x_{ncl} - \mu_{nc})^2 ,
+
+   and the IN variance as SN uses it, :math:`u = f v` with Bessel's factor
+   :math:`f = L / (L - 1)` in ``'unbiased'`` mode (1 in ``'biased'`` mode or when ``L = 1``);
+2. runs the ``(N, C)`` mixing step (:mod:`sn_mm.ops.mixing`: BN moments, mixture,
+   ``scale`` and ``shift``);
+3. writes ``y = scale * x + shift`` in one pass.
+
+Backward makes two passes over ``(N, C, L)`` memory: one fused reduction giving
+``dL/dscale = sum_l g x`` and ``dL/dshift = sum_l g``, then — after the backward of the
+mixing step, which returns ``g_mu`` and ``g_v`` for the IN moments — one fused pass
 
 .. math::
-    \mu_{nc} = \frac{1}{L}\sum_l x_{ncl}, \qquad
-    v_{nc} = \frac{1}{L}\sum_l (x_{ncl} - \mu_{nc})^2
+    \partial x = \text{scale}\, g + \frac{g_\mu}{L} + \frac{2 f g_u}{L}(x - \mu)
+    \;=\; \text{scale}\, g + k x + c .
 
-in one pass, then turns them (together with the parameters) into a per-(n, c)
-affine map ``y = scale * x + shift``. Everything between the moments and
-``(scale, shift)`` — the IN/LN/BN mixing, softmaxes, the synchronized BN moments
-of SyncSN and running statistics — works on ``(N, C)``/``(C,)`` tensors: the
-*mixer* handed in by the module, with its own hand-derived backward
-(``sn_mm.ops.mixing``). The two ``(N, C, L)``-sized steps have exact derivatives:
+It saves ``x``, the two ``(N, C)`` IN moments and ``(C,)`` tensors, like BatchNorm.
 
-- ``y = scale * x + shift`` gives ``dL/dscale = sum_l g x``, ``dL/dshift = sum_l g``
-  and the direct term ``scale * g`` of ``dL/dx``;
-- the moments give ``dL/dx += g_mu / L + g_v * 2 (x - mu) / L`` where ``g_mu`` and
-  ``g_v`` are the gradients the mixer's backward returns for ``mu`` and ``v``.
+The ops (``torch.ops.sn_mm.*``): ``switchable_norm`` and ``switchable_norm_backward``,
+functional (they mutate nothing; the module updates its running statistics from the
+returned batch moments), with fake kernels (shape/dtype propagation: ``meta`` tensors,
+``torch.compile``, ``torch.export``) and registered autograd. ``torch.compile`` sees
+each as one node; the same op runs on CPU (compiled kernels) and on any other device
+(ATen; :mod:`sn_mm.ops.kernels`). Double backward is not supported and raises.
 
-Backward therefore makes two passes over ``(N, C, L)`` memory (one fused reduction,
-one fused input-gradient pass) plus the mixer's ``(N, C)`` arithmetic (for SyncSN
-that contains the one backward collective), and saves only ``x``, the two ``(N, C)``
-IN moments and ``(C,)``-sized tensors — like BatchNorm (the mixer recomputes its
-other intermediate terms in backward). No autograd graph is recorded for the small step, which
-keeps SN's fixed per-layer cost low. The derivative is exact (checked by float64
-gradcheck), not an approximation. Double backward is not supported.
+Dtypes: ``x`` may be float64/32, bfloat16 or float16 and keeps its dtype; statistics
+are float64 for float64 inputs and float32 otherwise. Parameters may have another
+dtype than ``x`` (autocast) and get gradients in their own dtype.
 
-Statistics are computed in float32 for float16/bfloat16 inputs (and in float64 for
-float64 inputs); the output has the input's dtype.
+Export (``torch.export``, ONNX, ``torch.jit.trace``) traces :func:`composite_switchable_norm`
+instead: the same math in plain differentiable ATen ops, which every exporter knows.
 """
 import math
-import os
-import warnings
-from typing import Protocol, Sequence, Tuple
+from typing import List, Optional, Tuple
 
 import torch
-from torch.autograd import Function
-from torch.autograd.function import once_differentiable
 
-_KERNELS = ('instance_moments', 'fused_input_grad')
+from . import kernels
+from .kernels import accumulation_dtype
+from .mixing import BN_BATCH, BN_GIVEN, BN_NONE, add_bn_grad, sync_batch_moments, sync_bn_grad
 
-try:  # the optional compiled CPU kernels, built by setup.py (SN_MM_WITH_OPS=0 skips them)
-    from .. import _ext as compiled_kernel
-except ImportError:  # pragma: no cover - exercised by installs without the extension
-    compiled_kernel = None
-if compiled_kernel is not None and not all(hasattr(compiled_kernel, k) for k in _KERNELS):
-    compiled_kernel = None  # a stale build that lacks one of them: use the pure-torch path
+Tensor = torch.Tensor
+
+#: ``bn_mode`` of the op: how the BN branch gets its moments (``BN_SYNC``: SyncSN's
+#: batch moments of the union batch; the others as in :mod:`sn_mm.ops.mixing`, where
+#: ``BN_GIVEN`` = the running statistics passed to the op).
+BN_RUNNING = BN_GIVEN
+BN_SYNC = 3
+BN_MODES = (BN_NONE, BN_RUNNING, BN_BATCH, BN_SYNC)
 
 
+def bessel_factor(length: int, unbiased: bool) -> float:
+    """``L / (L - 1)`` in ``'unbiased'`` mode, else 1 (also for ``L = 1``, where it is undefined)."""
+    return length / (length - 1) if unbiased and length > 1 else 1.0
 
-class Mixer(Protocol):
-    """SN's ``(N, C)`` step for one forward call (see ``sn_mm.ops.mixing``).
 
-    ``forward(mean_in, var_in, *params) -> (scale, shift, saved)`` maps the IN moments
-    (biased variance) and the parameters to the per-(n, c) affine map and a tuple of
-    tensors for backward; ``backward(saved, grad_scale, grad_shift)`` returns ``scale``
-    followed by the gradients w.r.t. ``(mean_in, var_in, *params)``.
+def _check_mode(bn_mode: int) -> None:
+    if bn_mode not in BN_MODES:
+        raise ValueError(f'bn_mode must be one of {BN_MODES} (none, running, batch, sync), '
+                         f'got {bn_mode!r}')
+
+
+@torch.library.custom_op('sn_mm::switchable_norm', mutates_args=())
+def _switchable_norm_op(x: Tensor, weight: Tensor, bias: Tensor, mean_weights: Tensor,
+                        var_weights: Tensor, running_mean: Optional[Tensor],
+                        running_var: Optional[Tensor], bn_mode: int, eps: float,
+                        unbiased: bool, group: int
+                        ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Returns ``(y, mean_in, var_in, bn_mean, bn_var, bn_count)``.
+
+    ``mean_in``/``var_in``: ``(N, C)`` IN moments (biased variance); ``bn_mean``/``bn_var``:
+    the ``(C,)`` BN moments used (empty without BN); ``bn_count``: ``[samples, values]``
+    they average over (zeros unless batch moments).
     """
-
-    def forward(self, mean_in: torch.Tensor, var_in: torch.Tensor, *params: torch.Tensor
-                ) -> Tuple[torch.Tensor, torch.Tensor, Tuple[torch.Tensor, ...]]: ...
-
-    def backward(self, saved: Sequence[torch.Tensor], grad_scale: torch.Tensor,
-                 grad_shift: torch.Tensor) -> Tuple[torch.Tensor, ...]: ...  # scale, grads
-
-#: Use the compiled CPU kernel for the input-gradient pass when it is available.
-#: ``SN_MM_DISABLE_EXT=1`` (or setting this to False) selects the pure-torch path.
-USE_COMPILED_KERNEL = os.getenv('SN_MM_DISABLE_EXT', '0') != '1'
-_warned_missing_kernel = False
-
-
-def use_compiled_kernel(x3: torch.Tensor) -> bool:
-    """Whether the compiled CPU kernels handle this (non-empty) CPU tensor.
-
-    CPU installs built without the kernels (``SN_MM_WITH_OPS=0``, or a stale build that
-    lacks one of them) get a one-time warning and the pure-torch path: same results,
-    slower.
-    """
-    global _warned_missing_kernel
-    if x3.device.type != 'cpu' or not USE_COMPILED_KERNEL or x3.numel() == 0:
-        return False
-    if compiled_kernel is not None:
-        return True
-    if not _warned_missing_kernel:
-        _warned_missing_kernel = True
-        warnings.warn('sn_mm was installed without its compiled CPU kernels (sn_mm._ext '
-                      f'with {", ".join(_KERNELS)}); using the pure-torch path: same '
-                      'results, slower. Reinstall (pip install -e . with SN_MM_WITH_OPS=1, '
-                      'the default) to build them.')
-    return False
-
-
-def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
-    """float64 stays float64; every other floating dtype accumulates in float32."""
-    return torch.float64 if dtype == torch.float64 else torch.float32
-
-
-def as_ncl(x: torch.Tensor) -> torch.Tensor:
-    """View ``(N, C, *spatial)`` as ``(N, C, L)`` in the accumulation dtype."""
-    x3 = x.reshape(x.shape[0], x.shape[1], math.prod(x.shape[2:]))
-    return x3.to(accumulation_dtype(x.dtype))
-
-
-def instance_moments(x3: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
-    """Per-(n, c) mean and *biased* variance of an ``(N, C, L)`` tensor.
-
-    Returns ``(mean, var)``, both ``(N, C)``. On CPU with the compiled kernel: one
-    parallel two-pass sweep per row (the row stays in cache), several times faster
-    than ATen (``bench/bench_sn.py`` prints the ratio).
-    Otherwise ATen's batch-norm statistics kernel on the ``(1, N*C, L)`` view (two-pass,
-    no full-size temporary, several times faster than ``torch.var_mean`` on CPU).
-    """
-    n, c, length = x3.shape
-    if x3.numel() == 0:  # empty batch: (0, C) moments
-        return x3.sum(-1), x3.sum(-1)
-    if use_compiled_kernel(x3):
-        mean, var = compiled_kernel.instance_moments(x3.reshape(n * c, length))
-        return mean.view(n, c), var.view(n, c)
-    mean, var = torch.batch_norm_update_stats(x3.reshape(1, n * c, length), None, None, 0.0)
-    return mean.view(n, c), var.view(n, c)
-
-
-def sums_for_affine_grad(g3: torch.Tensor, x3: torch.Tensor, mean: torch.Tensor
-                         ) -> Tuple[torch.Tensor, torch.Tensor]:
-    """``(sum_l g * (x - mean), sum_l g)`` per (n, c) in one fused pass over ``g`` and ``x``.
-
-    ATen's eval-mode batch-norm backward on the ``(1, N*C, L)`` view with running
-    mean ``mean``, running variance 1 and eps 0 (so inv-std is exactly 1) returns
-    exactly these two reductions as its weight and bias gradients.
-    """
-    n, c, length = x3.shape
-    if x3.numel() == 0:
-        return (g3 * (x3 - mean.unsqueeze(-1))).sum(-1), g3.sum(-1)
-    flat = (1, n * c, length)
-    _, centered_dot, total = torch.ops.aten.native_batch_norm_backward(
-        g3.reshape(flat), x3.reshape(flat), None, mean.reshape(-1),
-        torch.ones(n * c, dtype=x3.dtype, device=x3.device), None, None, False, 0.0,
-        [False, True, True])
-    return centered_dot.view(n, c), total.view(n, c)
-
-
-def input_grad(g3: torch.Tensor, x3: torch.Tensor, scale: torch.Tensor, k: torch.Tensor,
-               c: torch.Tensor) -> torch.Tensor:
-    """``scale * g + k * x + c`` per (n, c) over ``(N, C, L)`` tensors.
-
-    On CPU with the compiled kernel: one fused pass (read g, x; write the result).
-    Otherwise two ``addcmul`` passes with the same math (CUDA's path, and CPU
-    installs built with ``SN_MM_WITH_OPS=0``, which get a one-time warning).
-    """
-    if use_compiled_kernel(x3):
-        rows = x3.shape[0] * x3.shape[1]
-        flat = (rows, x3.shape[2])
-        return compiled_kernel.fused_input_grad(
-            g3.reshape(flat), x3.reshape(flat), scale.reshape(rows).to(x3.dtype),
-            k.reshape(rows), c.reshape(rows)).view(x3.shape)
-    grad = torch.addcmul(c.unsqueeze(-1), x3, k.unsqueeze(-1))
-    return grad.addcmul_(g3, scale.to(x3.dtype).unsqueeze(-1))
-
-
-def per_channel(t: torch.Tensor, ndim: int) -> torch.Tensor:
-    """Broadcast an ``(N, C)`` tensor against an ``(N, C, *spatial)`` one of ``ndim`` dims."""
-    return t.reshape(t.shape + (1,) * (ndim - 2))
-
-
-def apply_affine(x: torch.Tensor, scale: torch.Tensor, shift: torch.Tensor) -> torch.Tensor:
-    """``scale[n, c] * x[n, c, ...] + shift[n, c]`` in one pass, in the accumulation dtype.
-
-    Works on the input's own shape, so the result is never a view (in-place ops such
-    as a following ``ReLU(inplace=True)`` are allowed on it).
-    """
+    _check_mode(bn_mode)
+    n, c = x.shape[0], x.shape[1]
+    length = math.prod(x.shape[2:])
     acc = accumulation_dtype(x.dtype)
-    return torch.addcmul(per_channel(shift.to(acc), x.dim()), x.to(acc),
-                         per_channel(scale.to(acc), x.dim()))
+    x3 = x.reshape(n, c, length)
+    mean_in, var_in = kernels.instance_moments(x3)
+    u = var_in * bessel_factor(length, unbiased)
+    params = [t.to(acc).contiguous() for t in (weight, bias, mean_weights, var_weights)]
+    count = mean_in.new_zeros(2)
+    bn_mean = bn_var = None
+    mode = bn_mode
+    if bn_mode == BN_SYNC:
+        bn_mean, bn_var, count = sync_batch_moments(mean_in, u, length, group)
+        mode = BN_GIVEN
+    elif bn_mode == BN_RUNNING:
+        bn_mean = running_mean.to(acc, copy=True)
+        bn_var = running_var.to(acc, copy=True)
+    elif bn_mode == BN_BATCH:
+        count = mean_in.new_tensor([float(n), float(n * length)])
+    scale, shift, bn_mean, bn_var = kernels.mix_forward(mean_in, u, *params, bn_mean, bn_var,
+                                                        mode, eps)
+    y = kernels.affine(x3, scale, shift).view(x.shape)
+    return y, mean_in, var_in, bn_mean, bn_var, count
 
 
-class SwitchableNormFunction(Function):
-    """``y = SN(x)`` given a :class:`Mixer` for the ``(N, C)`` step.
+@_switchable_norm_op.register_fake
+def _(x, weight, bias, mean_weights, var_weights, running_mean, running_var, bn_mode, eps,
+      unbiased, group):
+    n, c = x.shape[0], x.shape[1]
+    acc = accumulation_dtype(x.dtype)
+    bn = c if bn_mode != BN_NONE else 0
+    return (x.new_empty(x.shape), x.new_empty((n, c), dtype=acc),
+            x.new_empty((n, c), dtype=acc), x.new_empty((bn,), dtype=acc),
+            x.new_empty((bn,), dtype=acc), x.new_empty((2,), dtype=acc))
 
-    ``params`` are the tensors the mixer takes after the IN moments (weight, bias,
-    mean logits, variance logits); their gradients are returned in the same order.
-    Everything saved for backward (``x`` and the mixer's ``(N, C)``/``(C,)`` tensors)
-    goes through ``save_for_backward``, so saved-tensor hooks see all of it.
+
+@torch.library.custom_op('sn_mm::switchable_norm_backward', mutates_args=())
+def _switchable_norm_backward_op(
+        grad_y: Tensor, x: Tensor, mean_in: Tensor, var_in: Tensor, weight: Tensor,
+        mean_weights: Tensor, var_weights: Tensor, bn_mean: Tensor, bn_var: Tensor,
+        bn_count: Tensor, bn_mode: int, eps: float, unbiased: bool, group: int,
+        input_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+    """Gradients w.r.t. ``(x, weight, bias, mean_weights, var_weights)``.
+
+    ``grad_x`` is an empty tensor when ``input_grad`` is False. In ``BN_SYNC`` mode this
+    contains the one backward collective (every rank must call it).
     """
+    _check_mode(bn_mode)
+    n, c = x.shape[0], x.shape[1]
+    length = math.prod(x.shape[2:])
+    acc = mean_in.dtype
+    factor = bessel_factor(length, unbiased)
+    x3 = x.reshape(n, c, length)
+    g3 = grad_y.reshape(n, c, length)
+    if g3.dtype != x3.dtype:
+        g3 = g3.to(x3.dtype)
+    u = var_in * factor
+    weight_acc = weight.to(acc).contiguous()
+    a = mean_weights.to(acc).contiguous()
+    b = var_weights.to(acc).contiguous()
 
-    @staticmethod
-    def forward(ctx, x: torch.Tensor, mixer: 'Mixer', *params: torch.Tensor) -> torch.Tensor:
-        x3 = as_ncl(x)
-        mean_in, var_in = instance_moments(x3)
-        scale, shift, saved = mixer.forward(mean_in, var_in, *params)
-        y = apply_affine(x, scale, shift)
-        ctx.mixer = mixer
-        ctx.param_dtypes = [p.dtype for p in params]
-        ctx.save_for_backward(x, mean_in, *saved)
-        return y.to(x.dtype)
+    dot, grad_shift = kernels.grad_sums(g3, x3, mean_in)
+    grad_scale = torch.addcmul(dot, mean_in, grad_shift)  # sum g x = sum g (x - mu) + mu sum g
+    mode = BN_GIVEN if bn_mode == BN_SYNC else bn_mode
+    (scale, grad_mean_in, grad_u, grad_weight, grad_bias, grad_a, grad_b, g_mean_bn,
+     g_var_bn) = kernels.mix_backward(grad_scale, grad_shift, mean_in, u, weight_acc, a, b,
+                                      bn_mean, bn_var, mode, eps)
+    if bn_mode == BN_SYNC:
+        total_mean, total_var = sync_bn_grad(g_mean_bn, g_var_bn, group)
+        add_bn_grad(grad_mean_in, grad_u, mean_in, bn_mean, total_mean, total_var, bn_count[0])
 
-    @staticmethod
-    @once_differentiable
-    def backward(ctx, grad_y: torch.Tensor):
-        x, mean_in, *saved = ctx.saved_tensors
-        x3 = as_ncl(x)
-        g3 = grad_y.reshape(x3.shape).to(x3.dtype)
-        length = x3.shape[-1]
-
-        # sum_l g*x = sum_l g*(x - mu) + mu * sum_l g
-        centered_dot, grad_shift = sums_for_affine_grad(g3, x3, mean_in)
-        grad_scale = torch.addcmul(centered_dot, mean_in, grad_shift)
-        scale, grad_mean_in, grad_var_in, *param_grads = ctx.mixer.backward(
-            saved, grad_scale, grad_shift)
-
-        grad_x = None
-        if ctx.needs_input_grad[0]:
-            # dL/dx = scale*g + g_mu/L + g_v*2(x - mu)/L  ==  scale*g + k*x + c
-            k = grad_var_in.to(x3.dtype) * (2.0 / length)
-            c = torch.addcmul(grad_mean_in.to(x3.dtype) / length, mean_in, k, value=-1)
-            grad_x = input_grad(g3, x3, scale, k, c).reshape(x.shape).to(x.dtype)
-
-        param_grads = [g.to(dtype) if needed else None for g, dtype, needed
-                       in zip(param_grads, ctx.param_dtypes, ctx.needs_input_grad[2:])]
-        return (grad_x, None, *param_grads)
+    grad_x = x.new_empty(0)
+    if input_grad:
+        k = grad_u * (factor * 2.0 / length)
+        const = torch.addcmul(grad_mean_in / length, mean_in, k, value=-1)
+        grad_x = kernels.input_grad(g3, x3, scale, k, const).view(x.shape)
+    return (grad_x, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype),
+            grad_a.to(mean_weights.dtype), grad_b.to(var_weights.dtype))
 
 
-def switchable_norm(x: torch.Tensor, mixer: 'Mixer', params: Sequence[torch.Tensor],
-                    build_graph: bool) -> torch.Tensor:
-    """Apply SN given the module's ``mixer``; ``build_graph=False`` skips autograd."""
-    if build_graph:
-        return SwitchableNormFunction.apply(x, mixer, *params)
-    x3 = as_ncl(x)
-    mean_in, var_in = instance_moments(x3)
-    scale, shift, _ = mixer.forward(mean_in, var_in, *params)
-    return apply_affine(x, scale, shift).to(x.dtype)
+@_switchable_norm_backward_op.register_fake
+def _(grad_y, x, mean_in, var_in, weight, mean_weights, var_weights, bn_mean, bn_var, bn_count,
+      bn_mode, eps, unbiased, group, input_grad):
+    grad_x = x.new_empty(x.shape) if input_grad else x.new_empty(0)
+    return (grad_x, weight.new_empty(weight.shape), weight.new_empty(weight.shape),
+            mean_weights.new_empty(mean_weights.shape), var_weights.new_empty(var_weights.shape))
+
+
+def _setup_context(ctx, inputs, output):
+    x, weight, _, mean_weights, var_weights, _, _, bn_mode, eps, unbiased, group = inputs
+    _, mean_in, var_in, bn_mean, bn_var, bn_count = output
+    ctx.save_for_backward(x, mean_in, var_in, weight, mean_weights, var_weights, bn_mean,
+                          bn_var, bn_count)
+    ctx.config = (bn_mode, eps, unbiased, group)
+    ctx.mark_non_differentiable(mean_in, var_in, bn_mean, bn_var, bn_count)
+
+
+def _backward(ctx, grad_y, *unused_grads):
+    x, mean_in, var_in, weight, mean_weights, var_weights, bn_mean, bn_var, bn_count = \
+        ctx.saved_tensors
+    bn_mode, eps, unbiased, group = ctx.config
+    if grad_y is None:
+        grad_y = torch.zeros_like(x)
+    grad_x, grad_weight, grad_bias, grad_a, grad_b = _switchable_norm_backward_op(
+        grad_y, x, mean_in, var_in, weight, mean_weights, var_weights, bn_mean, bn_var,
+        bn_count, bn_mode, eps, unbiased, group, ctx.needs_input_grad[0])
+    return (grad_x if ctx.needs_input_grad[0] else None, grad_weight, grad_bias, grad_a, grad_b,
+            None, None, None, None, None, None)
+
+
+def _no_double_backward(ctx, *grads):
+    raise RuntimeError(
+        'SwitchableNorm (sn_mm::switchable_norm) does not support double backward '
+        '(e.g. torch.autograd.grad(..., create_graph=True) followed by a second backward '
+        'through it); its backward is written out by hand and is not itself differentiable.')
+
+
+_switchable_norm_op.register_autograd(_backward, setup_context=_setup_context)
+_switchable_norm_backward_op.register_autograd(
+    _no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+
+# ------------------------------------------------------------------ export path
+def composite_switchable_norm(x: Tensor, weight: Tensor, bias: Tensor, mean_weights: Tensor,
+                              var_weights: Tensor, running_mean: Optional[Tensor],
+                              running_var: Optional[Tensor], bn_mode: int, eps: float,
+                              unbiased: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """The op's math in plain ATen ops (what exporters trace). Returns ``(y, bn_mean, bn_var, bn_count)``.
+
+    Differentiable by autograd; no SyncSN (``BN_SYNC`` is an error: exporting a layer
+    inside a distributed training step is not a deployment).
+    """
+    _check_mode(bn_mode)
+    if bn_mode == BN_SYNC:
+        raise ValueError('composite_switchable_norm: SyncSN statistics (bn_mode=BN_SYNC) '
+                         'need the sn_mm::switchable_norm op; export in eval mode')
+    n, c = x.shape[0], x.shape[1]
+    length = math.prod(x.shape[2:])
+    acc = accumulation_dtype(x.dtype)
+    x3 = x.reshape(n, c, length).to(acc)
+    mean_in = x3.mean(-1)
+    u = (x3 - mean_in.unsqueeze(-1)).square().mean(-1) * bessel_factor(length, unbiased)
+    mean_ln = mean_in.mean(1, keepdim=True)
+    var_ln = u.mean(1, keepdim=True) + (mean_in - mean_ln).square().mean(1, keepdim=True)
+    a, b = mean_weights.to(acc), var_weights.to(acc)
+    mean = a[0] * mean_in + a[1] * mean_ln
+    var = b[0] * u + b[1] * var_ln
+    count = x3.new_zeros(2)
+    bn_mean, bn_var = x3.new_zeros(0), x3.new_zeros(0)
+    if bn_mode == BN_RUNNING:
+        bn_mean, bn_var = running_mean.to(acc), running_var.to(acc)
+    elif bn_mode == BN_BATCH:
+        bn_mean = mean_in.mean(0)
+        bn_var = u.mean(0) + (mean_in - bn_mean).square().mean(0)
+        count = x3.new_tensor([float(n), float(n * length)])
+    if bn_mode != BN_NONE:
+        mean = mean + a[2] * bn_mean
+        var = var + b[2] * bn_var
+    scale = weight.to(acc) * torch.rsqrt(var + eps)
+    shift = bias.to(acc) - mean * scale
+    y = x3 * scale.unsqueeze(-1) + shift.unsqueeze(-1)
+    return y.reshape(x.shape).to(x.dtype), bn_mean.detach(), bn_var.detach(), count
+
+
+def is_exporting() -> bool:
+    """True while ``torch.export``/ONNX export or ``torch.jit`` trace or script the model."""
+    return (torch.compiler.is_exporting() or torch.jit.is_tracing()
+            or torch.jit.is_scripting())
+
+
+def switchable_norm(x: Tensor, weight: Tensor, bias: Tensor, mean_weights: Tensor,
+                    var_weights: Tensor, running_mean: Optional[Tensor] = None,
+                    running_var: Optional[Tensor] = None, bn_mode: int = BN_BATCH,
+                    eps: float = 1e-5, unbiased: bool = True, group: int = 0
+                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+    """Functional SN, the counterpart of ``torch.nn.functional.batch_norm``.
+
+    Args:
+        x: ``(N, C, *spatial)``, float64/32, bfloat16 or float16.
+        weight, bias: ``(C,)`` affine parameters (gamma, beta).
+        mean_weights, var_weights: importance weights of the means and of the variances,
+            ``(3,)`` [IN, LN, BN] (``(2,)`` [IN, LN] with ``bn_mode=BN_NONE``), e.g.
+            ``softmax(logits)``; gradients flow into them.
+        running_mean, running_var: ``(C,)``, read in ``bn_mode=BN_RUNNING`` only (not
+            updated here: the batch moments are returned).
+        bn_mode: ``BN_NONE``, ``BN_RUNNING`` (eval), ``BN_BATCH`` (training) or ``BN_SYNC``
+            (SyncSN: union batch of the group ``group``, a handle from
+            :func:`sn_mm.ops.distributed.group_handle`).
+        eps: added to the mixed variance.
+        unbiased: Bessel's correction of the IN variance (``in_variance='unbiased'``).
+
+    Returns ``(y, bn_mean, bn_var, bn_count)``: the output (``x``'s dtype), the BN moments
+    used and ``[samples, values]`` they average over (zeros unless batch moments).
+    """
+    if is_exporting():
+        return composite_switchable_norm(x, weight, bias, mean_weights, var_weights,
+                                         running_mean, running_var, bn_mode, eps, unbiased)
+    y, _, _, bn_mean, bn_var, count = _switchable_norm_op(
+        x, weight, bias, mean_weights, var_weights, running_mean, running_var, bn_mode, eps,
+        unbiased, group)
+    return y, bn_mean, bn_var, count
+
+
+__all__: List[str] = ['BN_NONE', 'BN_RUNNING', 'BN_BATCH', 'BN_SYNC', 'bessel_factor',
+                      'composite_switchable_norm', 'is_exporting', 'switchable_norm']

@@ -51,10 +51,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import norm_eval
 from .batch_average import BatchAverage
-from .distributed import all_gather_rows, all_reduce_sum, sync_world_size
-from .functional import switchable_norm
-from .mixing import BNMoments, mix_backward, mix_forward
+from .distributed import group_handle, sync_world_size
+from .functional import BN_BATCH, BN_NONE, BN_RUNNING, BN_SYNC, switchable_norm
 
 IN, LN, BN = 0, 1, 2
 BRANCHES = ('IN', 'LN', 'BN')
@@ -87,13 +87,14 @@ class SwitchableNorm(nn.Module):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  using_moving_average: bool = True, using_bn: bool = True,
-                 last_gamma: bool = False, in_variance: str = 'unbiased', **unknown):
+                 last_gamma: bool = False, in_variance: str = 'unbiased', device=None,
+                 dtype=None, **unknown):
         super().__init__()
         if unknown:
             raise TypeError(
                 f'{type(self).__name__} got unknown argument(s) {sorted(unknown)}; expected '
                 'num_features, eps, momentum, using_moving_average, using_bn, last_gamma, '
-                f'in_variance{self._extra_arg_names()}')
+                f'in_variance{self._extra_arg_names()}, device, dtype')
         if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
             raise ValueError(f'num_features must be a positive int, got {num_features!r}')
         if not (isinstance(eps, (int, float)) and eps > 0):
@@ -112,19 +113,21 @@ class SwitchableNorm(nn.Module):
         self.last_gamma = bool(last_gamma)
         self.in_variance = in_variance
 
-        self.weight = nn.Parameter(torch.empty(num_features))
-        self.bias = nn.Parameter(torch.empty(num_features))
+        factory = dict(device=device, dtype=dtype)
+        self.weight = nn.Parameter(torch.empty(num_features, **factory))
+        self.bias = nn.Parameter(torch.empty(num_features, **factory))
         num_branches = 3 if self.using_bn else 2
-        self.mean_weight = nn.Parameter(torch.empty(num_branches))
-        self.var_weight = nn.Parameter(torch.empty(num_branches))
+        self.mean_weight = nn.Parameter(torch.empty(num_branches, **factory))
+        self.var_weight = nn.Parameter(torch.empty(num_branches, **factory))
         if self.using_bn:
-            self.register_buffer('running_mean', torch.zeros(num_features))
-            self.register_buffer('running_var', torch.ones(num_features))
+            self.register_buffer('running_mean', torch.zeros(num_features, **factory))
+            self.register_buffer('running_var', torch.ones(num_features, **factory))
         else:
             self.register_buffer('running_mean', None)
             self.register_buffer('running_var', None)
         self._batch_average: Optional[BatchAverage] = None
         self.reset_parameters()
+        norm_eval.bind_owner(self)
 
     @staticmethod
     def _extra_arg_names() -> str:
@@ -155,6 +158,13 @@ class SwitchableNorm(nn.Module):
         return dict(eps=self.eps, momentum=self.momentum,
                     using_moving_average=self.using_moving_average, using_bn=self.using_bn,
                     last_gamma=self.last_gamma, in_variance=self.in_variance)
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train``, except that inside a ``norm_eval=True`` owner SN stays in eval.
+
+        See :mod:`sn_mm.ops.norm_eval` (OpenMMLab backbones' ``norm_eval`` convention).
+        """
+        return super().train(norm_eval.train_mode(self, mode))
 
     # ------------------------------------------------------------- inspection
     def mixture_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -190,57 +200,56 @@ class SwitchableNorm(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         mean_w, var_w = self.mixture_weights()
-        params = (self.weight, self.bias, mean_w, var_w)
-        build_graph = torch.is_grad_enabled() and (
-            x.requires_grad or any(p.requires_grad for p in params))
-        mixer = SNMixer(self, math.prod(x.shape[2:]), tuple(x.shape))
+        bn_mode, group = self._bn_mode(x)
         device_type = x.device.type
-        if torch.is_autocast_enabled(device_type):
+        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+            # statistics in float32 whatever autocast's dtype; the output keeps x's dtype
             with torch.autocast(device_type, enabled=False):
-                return switchable_norm(x, mixer, params, build_graph)
-        return switchable_norm(x, mixer, params, build_graph)
+                y, bn_mean, bn_var, count = self._normalize(x, mean_w, var_w, bn_mode, group)
+        else:
+            y, bn_mean, bn_var, count = self._normalize(x, mean_w, var_w, bn_mode, group)
+        if bn_mode in (BN_BATCH, BN_SYNC):
+            self._track(bn_mean, bn_var, count)
+        return y
 
-    def _bn_moments(self, mean_in: torch.Tensor, var_in: torch.Tensor, length: int,
-                    shape: tuple) -> BNMoments:
-        """BN-branch (C,) moments: batch moments in training, running ones in eval.
+    def _normalize(self, x, mean_w, var_w, bn_mode, group):
+        return switchable_norm(x, self.weight, self.bias, mean_w, var_w, self.running_mean,
+                               self.running_var, bn_mode, self.eps,
+                               self.in_variance == 'unbiased', group)
 
-        ``var_in`` is the IN variance as the layer uses it (Bessel-corrected in
-        ``'unbiased'`` mode). Batch moments carry the gradient reduction of
-        :mod:`sn_mm.ops.mixing`; running statistics are constants (``reduce=None``).
+    def _bn_mode(self, x: torch.Tensor) -> Tuple[int, int]:
+        """``(bn_mode, group handle)`` of this forward (see :mod:`sn_mm.ops.functional`).
+
+        Eval, or an empty batch in training (e.g. 0 RoIs: empty output, statistics
+        untouched), use the running statistics.
         """
-        batch = mean_in.shape[0]
-        if not self.training or batch == 0:
-            # eval, or an empty batch (e.g. 0 RoIs): empty output, statistics untouched
-            return self._running_moments(mean_in.dtype)
-        if batch * length <= 1:
+        if not self.using_bn:
+            return BN_NONE, 0
+        if not self.training or x.shape[0] == 0:
+            return BN_RUNNING, 0
+        if x.shape[0] * math.prod(x.shape[2:]) <= 1:
             raise ValueError(
                 f'Expected more than 1 value per channel when training the BN branch of '
-                f'{type(self).__name__}, got input size {shape}')
-        mean_bn = mean_in.sum(0).div_(batch)
-        var_bn = (var_in.sum(0) + (mean_in - mean_bn).square_().sum(0)).div_(batch)
-        self._track(mean_bn, var_bn, batch * length)
-        return BNMoments(mean_bn, var_bn, lambda g_mean, g_var: (g_mean, g_var, batch))
-
-    def _running_moments(self, dtype: torch.dtype) -> BNMoments:
-        """The running statistics as constant BN moments (copies: later updates can't leak)."""
-        return BNMoments(self.running_mean.to(dtype, copy=True),
-                         self.running_var.to(dtype, copy=True), None)
+                f'{type(self).__name__}, got input size {tuple(x.shape)}')
+        return BN_BATCH, 0
 
     @torch.no_grad()
-    def _track(self, mean_bn: torch.Tensor, var_bn: torch.Tensor, num_values: int) -> None:
-        """Update running statistics (and a running batch-average pass) from batch moments."""
-        mean_bn, var_bn = mean_bn.detach(), var_bn.detach()
+    def _track(self, mean_bn: torch.Tensor, var_bn: torch.Tensor, count: torch.Tensor) -> None:
+        """Update running statistics (and a running batch-average pass) from batch moments.
+
+        ``count = [samples, values]`` the moments average over (all ranks for SyncSN).
+        """
         if self._batch_average is not None:
-            self._batch_average.add(mean_bn, var_bn, num_values)
+            self._batch_average.add(mean_bn, var_bn, float(count[1]))
         if self.using_moving_average:
             self.running_mean.lerp_(mean_bn.to(self.running_mean.dtype), self.momentum)
             self.running_var.lerp_(
-                self._running_variance(var_bn, num_values).to(self.running_var.dtype),
+                self._running_variance(var_bn, count[1]).to(self.running_var.dtype),
                 self.momentum)
 
-    def _running_variance(self, var_bn: torch.Tensor, num_values: float) -> torch.Tensor:
-        """The value ``running_var`` tracks for a BN-branch variance over ``num_values``."""
-        if self.in_variance == 'biased' and num_values > 1:
+    def _running_variance(self, var_bn: torch.Tensor, num_values) -> torch.Tensor:
+        """The value ``running_var`` tracks for a BN-branch variance over ``num_values`` (> 1)."""
+        if self.in_variance == 'biased':
             return var_bn * (num_values / (num_values - 1))
         return var_bn
 
@@ -329,88 +338,20 @@ class SyncSwitchableNorm(SwitchableNorm):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  using_moving_average: bool = True, using_bn: bool = True,
                  last_gamma: bool = False, in_variance: str = 'unbiased',
-                 process_group=None, **unknown):
+                 process_group=None, device=None, dtype=None, **unknown):
         super().__init__(num_features, eps=eps, momentum=momentum,
                          using_moving_average=using_moving_average, using_bn=using_bn,
-                         last_gamma=last_gamma, in_variance=in_variance, **unknown)
+                         last_gamma=last_gamma, in_variance=in_variance, device=device,
+                         dtype=dtype, **unknown)
         self.process_group = process_group
 
     @staticmethod
     def _extra_arg_names() -> str:
         return ', process_group'
 
-    def _bn_moments(self, mean_in, var_in, length, shape):
-        world_size = sync_world_size(self.process_group)
-        if not self.training or world_size == 1:
-            return super()._bn_moments(mean_in, var_in, length, shape)
-        batch = mean_in.shape[0]
-        # Per-rank count, value count, mean and M2 = sum_n (var_in + (mean_in - m_r)^2),
-        # merged exactly (Chan et al.) after one gather: no E[x^2] - E[x]^2 cancellation.
-        local_mean = mean_in.sum(0) / max(batch, 1)
-        local_m2 = (var_in + (mean_in - local_mean).square()).sum(0)
-        counts = mean_in.new_tensor([float(batch), float(batch * length)])
-        rows = all_gather_rows(torch.cat([counts, local_mean, local_m2]),
-                               self.process_group, world_size)
-        c = self.num_features
-        samples, num_values = rows[:, 0], float(rows[:, 1].sum())
-        total = float(samples.sum())
-        if num_values <= 1:
-            raise ValueError(
-                f'Expected more than 1 value per channel when training the BN branch of '
-                f'{type(self).__name__}, got {int(num_values)} over all ranks '
-                f'(local input size {shape})')
-        means, m2s = rows[:, 2:2 + c], rows[:, 2 + c:]
-        weights = samples.unsqueeze(1)
-        mean_bn = (weights * means).sum(0) / total
-        var_bn = (m2s.sum(0) + (weights * (means - mean_bn).square()).sum(0)) / total
-        self._track(mean_bn, var_bn, num_values)
-        group = self.process_group
-
-        def reduce(g_mean, g_var):  # the one backward collective: sum over every rank
-            summed = all_reduce_sum(torch.cat([g_mean, g_var]), group)
-            return summed[:c], summed[c:], total
-
-        return BNMoments(mean_bn, var_bn, reduce)
-
-
-class SNMixer:
-    """One forward call's ``(N, C)`` step of a :class:`SwitchableNorm` (the ``Mixer`` protocol).
-
-    Applies the IN-variance convention of the layer (Bessel's correction in
-    ``'unbiased'`` mode, none on 1x1 maps), asks the layer for its BN moments
-    (batch, synchronized or running; this also updates running statistics) and runs
-    :func:`~sn_mm.ops.mixing.mix_forward` / :func:`~sn_mm.ops.mixing.mix_backward`.
-    """
-
-    def __init__(self, layer: SwitchableNorm, length: int, shape: tuple):
-        self.layer = layer
-        self.length = length
-        self.shape = shape
-        self.var_factor = (length / (length - 1)
-                           if layer.in_variance == 'unbiased' and length > 1 else 1.0)
-        self.bn_reduce = None
-
-    def forward(self, mean_in, var_in, weight, bias, mean_w, var_w):
-        layer = self.layer
-        u = self._corrected(var_in)
-        bn = layer._bn_moments(mean_in, u, self.length, self.shape) if layer.using_bn else None
-        scale, shift, _ = mix_forward(mean_in, u, weight, bias, mean_w, var_w, layer.eps, bn)
-        # Saved: the (N, C) IN moments only (backward recomputes the rest), the
-        # importance weights, gamma and the (C,) BN moments.
-        saved = (mean_in, var_in, weight, mean_w, var_w)
-        if bn is None:
-            return scale, shift, saved
-        self.bn_reduce = bn.reduce
-        return scale, shift, (*saved, bn.mean, bn.var)
-
-    def backward(self, saved, grad_scale, grad_shift):
-        mean_in, var_in, weight, a, b, *bn_moments = saved
-        bn = BNMoments(*bn_moments, self.bn_reduce) if bn_moments else None
-        scale, grad_mean_in, grad_u, *param_grads = mix_backward(
-            (a, b), mean_in, self._corrected(var_in), weight, self.layer.eps, bn,
-            grad_scale, grad_shift)
-        return (scale, grad_mean_in, grad_u * self.var_factor, *param_grads)
-
-    def _corrected(self, var_in):
-        """The IN variance as the layer uses it (Bessel-corrected in ``'unbiased'`` mode)."""
-        return var_in * self.var_factor if self.var_factor != 1.0 else var_in
+    def _bn_mode(self, x: torch.Tensor) -> Tuple[int, int]:
+        if (not self.using_bn or not self.training
+                or sync_world_size(self.process_group) == 1):
+            return super()._bn_mode(x)
+        # every rank joins the collectives, also with an empty batch
+        return BN_SYNC, group_handle(self.process_group)
