@@ -55,8 +55,10 @@ def test_input_grad_and_affine_match_formula(dtype):
     y = ext.affine(x, a, c)
     assert y.dtype == dtype
     assert_close(y, (a[:, None] * x.to(a.dtype) + c[:, None]).to(dtype))
-    with pytest.raises(RuntimeError, match='must be a contiguous tensor of 12 elements'):
+    with pytest.raises(RuntimeError, match='do not split into 5 rows'):
         ext.input_grad(g, x, a[:5], k, c)
+    with pytest.raises(RuntimeError, match='must be a contiguous tensor of 6 elements'):
+        ext.affine(x, a[:6], c)
 
 
 @needs_ext

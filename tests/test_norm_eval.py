@@ -43,9 +43,10 @@ def _stats(model):
 @pytest.mark.parametrize('scope,backbone', [('mmdet', 'ResNet'), ('mmseg', 'ResNetV1c')])
 def test_norm_eval_true_freezes_sn(scope, backbone):
     model = _build(scope, type=backbone, norm_eval=True)
+    model.to('cpu')  # what mmengine's Runner does before wrapping the model in DDP
     layers = _sn(model)
     assert len(layers) == 20 + (2 if backbone == 'ResNetV1c' else 0)  # deep stem: 3 SN
-    for name, layer in layers:  # frozen at construction: optimizers/DDP see it
+    for name, layer in layers:  # frozen before DDP wraps the model: DDP/optimizers see it
         assert not layer.mean_weight.requires_grad and not layer.var_weight.requires_grad
         assert layer.weight.requires_grad and layer.bias.requires_grad, name
     reference = copy.deepcopy(model)
@@ -139,3 +140,11 @@ def test_layers_outside_a_norm_eval_owner_are_unbound():
     assert sn_norm_eval.owner_of(layer) is None
     layer.train()
     assert layer.training and layer.mean_weight.requires_grad
+
+
+def test_norm_eval_freeze_applies_at_train_and_explicitly():
+    for apply in (lambda m: m.train(), sn_norm_eval.freeze_logits):
+        model = _build('mmdet', norm_eval=True)
+        apply(model)
+        assert all(not m.mean_weight.requires_grad and not m.var_weight.requires_grad
+                   for _, m in _sn(model))

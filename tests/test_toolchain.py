@@ -243,3 +243,14 @@ def test_empty_batch_under_compile():
     y = torch.compile(layer)(torch.randn(0, 4, 3, 3))
     assert y.shape == (0, 4, 3, 3)
     assert torch.equal(layer.running_mean, before)
+
+
+@pytest.mark.parametrize('use_kernel', [True, False])
+def test_output_is_not_a_view_so_inplace_ops_work(monkeypatch, use_kernel):
+    monkeypatch.setattr(kernels, 'USE_COMPILED_KERNEL', use_kernel)
+    layer = SwitchableNorm(4)
+    x = torch.randn(2, 4, 3, 3, requires_grad=True)
+    y = layer(x)
+    assert y._base is None and y.shape == x.shape
+    torch.relu_(y).sum().backward()
+    assert x.grad is not None and torch.isfinite(x.grad).all()

@@ -101,7 +101,7 @@ def _switchable_norm_op(x: Tensor, weight: Tensor, bias: Tensor, mean_weights: T
         count = mean_in.new_tensor([float(n), float(n * length)])
     scale, shift, bn_mean, bn_var = kernels.mix_forward(mean_in, u, *params, bn_mean, bn_var,
                                                         mode, eps)
-    y = kernels.affine(x3, scale, shift).view(x.shape)
+    y = kernels.affine(x, scale, shift)
     return y, mean_in, var_in, bn_mean, bn_var, count
 
 
@@ -155,7 +155,7 @@ def _switchable_norm_backward_op(
     if input_grad:
         k = grad_u * (factor * 2.0 / length)
         const = torch.addcmul(grad_mean_in / length, mean_in, k, value=-1)
-        grad_x = kernels.input_grad(g3, x3, scale, k, const).view(x.shape)
+        grad_x = kernels.input_grad(grad_y.to(x.dtype), x, scale, k, const)
     return (grad_x, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype),
             grad_a.to(mean_weights.dtype), grad_b.to(var_weights.dtype))
 

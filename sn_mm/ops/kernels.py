@@ -75,11 +75,6 @@ def _rows(t: Tensor) -> Tensor:
     return t.reshape(t.shape[0] * t.shape[1], t.shape[2])
 
 
-def _col(t: Tensor, dtype: torch.dtype) -> Tensor:
-    """``(N, C)`` coefficients as a ``(N, C, 1)`` column in ``dtype``."""
-    return t.to(dtype).unsqueeze(-1)
-
-
 def instance_moments(x3: Tensor) -> Tuple[Tensor, Tensor]:
     """Per-(n, c) mean and *biased* variance of ``(N, C, L)`` ``x3``, in the accumulation dtype."""
     n, c, length = x3.shape
@@ -102,13 +97,22 @@ def instance_moments(x3: Tensor) -> Tuple[Tensor, Tensor]:
     return mean.view(n, c), var.view(n, c)
 
 
-def affine(x3: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
-    """``scale[n, c] * x + shift[n, c]`` over ``(N, C, L)``, in ``x3``'s dtype (a new tensor)."""
-    if x3.numel() and use_compiled_kernel(x3):
-        return compiled_kernel.affine(_rows(x3), scale.reshape(-1), shift.reshape(-1)).view(x3.shape)
+def _per_row(t: Tensor, like: Tensor, dtype: torch.dtype) -> Tensor:
+    """``(N, C)`` coefficients broadcastable against ``(N, C, *spatial)`` ``like``."""
+    return t.to(dtype).reshape(t.shape + (1,) * (like.dim() - 2))
+
+
+def affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``scale[n, c] * x + shift[n, c]`` for ``(N, C, *spatial)`` ``x``, in its dtype and shape.
+
+    The result is a new tensor, never a view (in-place ops such as a following
+    ``ReLU(inplace=True)`` are allowed on it).
+    """
+    if x.numel() and use_compiled_kernel(x):
+        return compiled_kernel.affine(x, scale.reshape(-1), shift.reshape(-1))
     # Reduced precision: the coefficients are rounded to x's dtype (ATen computes the
     # product in float32 internally), so no float32 copy of x is made.
-    return torch.addcmul(_col(shift, x3.dtype), x3, _col(scale, x3.dtype))
+    return torch.addcmul(_per_row(shift, x, x.dtype), x, _per_row(scale, x, x.dtype))
 
 
 def grad_sums(g3: Tensor, x3: Tensor, mean: Tensor) -> Tuple[Tensor, Tensor]:
@@ -137,14 +141,13 @@ def grad_sums(g3: Tensor, x3: Tensor, mean: Tensor) -> Tuple[Tensor, Tensor]:
     return dot.view(n, c), total.view(n, c)
 
 
-def input_grad(g3: Tensor, x3: Tensor, a: Tensor, k: Tensor, c: Tensor) -> Tensor:
-    """``a * g + k * x + c`` per (n, c) over ``(N, C, L)``, in ``x3``'s dtype."""
-    if x3.numel() and use_compiled_kernel(x3):
-        return compiled_kernel.input_grad(_rows(g3), _rows(x3), a.reshape(-1), k.reshape(-1),
-                                          c.reshape(-1)).view(x3.shape)
-    dtype = x3.dtype
-    grad = torch.addcmul(_col(c, dtype), x3, _col(k, dtype))
-    return grad.addcmul_(g3.to(dtype), _col(a, dtype))
+def input_grad(g: Tensor, x: Tensor, a: Tensor, k: Tensor, c: Tensor) -> Tensor:
+    """``a * g + k * x + c`` per (n, c) for ``(N, C, *spatial)`` ``g``, ``x``, in ``x``'s dtype and shape."""
+    if x.numel() and use_compiled_kernel(x):
+        return compiled_kernel.input_grad(g, x, a.reshape(-1), k.reshape(-1), c.reshape(-1))
+    dtype = x.dtype
+    grad = torch.addcmul(_per_row(c, x, dtype), x, _per_row(k, x, dtype))
+    return grad.addcmul_(g.to(dtype), _per_row(a, x, dtype))
 
 
 def mix_forward(mean_in, u, weight, bias, a, b, bn_mean, bn_var, mode: int, eps: float):

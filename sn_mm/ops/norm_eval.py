@@ -14,9 +14,13 @@ building their stem and stages)
   ``train(True)`` leaves it in eval mode, so the BN term uses ``running_mean`` /
   ``running_var``, which are not updated (IN and LN moments still come from the sample,
   as in any SN eval); SyncSN does not communicate;
-- has its **importance logits frozen** at construction (``mean_weight`` / ``var_weight``
-  ``requires_grad=False``), so optimizers and DDP see the final state and the mixture it
-  was pretrained with is kept;
+- has its **importance logits frozen** (``mean_weight`` / ``var_weight``
+  ``requires_grad=False``) before DDP wraps the model, so DDP and optimizers see the final
+  state and the mixture it was pretrained with is kept. mmcv's ``build_norm_layer``
+  resets ``requires_grad`` of every parameter right after constructing a norm layer, so
+  the freeze is applied at the layer's next ``train()`` or ``_apply`` (``.to(device)``,
+  ``.cuda()``, ``.float()``, ...): mmengine's Runner moves the model to its device before
+  wrapping it, as does every DDP recipe (:func:`freeze_logits` does it explicitly);
 - keeps ``weight`` / ``bias`` trainable or not as ``norm_cfg['requires_grad']`` says,
   exactly like BN's affine parameters under ``norm_eval=True``.
 
@@ -39,9 +43,11 @@ from typing import Optional
 
 from torch import nn
 
-__all__ = ['bind_owner', 'owner_of', 'train_mode', 'enable', 'disable', 'is_enabled']
+__all__ = ['bind_owner', 'owner_of', 'freeze_logits', 'resolve_pending_freeze', 'train_mode',
+           'enable', 'disable', 'is_enabled']
 
 _OWNER = '_sn_norm_eval_owner'
+_PENDING = '_sn_norm_eval_freeze_pending'
 _MAX_FRAMES = 64
 _enabled = True
 logger = logging.getLogger('sn_mm')
@@ -74,6 +80,7 @@ def bind_owner(layer: nn.Module) -> None:
     vars(layer)[_OWNER] = owner  # a plain attribute: not a submodule, not in state_dict
     if owner.norm_eval is True:
         _freeze_logits(layer)
+        vars(layer)[_PENDING] = True  # again after build_norm_layer's requires_grad loop
         if not vars(owner).get('_sn_norm_eval_logged', False):
             vars(owner)['_sn_norm_eval_logged'] = True
             logger.info('sn_mm: %s has norm_eval=True: its SN layers run in eval mode (BN '
@@ -95,12 +102,31 @@ def _freeze_logits(layer: nn.Module) -> bool:
     return frozen
 
 
+def resolve_pending_freeze(layer: nn.Module) -> None:
+    """Freeze the logits of a layer built inside a ``norm_eval=True`` owner (idempotent)."""
+    if vars(layer).pop(_PENDING, False):
+        owner = vars(layer).get(_OWNER)
+        if owner is not None and getattr(owner, 'norm_eval', False) is True:
+            _freeze_logits(layer)
+
+
+def freeze_logits(model: nn.Module) -> None:
+    """Apply the pending ``norm_eval`` freezes of every SN layer in ``model`` now."""
+    for module in model.modules():
+        if _PENDING in vars(module):
+            resolve_pending_freeze(module)
+
+
 def train_mode(layer: nn.Module, mode: bool) -> bool:
     """The mode ``layer.train(mode)`` really sets: eval inside a ``norm_eval=True`` owner."""
     owner = vars(layer).get(_OWNER)
-    if not mode or owner is None or getattr(owner, 'norm_eval', False) is not True:
+    if owner is None:
         return mode
-    if _freeze_logits(layer):
+    built_frozen = vars(layer).get(_PENDING, False)
+    resolve_pending_freeze(layer)
+    if not mode or getattr(owner, 'norm_eval', False) is not True:
+        return mode
+    if _freeze_logits(layer) and not built_frozen:
         warnings.warn(
             f'sn_mm: {type(owner).__name__}.norm_eval=True froze the importance logits of '
             'its SN layers at train() (norm_eval was enabled after the model was built). '

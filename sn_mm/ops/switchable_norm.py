@@ -166,6 +166,11 @@ class SwitchableNorm(nn.Module):
         """
         return super().train(norm_eval.train_mode(self, mode))
 
+    def _apply(self, fn, recurse=True):
+        # .to()/.cuda()/.float() precede DDP in every recipe: apply a pending norm_eval freeze
+        norm_eval.resolve_pending_freeze(self)
+        return super()._apply(fn, recurse)
+
     # ------------------------------------------------------------- inspection
     def mixture_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
         """The differentiable (mean, variance) importance weights the forward mixes with.

@@ -143,11 +143,16 @@ SN_MULTIVERSION void rows_affine(const scalar_t* __restrict__ x, const acc_t<sca
   }
 }
 
+// x of any shape whose contiguous layout is R = scale.numel() rows of L values (an
+// (N, C, *spatial) tensor with R = N*C); the result has x's shape, so it is never a view.
 torch::Tensor affine(const torch::Tensor& x, const torch::Tensor& scale,
                      const torch::Tensor& shift) {
-  check_rows(x, "affine");
+  TORCH_CHECK(x.device().is_cpu(), "affine: CPU tensors only");
   auto xc = x.contiguous();
-  const int64_t rows = xc.size(0), length = xc.size(1);
+  const int64_t rows = scale.numel();
+  TORCH_CHECK(rows > 0 && xc.numel() % rows == 0, "affine: ", xc.numel(),
+              " values do not split into ", rows, " rows");
+  const int64_t length = xc.numel() / rows;
   const auto acc = acc_type(xc.scalar_type());
   check_coeff(scale, rows, acc, "affine: scale");
   check_coeff(shift, rows, acc, "affine: shift");
@@ -237,14 +242,18 @@ SN_MULTIVERSION void rows_input_grad(const scalar_t* __restrict__ g, const scala
   }
 }
 
+// g, x of one shape whose contiguous layout is R = a.numel() rows; the result has x's shape.
 torch::Tensor input_grad(const torch::Tensor& g, const torch::Tensor& x, const torch::Tensor& a,
                          const torch::Tensor& k, const torch::Tensor& c) {
-  check_rows(x, "input_grad");
+  TORCH_CHECK(x.device().is_cpu() && g.device().is_cpu(), "input_grad: CPU tensors only");
   TORCH_CHECK(g.sizes() == x.sizes() && g.scalar_type() == x.scalar_type(),
               "input_grad: g and x must have one shape and dtype, got ", g.sizes(), " ",
               g.scalar_type(), " and ", x.sizes(), " ", x.scalar_type());
   auto gc = g.contiguous(), xc = x.contiguous();
-  const int64_t rows = xc.size(0), length = xc.size(1);
+  const int64_t rows = a.numel();
+  TORCH_CHECK(rows > 0 && xc.numel() % rows == 0, "input_grad: ", xc.numel(),
+              " values do not split into ", rows, " rows");
+  const int64_t length = xc.numel() / rows;
   const auto acc = acc_type(xc.scalar_type());
   check_coeff(a, rows, acc, "input_grad: a");
   check_coeff(k, rows, acc, "input_grad: k");
