@@ -24,12 +24,20 @@ mixing step, which returns ``g_mu`` and ``g_v`` for the IN moments — one fused
 
 It saves ``x``, the two ``(N, C)`` IN moments and ``(C,)`` tensors, like BatchNorm.
 
-The ops (``torch.ops.sn_mm.*``): ``switchable_norm`` and ``switchable_norm_backward``,
-functional (they mutate nothing; the module updates its running statistics from the
-returned batch moments), with fake kernels (shape/dtype propagation: ``meta`` tensors,
-``torch.compile``, ``torch.export``) and registered autograd. ``torch.compile`` sees
-each as one node; the same op runs on CPU (compiled kernels) and on any other device
-(ATen; :mod:`sn_mm.ops.kernels`). Double backward is not supported and raises.
+The ops (``torch.ops.sn_mm.*``), all functional (they mutate nothing; the module
+updates its running statistics from the returned batch moments), with fake kernels
+(shape/dtype propagation: ``meta`` tensors, ``torch.compile``) and registered autograd;
+``torch.compile`` sees each call as one node:
+
+- ``switchable_norm`` / ``switchable_norm_backward``: schema, CPU kernel and autograd in
+  C++ (``csrc/sn_cpu.cpp``, like torchvision's ops), so an eager call costs one
+  dispatcher round trip: BatchNorm's fixed cost, not thirty Python-issued small ops;
+- ``switchable_norm_generic`` / ``switchable_norm_generic_backward``: the same schema
+  and math in Python over :mod:`sn_mm.ops.kernels` (ATen on any device: CUDA, builds
+  without the extension, ``SN_MM_DISABLE_EXT=1``), and the one that runs SyncSN's
+  collectives (``bn_mode=BN_SYNC``).
+
+Double backward is not supported and raises.
 
 Dtypes: ``x`` may be float64/32, bfloat16 or float16 and keeps its dtype; statistics
 are float64 for float64 inputs and float32 otherwise. Parameters may have another
@@ -68,8 +76,8 @@ def _check_mode(bn_mode: int) -> None:
                          f'got {bn_mode!r}')
 
 
-@torch.library.custom_op('sn_mm::switchable_norm', mutates_args=())
-def _switchable_norm_op(x: Tensor, weight: Tensor, bias: Tensor, mean_weights: Tensor,
+@torch.library.custom_op('sn_mm::switchable_norm_generic', mutates_args=())
+def _generic_op(x: Tensor, weight: Tensor, bias: Tensor, mean_weights: Tensor,
                         var_weights: Tensor, running_mean: Optional[Tensor],
                         running_var: Optional[Tensor], bn_mode: int, eps: float,
                         unbiased: bool, group: int
@@ -105,9 +113,8 @@ def _switchable_norm_op(x: Tensor, weight: Tensor, bias: Tensor, mean_weights: T
     return y, mean_in, var_in, bn_mean, bn_var, count
 
 
-@_switchable_norm_op.register_fake
-def _(x, weight, bias, mean_weights, var_weights, running_mean, running_var, bn_mode, eps,
-      unbiased, group):
+def _fake_forward(x, weight, bias, mean_weights, var_weights, running_mean, running_var,
+                  bn_mode, eps, unbiased, group):
     n, c = x.shape[0], x.shape[1]
     acc = accumulation_dtype(x.dtype)
     bn = c if bn_mode != BN_NONE else 0
@@ -116,8 +123,8 @@ def _(x, weight, bias, mean_weights, var_weights, running_mean, running_var, bn_
             x.new_empty((bn,), dtype=acc), x.new_empty((2,), dtype=acc))
 
 
-@torch.library.custom_op('sn_mm::switchable_norm_backward', mutates_args=())
-def _switchable_norm_backward_op(
+@torch.library.custom_op('sn_mm::switchable_norm_generic_backward', mutates_args=())
+def _generic_backward_op(
         grad_y: Tensor, x: Tensor, mean_in: Tensor, var_in: Tensor, weight: Tensor,
         mean_weights: Tensor, var_weights: Tensor, bn_mean: Tensor, bn_var: Tensor,
         bn_count: Tensor, bn_mode: int, eps: float, unbiased: bool, group: int,
@@ -160,9 +167,8 @@ def _switchable_norm_backward_op(
             grad_a.to(mean_weights.dtype), grad_b.to(var_weights.dtype))
 
 
-@_switchable_norm_backward_op.register_fake
-def _(grad_y, x, mean_in, var_in, weight, mean_weights, var_weights, bn_mean, bn_var, bn_count,
-      bn_mode, eps, unbiased, group, input_grad):
+def _fake_backward(grad_y, x, mean_in, var_in, weight, mean_weights, var_weights, bn_mean,
+                   bn_var, bn_count, bn_mode, eps, unbiased, group, input_grad):
     grad_x = x.new_empty(x.shape) if input_grad else x.new_empty(0)
     return (grad_x, weight.new_empty(weight.shape), weight.new_empty(weight.shape),
             mean_weights.new_empty(mean_weights.shape), var_weights.new_empty(var_weights.shape))
@@ -183,7 +189,7 @@ def _backward(ctx, grad_y, *unused_grads):
     bn_mode, eps, unbiased, group = ctx.config
     if grad_y is None:
         grad_y = torch.zeros_like(x)
-    grad_x, grad_weight, grad_bias, grad_a, grad_b = _switchable_norm_backward_op(
+    grad_x, grad_weight, grad_bias, grad_a, grad_b = _generic_backward_op(
         grad_y, x, mean_in, var_in, weight, mean_weights, var_weights, bn_mean, bn_var,
         bn_count, bn_mode, eps, unbiased, group, ctx.needs_input_grad[0])
     return (grad_x if ctx.needs_input_grad[0] else None, grad_weight, grad_bias, grad_a, grad_b,
@@ -197,9 +203,27 @@ def _no_double_backward(ctx, *grads):
         'through it); its backward is written out by hand and is not itself differentiable.')
 
 
-_switchable_norm_op.register_autograd(_backward, setup_context=_setup_context)
-_switchable_norm_backward_op.register_autograd(
+_generic_op.register_fake(_fake_forward)
+_generic_backward_op.register_fake(_fake_backward)
+_generic_op.register_autograd(_backward, setup_context=_setup_context)
+_generic_backward_op.register_autograd(
     _no_double_backward, setup_context=lambda ctx, inputs, output: None)
+
+#: The compiled CPU op pair (schemas, CPU kernels and autograd in ``csrc/sn_cpu.cpp``,
+#: registered when ``sn_mm._ext`` loads), or None without the extension.
+native_op = None
+if kernels.compiled_kernel is not None and hasattr(torch.ops.sn_mm, 'switchable_norm'):
+    native_op = torch.ops.sn_mm.switchable_norm.default
+    torch.library.register_fake('sn_mm::switchable_norm')(_fake_forward)
+    torch.library.register_fake('sn_mm::switchable_norm_backward')(_fake_backward)
+generic_op = torch.ops.sn_mm.switchable_norm_generic.default
+
+
+def op_for(x: Tensor, bn_mode: int):
+    """The op that runs SN on ``x``: the compiled CPU op, else the device-generic one."""
+    if native_op is not None and bn_mode != BN_SYNC and kernels.use_compiled_kernel(x):
+        return native_op
+    return generic_op
 
 
 # ------------------------------------------------------------------ export path
@@ -277,7 +301,7 @@ def switchable_norm(x: Tensor, weight: Tensor, bias: Tensor, mean_weights: Tenso
     if is_exporting():
         return composite_switchable_norm(x, weight, bias, mean_weights, var_weights,
                                          running_mean, running_var, bn_mode, eps, unbiased)
-    y, _, _, bn_mean, bn_var, count = _switchable_norm_op(
+    y, _, _, bn_mean, bn_var, count = op_for(x, bn_mode)(
         x, weight, bias, mean_weights, var_weights, running_mean, running_var, bn_mode, eps,
         unbiased, group)
     return y, bn_mean, bn_var, count

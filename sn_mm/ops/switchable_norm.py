@@ -238,19 +238,24 @@ class SwitchableNorm(nn.Module):
                 f'{type(self).__name__}, got input size {tuple(x.shape)}')
         return BN_BATCH, 0
 
-    @torch.no_grad()
     def _track(self, mean_bn: torch.Tensor, var_bn: torch.Tensor, count: torch.Tensor) -> None:
         """Update running statistics (and a running batch-average pass) from batch moments.
 
         ``count = [samples, values]`` the moments average over (all ranks for SyncSN).
+        The moments come out of the op without autograd history, so no ``no_grad``
+        context is needed here (it would cost more than the update on small layers).
         """
         if self._batch_average is not None:
             self._batch_average.add(mean_bn, var_bn, float(count[1]))
         if self.using_moving_average:
-            self.running_mean.lerp_(mean_bn.to(self.running_mean.dtype), self.momentum)
-            self.running_var.lerp_(
-                self._running_variance(var_bn, count[1]).to(self.running_var.dtype),
-                self.momentum)
+            running_mean, running_var = self.running_mean, self.running_var
+            if mean_bn.dtype != running_mean.dtype:
+                mean_bn = mean_bn.to(running_mean.dtype)
+            var = self._running_variance(var_bn, count[1])
+            if var.dtype != running_var.dtype:
+                var = var.to(running_var.dtype)
+            running_mean.lerp_(mean_bn, self.momentum)
+            running_var.lerp_(var, self.momentum)
 
     def _running_variance(self, var_bn: torch.Tensor, num_values) -> torch.Tensor:
         """The value ``running_var`` tracks for a BN-branch variance over ``num_values`` (> 1)."""

@@ -18,6 +18,7 @@
 // mix_backward); the equations are in sn_mm/ops/mixing.py, whose pure-torch functions
 // are the reference for these loops.
 #include <torch/extension.h>
+#include <torch/library.h>
 #include <ATen/Parallel.h>
 #include <ATen/OpMathType.h>
 
@@ -43,6 +44,33 @@ int64_t row_grain(int64_t length) {
 
 template <typename scalar_t>
 using acc_t = at::opmath_type<scalar_t>;  // double for double, float otherwise
+
+// Element loads and stores in the accumulation type. bfloat16 is converted with plain
+// integer shifts (round-to-nearest-even on store, NaN kept NaN), which the compiler
+// vectorizes; c10::BFloat16's own conversions do not, and would make a bf16 pass slower
+// than a float32 one.
+template <typename scalar_t>
+struct Elem {
+  static inline acc_t<scalar_t> load(const scalar_t* p, int64_t i) {
+    return static_cast<acc_t<scalar_t>>(p[i]);
+  }
+  static inline void store(scalar_t* p, int64_t i, acc_t<scalar_t> v) {
+    p[i] = static_cast<scalar_t>(v);
+  }
+};
+
+template <>
+struct Elem<c10::BFloat16> {
+  static inline float load(const c10::BFloat16* p, int64_t i) {
+    const uint32_t bits = uint32_t(reinterpret_cast<const uint16_t*>(p)[i]) << 16;
+    return __builtin_bit_cast(float, bits);
+  }
+  static inline void store(c10::BFloat16* p, int64_t i, float v) {
+    const uint32_t u = __builtin_bit_cast(uint32_t, v);
+    const uint32_t rounded = (u + 0x7FFFu + ((u >> 16) & 1u)) >> 16;
+    reinterpret_cast<uint16_t*>(p)[i] = v != v ? uint16_t(0x7FC0) : uint16_t(rounded);
+  }
+};
 
 #define SN_DISPATCH(TYPE, NAME, ...) \
   AT_DISPATCH_FLOATING_TYPES_AND2(at::kBFloat16, at::kHalf, TYPE, NAME, __VA_ARGS__)
@@ -72,7 +100,7 @@ inline __attribute__((always_inline)) void row_moments(
     const int64_t e = std::min(s + kBlock, length);
     opmath part = 0;
 #pragma omp simd reduction(+ : part)
-    for (int64_t l = s; l < e; ++l) part += static_cast<opmath>(x[l]);
+    for (int64_t l = s; l < e; ++l) part += Elem<scalar_t>::load(x, l);
     sum += part;
   }
   const double mean = sum / length;
@@ -83,7 +111,7 @@ inline __attribute__((always_inline)) void row_moments(
     opmath sq = 0, dv = 0;
 #pragma omp simd reduction(+ : sq, dv)
     for (int64_t l = s; l < e; ++l) {
-      const opmath d = static_cast<opmath>(x[l]) - m;
+      const opmath d = Elem<scalar_t>::load(x, l) - m;
       sq += d * d;
       dv += d;
     }
@@ -138,7 +166,7 @@ SN_MULTIVERSION void rows_affine(const scalar_t* __restrict__ x, const acc_t<sca
     scalar_t* outr = out + r * length;
 #pragma omp simd
     for (int64_t l = 0; l < length; ++l) {
-      outr[l] = static_cast<scalar_t>(a * static_cast<opmath>(xr[l]) + b);
+      Elem<scalar_t>::store(outr, l, a * Elem<scalar_t>::load(xr, l) + b);
     }
   }
 }
@@ -186,8 +214,8 @@ SN_MULTIVERSION void rows_grad_sums(const scalar_t* __restrict__ g, const scalar
       opmath dp = 0, gp = 0;
 #pragma omp simd reduction(+ : dp, gp)
       for (int64_t l = s; l < e; ++l) {
-        const opmath gv = static_cast<opmath>(gr[l]);
-        dp += gv * (static_cast<opmath>(xr[l]) - m);
+        const opmath gv = Elem<scalar_t>::load(gr, l);
+        dp += gv * (Elem<scalar_t>::load(xr, l) - m);
         gp += gv;
       }
       d_sum += dp;
@@ -236,8 +264,8 @@ SN_MULTIVERSION void rows_input_grad(const scalar_t* __restrict__ g, const scala
     scalar_t* outr = out + r * length;
 #pragma omp simd
     for (int64_t l = 0; l < length; ++l) {
-      outr[l] = static_cast<scalar_t>(ar * static_cast<opmath>(gr[l]) +
-                                      kr * static_cast<opmath>(xr[l]) + cr);
+      Elem<scalar_t>::store(outr, l, ar * Elem<scalar_t>::load(gr, l) +
+                                         kr * Elem<scalar_t>::load(xr, l) + cr);
     }
   }
 }
@@ -324,7 +352,7 @@ std::vector<torch::Tensor> mix_forward_impl(const torch::Tensor& mean_in, const 
   const T a2 = mode != kNoBN ? ap[2] : T(0), b2 = mode != kNoBN ? bp[2] : T(0);
   T* sc = scale.data_ptr<T>();
   T* sh = shift.data_ptr<T>();
-  at::parallel_for(0, n, std::max<int64_t>(1, 4096 / std::max<int64_t>(c, 1)),
+  at::parallel_for(0, n, std::max<int64_t>(1, 32768 / std::max<int64_t>(c, 1)),
                    [&](int64_t begin, int64_t end) {
     for (int64_t i = begin; i < end; ++i) {
       const T* mrow = mi + i * c;
@@ -553,6 +581,158 @@ std::vector<torch::Tensor> mix_backward(const torch::Tensor& grad_scale,
   return out;
 }
 
+// ------------------------------------------------------------------ the ops
+// sn_mm::switchable_norm and sn_mm::switchable_norm_backward: schemas, CPU kernels and
+// the autograd kernel (the Python side registers their fake kernels, and the device-
+// generic twins sn_mm::switchable_norm_generic[_backward] that run on any device and
+// for SyncSN; sn_mm/ops/functional.py documents the math). bn_mode: 0 none, 1 running
+// statistics, 2 batch statistics (3, SyncSN, exists only in the generic op).
+using torch::Tensor;
+
+double bessel_factor(int64_t length, bool unbiased) {
+  return unbiased && length > 1 ? double(length) / double(length - 1) : 1.0;
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sn_forward_cpu(
+    const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& mean_weights,
+    const Tensor& var_weights, const std::optional<Tensor>& running_mean,
+    const std::optional<Tensor>& running_var, int64_t bn_mode, double eps, bool unbiased,
+    int64_t group) {
+  TORCH_CHECK(bn_mode >= 0 && bn_mode <= 2, "sn_mm::switchable_norm: bn_mode must be 0, 1 or 2 "
+              "(SyncSN's mode 3 runs in sn_mm::switchable_norm_generic), got ", bn_mode);
+  TORCH_CHECK(x.dim() >= 3, "sn_mm::switchable_norm: x must be (N, C, *spatial), got ", x.sizes());
+  const int64_t n = x.size(0), c = x.size(1);
+  const int64_t length = c > 0 && n > 0 ? x.numel() / (n * c) : 1;
+  const auto acc = acc_type(x.scalar_type());
+  auto opts = x.options().dtype(acc);
+  Tensor mean_in, var_in;
+  if (x.numel() == 0) {
+    mean_in = torch::zeros({n, c}, opts);
+    var_in = torch::zeros({n, c}, opts);
+  } else {
+    auto moments = instance_moments(x.reshape({n * c, length}));
+    mean_in = moments[0].view({n, c});
+    var_in = moments[1].view({n, c});
+  }
+  auto u = var_in * bessel_factor(length, unbiased);
+  auto w = weight.to(acc).contiguous(), b = bias.to(acc).contiguous();
+  auto a = mean_weights.to(acc).contiguous(), bb = var_weights.to(acc).contiguous();
+  Tensor bn_mean = torch::empty({0}, opts), bn_var = torch::empty({0}, opts);
+  auto count = torch::zeros({2}, opts);
+  if (bn_mode == kGivenBN) {
+    TORCH_CHECK(running_mean.has_value() && running_var.has_value(),
+                "sn_mm::switchable_norm: bn_mode 1 needs running_mean and running_var");
+    bn_mean = running_mean->to(acc).clone();
+    bn_var = running_var->to(acc).clone();
+  } else if (bn_mode == kBatchBN) {
+    TORCH_CHECK(n > 0, "sn_mm::switchable_norm: batch statistics (bn_mode 2) of an empty batch");
+    count = torch::tensor({double(n), double(n * length)}, opts);
+  }
+  auto mix = mix_forward(mean_in, u, w, b, a, bb, bn_mean, bn_var, bn_mode, eps);
+  Tensor y = x.numel() == 0 ? torch::empty_like(x, at::MemoryFormat::Contiguous)
+                            : affine(x, mix[0], mix[1]);
+  if (bn_mode == kGivenBN) return {y, mean_in, var_in, bn_mean, bn_var, count};
+  return {y, mean_in, var_in, mix[2], mix[3], count};
+}
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sn_backward_cpu(
+    const Tensor& grad_y, const Tensor& x, const Tensor& mean_in, const Tensor& var_in,
+    const Tensor& weight, const Tensor& mean_weights, const Tensor& var_weights,
+    const Tensor& bn_mean, const Tensor& bn_var, const Tensor& bn_count, int64_t bn_mode,
+    double eps, bool unbiased, int64_t group, bool need_input_grad) {
+  TORCH_CHECK(bn_mode >= 0 && bn_mode <= 2, "sn_mm::switchable_norm_backward: bn_mode must be "
+              "0, 1 or 2, got ", bn_mode);
+  const int64_t n = x.size(0), c = x.size(1);
+  const int64_t length = c > 0 && n > 0 ? x.numel() / (n * c) : 1;
+  const auto acc = mean_in.scalar_type();
+  const double factor = bessel_factor(length, unbiased);
+  auto g = grad_y.scalar_type() == x.scalar_type() ? grad_y : grad_y.to(x.scalar_type());
+  Tensor dot, grad_shift;
+  if (x.numel() == 0) {
+    dot = torch::zeros({n, c}, mean_in.options());
+    grad_shift = torch::zeros({n, c}, mean_in.options());
+  } else {
+    auto sums = grad_sums(g.reshape({n * c, length}), x.reshape({n * c, length}),
+                          mean_in.reshape({-1}).contiguous());
+    dot = sums[0].view({n, c});
+    grad_shift = sums[1].view({n, c});
+  }
+  auto grad_scale = torch::addcmul(dot, mean_in, grad_shift);
+  auto u = var_in * factor;
+  auto w = weight.to(acc).contiguous();
+  auto a = mean_weights.to(acc).contiguous(), bb = var_weights.to(acc).contiguous();
+  auto mix = mix_backward(grad_scale, grad_shift, mean_in.contiguous(), u, w, a, bb,
+                          bn_mean.contiguous(), bn_var.contiguous(), bn_mode, eps);
+  Tensor grad_x = torch::empty({0}, x.options());
+  if (need_input_grad && x.numel() > 0) {
+    auto k = mix[2] * (factor * 2.0 / double(length));
+    auto cst = torch::addcmul(mix[1] / double(length), mean_in, k, -1);
+    grad_x = input_grad(g, x, mix[0], k, cst);
+  } else if (need_input_grad) {
+    grad_x = torch::empty_like(x, at::MemoryFormat::Contiguous);
+  }
+  return {grad_x, mix[3].to(weight.scalar_type()), mix[4].to(weight.scalar_type()),
+          mix[5].to(mean_weights.scalar_type()), mix[6].to(var_weights.scalar_type())};
+}
+
+class SwitchableNormFunction : public torch::autograd::Function<SwitchableNormFunction> {
+ public:
+  static torch::autograd::variable_list forward(
+      torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& weight,
+      const Tensor& bias, const Tensor& mean_weights, const Tensor& var_weights,
+      const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var,
+      int64_t bn_mode, double eps, bool unbiased, int64_t group) {
+    at::AutoDispatchBelowADInplaceOrView guard;
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("sn_mm::switchable_norm", "")
+                         .typed<decltype(sn_forward_cpu)>();
+    auto [y, mean_in, var_in, bn_mean, bn_var, count] =
+        op.call(x, weight, bias, mean_weights, var_weights, running_mean, running_var, bn_mode,
+                eps, unbiased, group);
+    ctx->save_for_backward({x, mean_in, var_in, weight, mean_weights, var_weights, bn_mean,
+                            bn_var, count});
+    ctx->saved_data["bn_mode"] = bn_mode;
+    ctx->saved_data["eps"] = eps;
+    ctx->saved_data["unbiased"] = unbiased;
+    ctx->saved_data["group"] = group;
+    ctx->mark_non_differentiable({mean_in, var_in, bn_mean, bn_var, count});
+    return {y, mean_in, var_in, bn_mean, bn_var, count};
+  }
+
+  static torch::autograd::variable_list backward(torch::autograd::AutogradContext* ctx,
+                                                 torch::autograd::variable_list grads) {
+    TORCH_CHECK(!at::GradMode::is_enabled(),
+                "SwitchableNorm (sn_mm::switchable_norm) does not support double backward "
+                "(torch.autograd.grad(..., create_graph=True) through it); its backward is "
+                "written out by hand and is not itself differentiable.");
+    auto saved = ctx->get_saved_variables();
+    static auto op = c10::Dispatcher::singleton()
+                         .findSchemaOrThrow("sn_mm::switchable_norm_backward", "")
+                         .typed<decltype(sn_backward_cpu)>();
+    const auto& x = saved[0];
+    Tensor grad_y = grads[0].defined() ? grads[0] : torch::zeros_like(x);
+    const bool need_x = ctx->needs_input_grad(0);
+    auto [gx, gw, gb, ga, gv] =
+        op.call(grad_y, x, saved[1], saved[2], saved[3], saved[4], saved[5], saved[6],
+                saved[7], saved[8], ctx->saved_data["bn_mode"].toInt(),
+                ctx->saved_data["eps"].toDouble(), ctx->saved_data["unbiased"].toBool(),
+                ctx->saved_data["group"].toInt(), need_x);
+    return {need_x ? gx : Tensor(), gw, gb, ga, gv, Tensor(), Tensor(), Tensor(), Tensor(),
+            Tensor(), Tensor()};
+  }
+};
+
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sn_forward_autograd(
+    const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& mean_weights,
+    const Tensor& var_weights, const std::optional<Tensor>& running_mean,
+    const std::optional<Tensor>& running_var, int64_t bn_mode, double eps, bool unbiased,
+    int64_t group) {
+  auto out = SwitchableNormFunction::apply(x, weight, bias, mean_weights, var_weights,
+                                           running_mean, running_var, bn_mode, eps, unbiased,
+                                           group);
+  return {out[0], out[1], out[2], out[3], out[4], out[5]};
+}
+
 // Threads at::parallel_for can use here: 1 if this library was built without OpenMP.
 int64_t parallel_threads() {
 #ifdef _OPENMP
@@ -563,6 +743,25 @@ int64_t parallel_threads() {
 }
 
 }  // namespace
+
+TORCH_LIBRARY(sn_mm, m) {
+  m.def("switchable_norm(Tensor x, Tensor weight, Tensor bias, Tensor mean_weights, "
+        "Tensor var_weights, Tensor? running_mean, Tensor? running_var, int bn_mode, "
+        "float eps, bool unbiased, int group) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+  m.def("switchable_norm_backward(Tensor grad_y, Tensor x, Tensor mean_in, Tensor var_in, "
+        "Tensor weight, Tensor mean_weights, Tensor var_weights, Tensor bn_mean, Tensor bn_var, "
+        "Tensor bn_count, int bn_mode, float eps, bool unbiased, int group, bool input_grad) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
+}
+
+TORCH_LIBRARY_IMPL(sn_mm, CPU, m) {
+  m.impl("switchable_norm", &sn_forward_cpu);
+  m.impl("switchable_norm_backward", &sn_backward_cpu);
+}
+
+TORCH_LIBRARY_IMPL(sn_mm, Autograd, m) {
+  m.impl("switchable_norm", &sn_forward_autograd);
+}
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("parallel_threads", &parallel_threads,
