@@ -14,7 +14,8 @@ from sn_mm.ops.functional import BN_BATCH, BN_NONE, BN_RUNNING
 MODES = {'none': BN_NONE, 'running': BN_RUNNING, 'batch': BN_BATCH}
 
 
-def _op_args(mode, dtype=torch.float64, param_dtype=None, shape=(3, 4, 5, 6), grad=True):
+def _op_args(mode, dtype=torch.float64, param_dtype=None, shape=(3, 4, 5, 6), grad=True,
+             softmax=False):
     param_dtype = param_dtype or dtype
     gen = torch.Generator().manual_seed(0)
     k = 2 if mode == BN_NONE else 3
@@ -26,30 +27,31 @@ def _op_args(mode, dtype=torch.float64, param_dtype=None, shape=(3, 4, 5, 6), gr
     tensors = [x, weight, bias, a, b]
     if grad:
         tensors = [t.requires_grad_() for t in tensors]
-    return (*tensors, rm, rv, mode, 1e-5, True, 0)
+    return (*tensors, rm, rv, mode, 1e-5, True, 0, softmax)
 
 
 OPS = ['generic-ATen', 'generic-kernels'] + (['native'] if functional.native_op is not None else [])
 
 
 @pytest.mark.parametrize('which', OPS)
+@pytest.mark.parametrize('softmax', [False, True])
 @pytest.mark.parametrize('mode', list(MODES.values()), ids=list(MODES))
 @pytest.mark.parametrize('dtype,param_dtype', [(torch.float64, None), (torch.float32, None),
                                                (torch.bfloat16, torch.float32)])
-def test_opcheck(monkeypatch, which, mode, dtype, param_dtype):
+def test_opcheck(monkeypatch, which, softmax, mode, dtype, param_dtype):
     monkeypatch.setattr(kernels, 'USE_COMPILED_KERNEL', which != 'generic-ATen')
     op, backward_op = ((torch.ops.sn_mm.switchable_norm, torch.ops.sn_mm.switchable_norm_backward)
                        if which == 'native' else
                        (torch.ops.sn_mm.switchable_norm_generic,
                         torch.ops.sn_mm.switchable_norm_generic_backward))
     op, backward_op = op.default, backward_op.default
-    args = _op_args(mode, dtype, param_dtype)
+    args = _op_args(mode, dtype, param_dtype, softmax=softmax)
     torch.library.opcheck(op, args)
     # the backward op on its own (schema, fake kernel, aliasing, dynamic shapes)
     y, mean_in, var_in, bn_mean, bn_var, count = op(*args)
     x, weight, _, a, b = (t.detach() for t in args[:5])
     bwd_args = (torch.randn_like(y), x, mean_in, var_in, weight, a, b, bn_mean, bn_var, count,
-                mode, 1e-5, True, 0, True)
+                mode, 1e-5, True, 0, True, softmax)
     torch.library.opcheck(backward_op, bwd_args,
                           test_utils=('test_schema', 'test_faketensor',
                                       'test_aot_dispatch_dynamic'))

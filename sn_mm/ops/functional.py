@@ -80,7 +80,7 @@ def _check_mode(bn_mode: int) -> None:
 def _generic_op(x: Tensor, weight: Tensor, bias: Tensor, mean_weights: Tensor,
                         var_weights: Tensor, running_mean: Optional[Tensor],
                         running_var: Optional[Tensor], bn_mode: int, eps: float,
-                        unbiased: bool, group: int
+                        unbiased: bool, group: int, softmax: bool
                         ) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Returns ``(y, mean_in, var_in, bn_mean, bn_var, bn_count)``.
 
@@ -96,6 +96,8 @@ def _generic_op(x: Tensor, weight: Tensor, bias: Tensor, mean_weights: Tensor,
     mean_in, var_in = kernels.instance_moments(x3)
     u = var_in * bessel_factor(length, unbiased)
     params = [t.to(acc).contiguous() for t in (weight, bias, mean_weights, var_weights)]
+    if softmax:
+        params[2:] = [torch.softmax(p, 0) for p in params[2:]]
     count = mean_in.new_zeros(2)
     bn_mean = bn_var = None
     mode = bn_mode
@@ -114,7 +116,7 @@ def _generic_op(x: Tensor, weight: Tensor, bias: Tensor, mean_weights: Tensor,
 
 
 def _fake_forward(x, weight, bias, mean_weights, var_weights, running_mean, running_var,
-                  bn_mode, eps, unbiased, group):
+                  bn_mode, eps, unbiased, group, softmax):
     n, c = x.shape[0], x.shape[1]
     acc = accumulation_dtype(x.dtype)
     bn = c if bn_mode != BN_NONE else 0
@@ -128,7 +130,7 @@ def _generic_backward_op(
         grad_y: Tensor, x: Tensor, mean_in: Tensor, var_in: Tensor, weight: Tensor,
         mean_weights: Tensor, var_weights: Tensor, bn_mean: Tensor, bn_var: Tensor,
         bn_count: Tensor, bn_mode: int, eps: float, unbiased: bool, group: int,
-        input_grad: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
+        input_grad: bool, softmax: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor, Tensor]:
     """Gradients w.r.t. ``(x, weight, bias, mean_weights, var_weights)``.
 
     ``grad_x`` is an empty tensor when ``input_grad`` is False. In ``BN_SYNC`` mode this
@@ -147,6 +149,8 @@ def _generic_backward_op(
     weight_acc = weight.to(acc).contiguous()
     a = mean_weights.to(acc).contiguous()
     b = var_weights.to(acc).contiguous()
+    if softmax:
+        a, b = torch.softmax(a, 0), torch.softmax(b, 0)
 
     dot, grad_shift = kernels.grad_sums(g3, x3, mean_in)
     grad_scale = torch.addcmul(dot, mean_in, grad_shift)  # sum g x = sum g (x - mu) + mu sum g
@@ -163,37 +167,40 @@ def _generic_backward_op(
         k = grad_u * (factor * 2.0 / length)
         const = torch.addcmul(grad_mean_in / length, mean_in, k, value=-1)
         grad_x = kernels.input_grad(grad_y.to(x.dtype), x, scale, k, const)
+    if softmax:  # d logits = p * (d p - <p, d p>)
+        grad_a = a * (grad_a - (a * grad_a).sum())
+        grad_b = b * (grad_b - (b * grad_b).sum())
     return (grad_x, grad_weight.to(weight.dtype), grad_bias.to(weight.dtype),
             grad_a.to(mean_weights.dtype), grad_b.to(var_weights.dtype))
 
 
 def _fake_backward(grad_y, x, mean_in, var_in, weight, mean_weights, var_weights, bn_mean,
-                   bn_var, bn_count, bn_mode, eps, unbiased, group, input_grad):
+                   bn_var, bn_count, bn_mode, eps, unbiased, group, input_grad, softmax):
     grad_x = x.new_empty(x.shape) if input_grad else x.new_empty(0)
     return (grad_x, weight.new_empty(weight.shape), weight.new_empty(weight.shape),
             mean_weights.new_empty(mean_weights.shape), var_weights.new_empty(var_weights.shape))
 
 
 def _setup_context(ctx, inputs, output):
-    x, weight, _, mean_weights, var_weights, _, _, bn_mode, eps, unbiased, group = inputs
+    x, weight, _, mean_weights, var_weights, _, _, bn_mode, eps, unbiased, group, softmax = inputs
     _, mean_in, var_in, bn_mean, bn_var, bn_count = output
     ctx.save_for_backward(x, mean_in, var_in, weight, mean_weights, var_weights, bn_mean,
                           bn_var, bn_count)
-    ctx.config = (bn_mode, eps, unbiased, group)
+    ctx.config = (bn_mode, eps, unbiased, group, softmax)
     ctx.mark_non_differentiable(mean_in, var_in, bn_mean, bn_var, bn_count)
 
 
 def _backward(ctx, grad_y, *unused_grads):
     x, mean_in, var_in, weight, mean_weights, var_weights, bn_mean, bn_var, bn_count = \
         ctx.saved_tensors
-    bn_mode, eps, unbiased, group = ctx.config
+    bn_mode, eps, unbiased, group, softmax = ctx.config
     if grad_y is None:
         grad_y = torch.zeros_like(x)
     grad_x, grad_weight, grad_bias, grad_a, grad_b = _generic_backward_op(
         grad_y, x, mean_in, var_in, weight, mean_weights, var_weights, bn_mean, bn_var,
-        bn_count, bn_mode, eps, unbiased, group, ctx.needs_input_grad[0])
+        bn_count, bn_mode, eps, unbiased, group, ctx.needs_input_grad[0], softmax)
     return (grad_x if ctx.needs_input_grad[0] else None, grad_weight, grad_bias, grad_a, grad_b,
-            None, None, None, None, None, None)
+            None, None, None, None, None, None, None)
 
 
 def _no_double_backward(ctx, *grads):
@@ -230,7 +237,8 @@ def op_for(x: Tensor, bn_mode: int):
 def composite_switchable_norm(x: Tensor, weight: Tensor, bias: Tensor, mean_weights: Tensor,
                               var_weights: Tensor, running_mean: Optional[Tensor],
                               running_var: Optional[Tensor], bn_mode: int, eps: float,
-                              unbiased: bool) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                              unbiased: bool, softmax: bool = False
+                              ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """The op's math in plain ATen ops (what exporters trace). Returns ``(y, bn_mean, bn_var, bn_count)``.
 
     Differentiable by autograd; no SyncSN (``BN_SYNC`` is an error: exporting a layer
@@ -249,6 +257,8 @@ def composite_switchable_norm(x: Tensor, weight: Tensor, bias: Tensor, mean_weig
     mean_ln = mean_in.mean(1, keepdim=True)
     var_ln = u.mean(1, keepdim=True) + (mean_in - mean_ln).square().mean(1, keepdim=True)
     a, b = mean_weights.to(acc), var_weights.to(acc)
+    if softmax:
+        a, b = torch.softmax(a, 0), torch.softmax(b, 0)
     mean = a[0] * mean_in + a[1] * mean_ln
     var = b[0] * u + b[1] * var_ln
     count = x3.new_zeros(2)
@@ -277,8 +287,8 @@ def is_exporting() -> bool:
 def switchable_norm(x: Tensor, weight: Tensor, bias: Tensor, mean_weights: Tensor,
                     var_weights: Tensor, running_mean: Optional[Tensor] = None,
                     running_var: Optional[Tensor] = None, bn_mode: int = BN_BATCH,
-                    eps: float = 1e-5, unbiased: bool = True, group: int = 0
-                    ) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
+                    eps: float = 1e-5, unbiased: bool = True, group: int = 0,
+                    softmax: bool = False) -> Tuple[Tensor, Tensor, Tensor, Tensor]:
     """Functional SN, the counterpart of ``torch.nn.functional.batch_norm``.
 
     Args:
@@ -294,16 +304,19 @@ def switchable_norm(x: Tensor, weight: Tensor, bias: Tensor, mean_weights: Tenso
             :func:`sn_mm.ops.distributed.group_handle`).
         eps: added to the mixed variance.
         unbiased: Bessel's correction of the IN variance (``in_variance='unbiased'``).
+        softmax: ``mean_weights``/``var_weights`` are logits: the op applies the softmax
+            (and its backward) itself, which saves SN four small autograd ops a layer.
 
     Returns ``(y, bn_mean, bn_var, bn_count)``: the output (``x``'s dtype), the BN moments
     used and ``[samples, values]`` they average over (zeros unless batch moments).
     """
     if is_exporting():
         return composite_switchable_norm(x, weight, bias, mean_weights, var_weights,
-                                         running_mean, running_var, bn_mode, eps, unbiased)
+                                         running_mean, running_var, bn_mode, eps, unbiased,
+                                         softmax)
     y, _, _, bn_mean, bn_var, count = op_for(x, bn_mode)(
         x, weight, bias, mean_weights, var_weights, running_mean, running_var, bn_mode, eps,
-        unbiased, group)
+        unbiased, group, softmax)
     return y, bn_mean, bn_var, count
 
 

@@ -126,6 +126,8 @@ class SwitchableNorm(nn.Module):
             self.register_buffer('running_mean', None)
             self.register_buffer('running_var', None)
         self._batch_average: Optional[BatchAverage] = None
+        # Subclasses that map the logits otherwise (sparse SN) override mixture_weights()
+        self._softmax_in_op = type(self).mixture_weights is SwitchableNorm.mixture_weights
         self.reset_parameters()
         norm_eval.bind_owner(self)
 
@@ -204,7 +206,10 @@ class SwitchableNorm(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
-        mean_w, var_w = self.mixture_weights()
+        if self._softmax_in_op:  # SN's own map: the op applies the softmaxes itself
+            mean_w, var_w = self.mean_weight, self.var_weight
+        else:
+            mean_w, var_w = self.mixture_weights()
         bn_mode, group = self._bn_mode(x)
         device_type = x.device.type
         if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
@@ -220,7 +225,7 @@ class SwitchableNorm(nn.Module):
     def _normalize(self, x, mean_w, var_w, bn_mode, group):
         return switchable_norm(x, self.weight, self.bias, mean_w, var_w, self.running_mean,
                                self.running_var, bn_mode, self.eps,
-                               self.in_variance == 'unbiased', group)
+                               self.in_variance == 'unbiased', group, self._softmax_in_op)
 
     def _bn_mode(self, x: torch.Tensor) -> Tuple[int, int]:
         """``(bn_mode, group handle)`` of this forward (see :mod:`sn_mm.ops.functional`).

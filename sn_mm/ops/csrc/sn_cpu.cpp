@@ -589,6 +589,38 @@ std::vector<torch::Tensor> mix_backward(const torch::Tensor& grad_scale,
 // statistics, 2 batch statistics (3, SyncSN, exists only in the generic op).
 using torch::Tensor;
 
+// Softmax of a (K,) logit vector (K = 2 or 3) and its backward, p * (g - <p, g>).
+Tensor small_softmax(const Tensor& logits) {
+  auto l = logits.contiguous();
+  auto p = torch::empty_like(l);
+  AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "small_softmax", [&] {
+    const scalar_t* z = l.data_ptr<scalar_t>();
+    scalar_t* out = p.data_ptr<scalar_t>();
+    const int64_t k = l.numel();
+    scalar_t m = z[0];
+    for (int64_t i = 1; i < k; ++i) m = std::max(m, z[i]);
+    scalar_t total = 0;
+    for (int64_t i = 0; i < k; ++i) total += (out[i] = std::exp(z[i] - m));
+    for (int64_t i = 0; i < k; ++i) out[i] /= total;
+  });
+  return p;
+}
+
+Tensor small_softmax_backward(const Tensor& p, const Tensor& grad_p) {
+  auto g = grad_p.contiguous();
+  auto out = torch::empty_like(p);
+  AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "small_softmax_backward", [&] {
+    const scalar_t* pp = p.data_ptr<scalar_t>();
+    const scalar_t* gg = g.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const int64_t k = p.numel();
+    scalar_t dot = 0;
+    for (int64_t i = 0; i < k; ++i) dot += pp[i] * gg[i];
+    for (int64_t i = 0; i < k; ++i) o[i] = pp[i] * (gg[i] - dot);
+  });
+  return out;
+}
+
 double bessel_factor(int64_t length, bool unbiased) {
   return unbiased && length > 1 ? double(length) / double(length - 1) : 1.0;
 }
@@ -597,7 +629,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sn_forward_cpu(
     const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& mean_weights,
     const Tensor& var_weights, const std::optional<Tensor>& running_mean,
     const std::optional<Tensor>& running_var, int64_t bn_mode, double eps, bool unbiased,
-    int64_t group) {
+    int64_t group, bool softmax) {
   TORCH_CHECK(bn_mode >= 0 && bn_mode <= 2, "sn_mm::switchable_norm: bn_mode must be 0, 1 or 2 "
               "(SyncSN's mode 3 runs in sn_mm::switchable_norm_generic), got ", bn_mode);
   TORCH_CHECK(x.dim() >= 3, "sn_mm::switchable_norm: x must be (N, C, *spatial), got ", x.sizes());
@@ -617,6 +649,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sn_forward_cpu(
   auto u = var_in * bessel_factor(length, unbiased);
   auto w = weight.to(acc).contiguous(), b = bias.to(acc).contiguous();
   auto a = mean_weights.to(acc).contiguous(), bb = var_weights.to(acc).contiguous();
+  if (softmax) {
+    a = small_softmax(a);
+    bb = small_softmax(bb);
+  }
   Tensor bn_mean = torch::empty({0}, opts), bn_var = torch::empty({0}, opts);
   auto count = torch::zeros({2}, opts);
   if (bn_mode == kGivenBN) {
@@ -639,7 +675,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sn_backward_cpu(
     const Tensor& grad_y, const Tensor& x, const Tensor& mean_in, const Tensor& var_in,
     const Tensor& weight, const Tensor& mean_weights, const Tensor& var_weights,
     const Tensor& bn_mean, const Tensor& bn_var, const Tensor& bn_count, int64_t bn_mode,
-    double eps, bool unbiased, int64_t group, bool need_input_grad) {
+    double eps, bool unbiased, int64_t group, bool need_input_grad, bool softmax) {
   TORCH_CHECK(bn_mode >= 0 && bn_mode <= 2, "sn_mm::switchable_norm_backward: bn_mode must be "
               "0, 1 or 2, got ", bn_mode);
   const int64_t n = x.size(0), c = x.size(1);
@@ -661,6 +697,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sn_backward_cpu(
   auto u = var_in * factor;
   auto w = weight.to(acc).contiguous();
   auto a = mean_weights.to(acc).contiguous(), bb = var_weights.to(acc).contiguous();
+  if (softmax) {
+    a = small_softmax(a);
+    bb = small_softmax(bb);
+  }
   auto mix = mix_backward(grad_scale, grad_shift, mean_in.contiguous(), u, w, a, bb,
                           bn_mean.contiguous(), bn_var.contiguous(), bn_mode, eps);
   Tensor grad_x = torch::empty({0}, x.options());
@@ -671,8 +711,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sn_backward_cpu(
   } else if (need_input_grad) {
     grad_x = torch::empty_like(x, at::MemoryFormat::Contiguous);
   }
+  auto grad_a = softmax ? small_softmax_backward(a, mix[5]) : mix[5];
+  auto grad_b = softmax ? small_softmax_backward(bb, mix[6]) : mix[6];
   return {grad_x, mix[3].to(weight.scalar_type()), mix[4].to(weight.scalar_type()),
-          mix[5].to(mean_weights.scalar_type()), mix[6].to(var_weights.scalar_type())};
+          grad_a.to(mean_weights.scalar_type()), grad_b.to(var_weights.scalar_type())};
 }
 
 class SwitchableNormFunction : public torch::autograd::Function<SwitchableNormFunction> {
@@ -681,20 +723,21 @@ class SwitchableNormFunction : public torch::autograd::Function<SwitchableNormFu
       torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& weight,
       const Tensor& bias, const Tensor& mean_weights, const Tensor& var_weights,
       const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var,
-      int64_t bn_mode, double eps, bool unbiased, int64_t group) {
+      int64_t bn_mode, double eps, bool unbiased, int64_t group, bool softmax) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("sn_mm::switchable_norm", "")
                          .typed<decltype(sn_forward_cpu)>();
     auto [y, mean_in, var_in, bn_mean, bn_var, count] =
         op.call(x, weight, bias, mean_weights, var_weights, running_mean, running_var, bn_mode,
-                eps, unbiased, group);
+                eps, unbiased, group, softmax);
     ctx->save_for_backward({x, mean_in, var_in, weight, mean_weights, var_weights, bn_mean,
                             bn_var, count});
     ctx->saved_data["bn_mode"] = bn_mode;
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["unbiased"] = unbiased;
     ctx->saved_data["group"] = group;
+    ctx->saved_data["softmax"] = softmax;
     ctx->mark_non_differentiable({mean_in, var_in, bn_mean, bn_var, count});
     return {y, mean_in, var_in, bn_mean, bn_var, count};
   }
@@ -716,9 +759,9 @@ class SwitchableNormFunction : public torch::autograd::Function<SwitchableNormFu
         op.call(grad_y, x, saved[1], saved[2], saved[3], saved[4], saved[5], saved[6],
                 saved[7], saved[8], ctx->saved_data["bn_mode"].toInt(),
                 ctx->saved_data["eps"].toDouble(), ctx->saved_data["unbiased"].toBool(),
-                ctx->saved_data["group"].toInt(), need_x);
+                ctx->saved_data["group"].toInt(), need_x, ctx->saved_data["softmax"].toBool());
     return {need_x ? gx : Tensor(), gw, gb, ga, gv, Tensor(), Tensor(), Tensor(), Tensor(),
-            Tensor(), Tensor()};
+            Tensor(), Tensor(), Tensor()};
   }
 };
 
@@ -726,10 +769,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sn_forward_autograd(
     const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& mean_weights,
     const Tensor& var_weights, const std::optional<Tensor>& running_mean,
     const std::optional<Tensor>& running_var, int64_t bn_mode, double eps, bool unbiased,
-    int64_t group) {
+    int64_t group, bool softmax) {
   auto out = SwitchableNormFunction::apply(x, weight, bias, mean_weights, var_weights,
                                            running_mean, running_var, bn_mode, eps, unbiased,
-                                           group);
+                                           group, softmax);
   return {out[0], out[1], out[2], out[3], out[4], out[5]};
 }
 
@@ -747,10 +790,12 @@ int64_t parallel_threads() {
 TORCH_LIBRARY(sn_mm, m) {
   m.def("switchable_norm(Tensor x, Tensor weight, Tensor bias, Tensor mean_weights, "
         "Tensor var_weights, Tensor? running_mean, Tensor? running_var, int bn_mode, "
-        "float eps, bool unbiased, int group) -> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
+        "float eps, bool unbiased, int group, bool softmax) "
+        "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("switchable_norm_backward(Tensor grad_y, Tensor x, Tensor mean_in, Tensor var_in, "
         "Tensor weight, Tensor mean_weights, Tensor var_weights, Tensor bn_mean, Tensor bn_var, "
-        "Tensor bn_count, int bn_mode, float eps, bool unbiased, int group, bool input_grad) "
+        "Tensor bn_count, int bn_mode, float eps, bool unbiased, int group, bool input_grad, "
+        "bool softmax) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
