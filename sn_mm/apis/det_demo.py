@@ -44,8 +44,11 @@ def set_data_root(cfg, data_root: str) -> None:
 
 def shares_by_part(model) -> dict:
     """Average softmaxed [IN, LN, BN] shares ``{part: (mean, var)}``, parts ``backbone``
-    and ``FPN + heads`` (:mod:`sn_mm.analysis.ratios`)."""
+    and ``FPN + heads`` (:mod:`sn_mm.analysis.ratios`); ``{}`` for a model without SN."""
     from sn_mm.analysis import average_shares, ratios_from_model
+    from sn_mm.ops import SwitchableNorm
+    if not any(isinstance(m, SwitchableNorm) for m in model.modules()):
+        return {}
     parts = {}
     for layer in ratios_from_model(model):
         part = 'backbone' if layer.name.startswith('backbone') else 'FPN + heads'

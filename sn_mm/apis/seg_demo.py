@@ -9,11 +9,12 @@
 import os.path as osp
 from typing import Dict, Optional
 
+from .norm_tables import SEG_NORMS
 from .runner import build_cfg, build_runner, train_in_process
 
 ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
 LAYOUTS = ('cityscapes', 'ade20k')
-NORMS = ('sn', 'syncsn', 'syncbn', 'gn')
+NORMS = tuple(SEG_NORMS)  # the ``-<norm>_`` of configs/seg_demo/*; one list for demo and table
 MODELS = ('deeplabv3', 'deeplabv3plus')
 METRICS = ('aAcc', 'mIoU', 'mAcc')
 
