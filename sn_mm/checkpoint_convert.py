@@ -34,6 +34,7 @@ import torch
 
 from .analysis.ratios import find_sn_layers, softmax_shares, strip_prefix
 from .engine.checkpoint import read_checkpoint
+from .ops import BRANCHES
 
 __all__ = ['read_checkpoint', 'split_checkpoint', 'strip_prefix', 'find_sn_layers',
            'find_bn_layers', 'official_to_mmengine', 'bn_to_sn', 'bn_share_logits',
@@ -211,7 +212,7 @@ def format_sn_table(rows: List[dict]) -> str:
         return 'no SN layer found'
     n_avg = sum(1 for r in rows if r['using_bn']) or len(rows)
     width = max(len(f'average ({n_avg} layers)'), max(len(r['name']) for r in rows))
-    branches = ('IN', 'LN', 'BN') if any(r['using_bn'] for r in rows) else ('IN', 'LN')
+    branches = BRANCHES if any(r['using_bn'] for r in rows) else BRANCHES[:2]
 
     def cells(values):
         values = list(values) + [float('nan')] * (len(branches) - len(values))
