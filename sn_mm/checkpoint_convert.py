@@ -19,10 +19,11 @@ Three jobs:
   ``[IN, LN, BN] = [0, 0, log(2p / (1 - p))]`` for both the mean and the variance,
   so ``softmax`` gives BN ``p`` and IN, LN ``(1 - p) / 2`` each.
 - :func:`describe_sn` / :func:`format_sn_table` — each SN layer's softmaxed mean and
-  variance shares [IN, LN, BN] (``--print``).
+  variance shares [IN, LN, BN] (``--print``), found and computed by
+  :mod:`sn_mm.analysis.ratios` (the one home of SN layer discovery and shares).
 
-Files are read with sn_mm's safe loader (``weights_only=True`` + allowlist) and
-written with ``torch.save`` (zip format, plain Python values only).
+Files are read with :func:`sn_mm.engine.checkpoint.read_checkpoint` (``weights_only=True``
++ allowlist) and written with ``torch.save`` (zip format, plain Python values only).
 """
 import math
 import re
@@ -30,6 +31,10 @@ from collections import OrderedDict
 from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
+
+from .analysis.ratios import find_sn_layers, softmax_shares, strip_prefix
+from .engine.checkpoint import read_checkpoint
+from .ops import BRANCHES
 
 __all__ = ['read_checkpoint', 'split_checkpoint', 'strip_prefix', 'find_sn_layers',
            'find_bn_layers', 'official_to_mmengine', 'bn_to_sn', 'bn_share_logits',
@@ -40,18 +45,6 @@ SN_BUFFERS = ('running_mean', 'running_var')
 BN_KEYS = ('weight', 'bias', 'running_mean', 'running_var')
 #: ImageNet classifier keys dropped unless ``keep_fc`` (they never match a backbone).
 HEAD_PREFIXES = ('fc.',)
-
-
-def read_checkpoint(path: str) -> dict:
-    """Load ``path`` (local file or any mmengine scheme) with sn_mm's safe loader on CPU."""
-    from mmengine.runner.checkpoint import CheckpointLoader
-
-    from .engine import checkpoint as _safe  # noqa: F401  (installs the safe loaders)
-    ckpt = CheckpointLoader.load_checkpoint(path, map_location='cpu', logger='silent')
-    if not isinstance(ckpt, Mapping):
-        raise ValueError(f'{path}: expected a dict (a state dict or a checkpoint holding '
-                         f'"state_dict"), got {type(ckpt).__name__}')
-    return ckpt
 
 
 def split_checkpoint(ckpt: Mapping) -> Tuple['OrderedDict[str, torch.Tensor]', dict]:
@@ -65,23 +58,6 @@ def split_checkpoint(ckpt: Mapping) -> Tuple['OrderedDict[str, torch.Tensor]', d
     if bad:
         raise ValueError(f'state dict entries must be tensors; not tensors: {bad[:5]}')
     return OrderedDict(state_dict.items()), extras
-
-
-def strip_prefix(state_dict: Mapping, prefix: str = 'module.') -> 'OrderedDict':
-    """Remove ``prefix`` from every key that starts with it."""
-    return OrderedDict((k[len(prefix):] if prefix and k.startswith(prefix) else k, v)
-                       for k, v in state_dict.items())
-
-
-def find_sn_layers(state_dict: Mapping) -> List[str]:
-    """Names of SN layers: modules with both ``mean_weight`` and ``var_weight``."""
-    names = []
-    for key in state_dict:
-        if key.endswith('.mean_weight') or key == 'mean_weight':
-            name = key[:-len('mean_weight')].rstrip('.')
-            if _key(name, 'var_weight') in state_dict:
-                names.append(name)
-    return names
 
 
 def find_bn_layers(state_dict: Mapping) -> List[str]:
@@ -222,10 +198,11 @@ def describe_sn(state_dict: Mapping) -> List[dict]:
     rows = []
     for name in find_sn_layers(state_dict):
         channels = _check_sn_layer(state_dict, name)
-        mean = torch.softmax(state_dict[_key(name, 'mean_weight')].double().flatten(), 0)
-        var = torch.softmax(state_dict[_key(name, 'var_weight')].double().flatten(), 0)
-        rows.append(dict(name=name, channels=channels, using_bn=mean.numel() == 3,
-                         mean=mean.tolist(), var=var.tolist()))
+        logits = state_dict[_key(name, 'mean_weight')]
+        n = logits.numel()  # 3: [IN, LN, BN]; 2: [IN, LN] (using_bn=False)
+        rows.append(dict(name=name, channels=channels, using_bn=n == 3,
+                         mean=list(softmax_shares(logits))[:n],
+                         var=list(softmax_shares(state_dict[_key(name, 'var_weight')]))[:n]))
     return rows
 
 
@@ -235,7 +212,7 @@ def format_sn_table(rows: List[dict]) -> str:
         return 'no SN layer found'
     n_avg = sum(1 for r in rows if r['using_bn']) or len(rows)
     width = max(len(f'average ({n_avg} layers)'), max(len(r['name']) for r in rows))
-    branches = ('IN', 'LN', 'BN') if any(r['using_bn'] for r in rows) else ('IN', 'LN')
+    branches = BRANCHES if any(r['using_bn'] for r in rows) else BRANCHES[:2]
 
     def cells(values):
         values = list(values) + [float('nan')] * (len(branches) - len(values))

@@ -1,7 +1,6 @@
 """sn_mm.analysis and tools/analyze_sn.py: exact ratios from both checkpoint layouts,
 depth order, tables, figures."""
 import csv
-import importlib.util
 import json
 import math
 import os
@@ -18,6 +17,7 @@ from sn_mm.analysis import (average_shares, block_of, depth_order, extract_ratio
                             ratios_from_state_dict, softmax_shares, stage_averages,
                             stage_of, write_table)
 from sn_mm.ops import SwitchableNorm
+from tests.cli import run_tool
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 E = math.e
@@ -248,34 +248,36 @@ def test_plot_files(tmp_path):
         plot_ratios([('x', [])], str(tmp_path / 'g.png'))
 
 
-def _analyze_sn():
-    spec = importlib.util.spec_from_file_location('analyze_sn',
-                                                  os.path.join(ROOT, 'tools', 'analyze_sn.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_analyze_sn_cli(tmp_path, capsys):
+def test_analyze_sn_cli(tmp_path):
     official = str(tmp_path / 'official.pth')
     torch.save(_official_checkpoint(_shuffled(DEPTH_ORDER)), official)
     mm = str(tmp_path / 'mm.pth')
     state = {f'backbone.{k[len("module."):]}': v
              for k, v in _official_checkpoint(['sn1', 'layer1.0.sn1'])['state_dict'].items()}
     torch.save({'meta': {'epoch': 1}, 'state_dict': state}, mm)
-    tool = _analyze_sn()
-    tables = tool.main([official, mm, '--labels', 'official', 'mmengine', '--out',
-                        str(tmp_path / 'r.csv'), '--plot', str(tmp_path / 'r.png')])
-    out = capsys.readouterr().out
+    out = run_tool('analyze_sn.py', official, mm, '--labels', 'official', 'mmengine',
+                   '--out', tmp_path / 'r.csv', '--plot', tmp_path / 'r.png')
     assert '# official: 16 SN layers' in out and '# mmengine: 2 SN layers' in out
     assert 'layer1.0.downsample.1' in out and 'average' in out
-    assert [label for label, _ in tables] == ['official', 'mmengine']
+    assert out.index('# official') < out.index('# mmengine')
     with open(tmp_path / 'r.csv') as f:
-        assert len(list(csv.DictReader(f))) == 18
+        assert [r['checkpoint'] for r in csv.DictReader(f)] == ['official'] * 16 + ['mmengine'] * 2
     assert os.path.getsize(tmp_path / 'r.png') > 10_000
-    with pytest.raises(SystemExit):
-        tool.main([official, '--labels', 'a', 'b'])
-    with pytest.raises(SystemExit):
-        tool.main([official, '--plot', str(tmp_path / 'x.gif')])
-    with pytest.raises(SystemExit, match='does not exist'):
-        tool.main([str(tmp_path / 'missing.pth')])
+    assert '--labels got 2 labels for 1 checkpoints' in run_tool(
+        'analyze_sn.py', official, '--labels', 'a', 'b', expect_rc=2)
+    assert '--plot must end in .png, .pdf or .svg' in run_tool(
+        'analyze_sn.py', official, '--plot', tmp_path / 'x.gif', expect_rc=2)
+    assert 'does not exist' in run_tool('analyze_sn.py', tmp_path / 'missing.pth',
+                                        expect_rc=1)
+
+
+def test_stage_labels_of_a_resnet50_do_not_collide():
+    """At ResNet-50 depth the 1-layer stem's name is wider than its bar: it moves to a
+    row of its own above the others; names that fit stay on the first row."""
+    from sn_mm.analysis.plot import stage_label_rows
+    spans = [(0, 0, 'stem'), (1, 10, 'layer1'), (11, 23, 'layer2'), (24, 42, 'layer3'),
+             (43, 52, 'layer4')]
+    assert stage_label_rows(spans, points_per_layer=17.0, fontsize=8.0) == [1, 0, 0, 0, 0]
+    assert stage_label_rows(spans, points_per_layer=40.0, fontsize=8.0) == [0] * 5
+    narrow = [(0, 0, 'stem'), (1, 1, 'neck'), (2, 2, 'head')]  # adjacent wide names alternate
+    assert stage_label_rows(narrow, points_per_layer=5.0, fontsize=8.0) == [1, 2, 1]

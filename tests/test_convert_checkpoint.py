@@ -1,8 +1,6 @@
 """Official SN checkpoints into mmdet/mmseg ResNets, conversion tool, inspection."""
-import importlib.util
 import logging
 import math
-from pathlib import Path
 
 import pytest
 import torch
@@ -13,18 +11,9 @@ import sn_mm  # noqa: F401
 from sn_mm.checkpoint_convert import (bn_to_sn, bn_share_logits, describe_sn,
                                       official_to_mmengine, read_checkpoint)
 from sn_mm.engine.pretrained import SNCheckpointMismatchError
+from tests.cli import run_tool
 from tests.official_sn import (official_sn_checkpoint, official_sn_state_dict,
                                torchvision_bn_state_dict)
-
-ROOT = Path(__file__).resolve().parents[1]
-
-
-def _tool():
-    spec = importlib.util.spec_from_file_location(
-        'convert_checkpoint_tool', ROOT / 'tools' / 'convert_checkpoint.py')
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
 
 
 class _Collect(logging.Handler):
@@ -136,7 +125,7 @@ def test_official_to_mmengine_every_variant(tmp_path, using_bn, module_prefix, e
                                   module_prefix=module_prefix, extras=extras)
     src, dst = tmp_path / 'official.pth', tmp_path / 'clean.pth'
     torch.save(ckpt, src, _use_new_zipfile_serialization=not legacy)
-    _tool().main(['official', str(src), str(dst)])
+    run_tool('convert_checkpoint.py', 'official', src, dst)
     clean = read_checkpoint(str(dst))
     assert set(clean) == {'meta', 'state_dict'}
     assert clean['meta']['using_bn'] is using_bn and clean['meta']['num_sn_layers'] == 20
@@ -163,7 +152,7 @@ def test_official_to_mmengine_with_backbone_prefix_and_init_cfg_prefix(tmp_path)
     src, dst = tmp_path / 'official.pth', tmp_path / 'detector.pth'
     ckpt = official_sn_checkpoint(18, seed=6)
     torch.save(ckpt, src)
-    _tool().main(['official', str(src), str(dst), '--prefix', 'backbone.', '--keep-fc'])
+    run_tool('convert_checkpoint.py', 'official', src, dst, '--prefix', 'backbone.', '--keep-fc')
     clean = read_checkpoint(str(dst))
     assert all(k.startswith('backbone.') for k in clean['state_dict'])
     assert 'backbone.fc.weight' in clean['state_dict']
@@ -201,7 +190,7 @@ def test_from_bn_init_reproduces_the_bn_network_when_bn_dominates(tmp_path):
     bn = torchvision_bn_state_dict(18, seed=8)
     src, dst = tmp_path / 'tv.pth', tmp_path / 'sn.pth'
     torch.save(bn, src)
-    _tool().main(['from-bn', str(src), str(dst), '--bn-share', str(1 - 1e-9)])
+    run_tool('convert_checkpoint.py', 'from-bn', src, dst, '--bn-share', 1 - 1e-9)
     sn_model, warnings = build_resnet('mmdet', 18, dst)
     assert warnings == []
     with DefaultScope.overwrite_default_scope('mmdet'):
@@ -217,12 +206,12 @@ def test_from_bn_init_reproduces_the_bn_network_when_bn_dominates(tmp_path):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-4)
 
 
-def test_print_lists_each_layer(tmp_path, capsys):
+def test_print_lists_each_layer(tmp_path):
     ckpt = official_sn_checkpoint(18, seed=9)
     path = tmp_path / 'official.pth'
     torch.save(ckpt, path)
-    _tool().main(['--print', str(path)])
-    lines = capsys.readouterr().out.strip().splitlines()
+    lines = run_tool('convert_checkpoint.py', '--print', path,
+                     stdout_only=True).strip().splitlines()
     assert len(lines) == 1 + 20 + 1 and lines[-1].startswith('average (20 layers)')
     layer = next(line for line in lines if line.startswith('layer3.1.sn2 '))
     mean = torch.softmax(ckpt['state_dict']['module.layer3.1.sn2.mean_weight'], 0)

@@ -185,26 +185,22 @@ def test_demo_tool_generates_trains_evaluates(tmp_path):
 
 
 def test_compare_table_format():
-    sys.path.insert(0, osp.join(ROOT, 'tools'))
-    try:
-        import compare_norms_det as cmp
-    finally:
-        sys.path.pop(0)
+    from sn_mm.apis import norm_tables as cmp
     result = dict(iterations=10, images_per_iteration=2, train_seconds_per_iteration=0.5,
                   train_cpu_seconds_per_iteration=0.9, load_average_1min=[1.5, 2.25],
                   torch_threads=2, metrics={'coco/bbox_mAP': 0.4321, 'coco/bbox_mAP_50': 0.7,
                            'coco/segm_mAP': 0.25, 'coco/segm_mAP_50': 0.6})
-    table = cmp.markdown_table({'bn': result, 'syncsn': dict(result, metrics={})})
+    table = cmp.det_table({'bn': result, 'syncsn': dict(result, metrics={})})
     lines = table.splitlines()
     assert lines[0].startswith('| Normalizer') and 'train s/iter' in lines[0]
     assert lines[2] == '| BN / BN | 43.2 | 70.0 | 25.0 | 60.0 | 0.50 | 0.90 |'
     assert lines[3] == '| SyncSN / SyncSN | - | - | - | - | 0.50 | 0.90 |'
     assert '10 iterations x 2 images' in table and 'load average 1.5-2.2' in table
-    assert cmp.config_of('gn_sn-head').endswith('mask-rcnn_r18_fpn_gn_sn-head_coco-demo.py')
-    for norm in cmp.LABELS:
-        assert osp.isfile(cmp.config_of(norm))
+    assert cmp.det_config('gn_sn-head').endswith('mask-rcnn_r18_fpn_gn_sn-head_coco-demo.py')
+    for norm in cmp.DET_NORMS:
+        assert osp.isfile(cmp.det_config(norm))
     with pytest.raises(ValueError, match='unknown normalizer'):
-        cmp.config_of('ln')
+        cmp.det_config('ln')
 
 
 @pytest.mark.slow

@@ -1,7 +1,7 @@
 """End to end on freshly generated demo data of both layouts: tools/make_seg_demo.py ->
-mmseg's CityscapesDataset / ADE20KDataset -> tools/train.py (a few iterations, validation)
--> tools/test.py on the saved checkpoint, whose mIoU must equal the validation mIoU."""
-import importlib.util
+mmseg's CityscapesDataset / ADE20KDataset -> the segmentation demo's training (a few
+iterations, validation) -> evaluation of the saved checkpoint, whose mIoU must equal the
+validation mIoU (sn_mm.apis.seg_demo, what tools/demo_seg.py runs)."""
 import os
 import os.path as osp
 import subprocess
@@ -12,14 +12,12 @@ import pytest
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
+from sn_mm.apis.seg_demo import train_and_test
 from sn_mm.datasets.seg_demo import (ADE20K_DEMO_CLASSES, CITYSCAPES_CLASSES, IGNORE_INDEX,
                                      ensure_seg_demo, generate_sample, is_generated,
                                      make_seg_demo)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-_spec = importlib.util.spec_from_file_location('demo_seg', osp.join(ROOT, 'tools', 'demo_seg.py'))
-demo_seg = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(demo_seg)  # tools/demo_seg.py: the log parsers the tools use
 TINY = dict(cityscapes=dict(num_train=4, num_val=2, size=(64, 128)),
             ade20k=dict(num_train=4, num_val=2, size=(80, 96)))
 ITERS = 3
@@ -99,7 +97,7 @@ def test_mmseg_datasets_read_both_layouts(tmp_path):
 
 @pytest.mark.parametrize('config', ['deeplabv3_r18-d8-sn_demo-cityscapes.py',
                                     'deeplabv3plus_r18-d8-sn_demo-ade20k.py'])
-def test_train_then_test_through_the_tools(config, tmp_path):
+def test_train_then_test_the_checkpoint(config, tmp_path):
     layout = 'cityscapes' if 'cityscapes' in config else 'ade20k'
     data_root = str(tmp_path / 'data' / layout)
     tiny = TINY[layout]
@@ -107,24 +105,22 @@ def test_train_then_test_through_the_tools(config, tmp_path):
           '--num-train', str(tiny['num_train']), '--num-val', str(tiny['num_val']),
           '--size', *map(str, tiny['size'])])
     assert is_generated(data_root, layout, **tiny)
-    cfg_path = osp.join('configs', 'seg_demo', config)
-    work_dir = str(tmp_path / 'work')
-    options = _loader_options(data_root) + [
-        'train_dataloader.batch_size=2', f'train_cfg.max_iters={ITERS}',
-        f'train_cfg.val_interval={ITERS}', f'default_hooks.checkpoint.interval={ITERS}',
-        'default_hooks.logger.interval=1', 'train_dataloader.dataset.pipeline.3.crop_size=(64,64)',
-        'model.data_preprocessor.size=(64,64)']
-    out = _run(['tools/train.py', cfg_path, '--work-dir', work_dir, '--cfg-options', *options])
-    assert f'Iter(train) [{ITERS}/{ITERS}]' in out
-    val = demo_seg.parse_val_metrics(out)
-    sec_per_iter, windows = demo_seg.parse_iter_times(out)
-    assert windows == ITERS - 1 and 0 < sec_per_iter < 60
-    checkpoint = osp.join(work_dir, f'iter_{ITERS}.pth')
-    assert osp.isfile(checkpoint)
-
-    out = _run(['tools/test.py', cfg_path, checkpoint, '--work-dir', str(tmp_path / 'test'),
-                '--cfg-options', *_loader_options(data_root)])
-    metrics = demo_seg.parse_test_metrics(out)
-    assert 0.0 <= metrics['mIoU'] <= 100.0 and 0.0 < metrics['aAcc'] <= 100.0
+    options = {}
+    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
+        options.update({f'{loader}.dataset.data_root': data_root, f'{loader}.num_workers': 0,
+                        f'{loader}.persistent_workers': False})
+    options.update({'train_dataloader.batch_size': 2, 'train_cfg.max_iters': ITERS,
+                    'train_cfg.val_interval': ITERS, 'default_hooks.checkpoint.interval': ITERS,
+                    'default_hooks.logger.interval': 1,
+                    'train_dataloader.dataset.pipeline.3.crop_size': (64, 64),
+                    'model.data_preprocessor.size': (64, 64)})
+    result = train_and_test(osp.join('configs', 'seg_demo', config), str(tmp_path / 'work'),
+                            options)
+    assert result['iters'] == ITERS and osp.isfile(result['checkpoint'])
+    assert result['checkpoint'].endswith(f'iter_{ITERS}.pth')
+    assert 0 < result['sec_per_iter'] < 60
+    val, test = result['val'], result['test']
+    assert set(val) == set(test) == {'aAcc', 'mIoU', 'mAcc'}
+    assert 0.0 <= test['mIoU'] <= 100.0 and 0.0 < test['aAcc'] <= 100.0
     # Same weights and running statistics after the checkpoint round trip -> same numbers.
-    assert metrics == val
+    assert test == val

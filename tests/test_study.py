@@ -1,27 +1,15 @@
-"""tools/study.py: model naming, ablation plumbing and the --quick study end to end."""
-import importlib.util
+"""sn_mm.analysis.study (tools/study.py): model naming, ablation plumbing and the quick
+study end to end."""
 import json
 import os
 
 import pytest
+import sklearn  # noqa: F401  (a requirement: requirements/runtime.txt)
 import torch
 
-from sn_mm.analysis import ratios_from_model
+from sn_mm.analysis import ratios_from_model, study
 from sn_mm.ops import SwitchableNorm
-
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-import sklearn  # noqa: F401,E402  (a requirement: requirements/runtime.txt)
-
-
-def _study():
-    spec = importlib.util.spec_from_file_location('sn_study',
-                                                  os.path.join(ROOT, 'tools', 'study.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-study = _study()
+from tests.cli import run_tool
 
 
 def test_model_names_follow_mmdet_resnet_and_depth_order():
@@ -66,7 +54,7 @@ def test_schedules_and_plan():
 
 def test_quick_study_end_to_end(tmp_path, capsys):
     out = tmp_path / 'study'
-    result = study.main(['--quick', '--out', str(out)])
+    result = study.run_study(str(out), **study.QUICK)
     for name in ('accuracy.png', 'shares.png', 'layers.png'):
         with open(out / name, 'rb') as f:
             assert f.read(8) == b'\x89PNG\r\n\x1a\n'
@@ -89,8 +77,10 @@ def test_quick_study_end_to_end(tmp_path, capsys):
     assert 'wrote' in capsys.readouterr().out
 
 
-def test_bad_arguments():
-    with pytest.raises(SystemExit):
-        study.parse_args(['--batch-sizes', '3'])
-    with pytest.raises(SystemExit):
-        study.parse_args(['--epochs', '0'])
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ValueError, match='batch size 3 must be >= 2 and divide'):
+        study.run_study(str(tmp_path), batch_sizes=[3])
+    out = run_tool('study.py', '--batch-sizes', '3', expect_rc=2)
+    assert '--batch-sizes: 3 must be >= 2 and divide --total-batch 32' in out
+    out = run_tool('study.py', '--epochs', '0', expect_rc=2)
+    assert '--epochs must be >= 1, got 0' in out

@@ -16,10 +16,7 @@ import os
 import pickle
 import sys
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from sn_mm.analysis import (format_table, plot_ratios, ratios_from_checkpoint,  # noqa: E402
-                            write_table)
+from sn_mm.analysis import format_table, plot_ratios, ratios_from_checkpoint, write_table
 
 
 def parse_args(argv=None):

@@ -7,42 +7,30 @@ Trains the demo config of every normalizer in turn (``tools/demo.py``, each in i
 process so timings do not interfere; same data, seed and schedule; the configs differ
 only in ``norm_cfg``), then prints and writes a README-ready markdown table: bbox mAP,
 segm mAP (mmdet's CocoMetric on the val split) and training seconds per iteration.
+Each run's results are read from the ``metrics.json`` that tools/demo.py writes.
 
-Normalizer names are the demo config suffixes: ``bn``, ``syncbn``, ``gn``, ``sn``,
+Normalizers (``sn_mm.apis.norm_tables.DET_NORMS``): ``bn``, ``syncbn``, ``gn``, ``sn``,
 ``syncsn`` (everywhere) and ``bn_sn-head``, ``bn_gn-head``, ``gn_sn-head`` (backbone /
 FPN+heads). In a single process SyncSN computes what SN does and SyncBN is reverted to
 BN by mmengine, so their rows show the cost of the synchronized layers only.
 """
 import argparse
-import datetime
 import json
 import os
 import os.path as osp
-import platform
 import subprocess
 import sys
 import time
 
-ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-DEMO_DIR = osp.join(ROOT, 'configs', 'mask_rcnn_demo')
-LABELS = {
-    'bn': 'BN / BN', 'syncbn': 'SyncBN / SyncBN', 'gn': 'GN / GN', 'sn': 'SN / SN',
-    'syncsn': 'SyncSN / SyncSN', 'bn_sn-head': 'BN / SN', 'bn_gn-head': 'BN / GN',
-    'gn_sn-head': 'GN / SN',
-}
+from sn_mm.apis.norm_tables import DET_NORMS, det_config, det_table
 
-
-def config_of(norm: str) -> str:
-    if norm not in LABELS:
-        raise ValueError(f'unknown normalizer {norm!r}; expected one of {sorted(LABELS)}')
-    suffix = norm if '_' in norm else f'{norm}-all'
-    return osp.join(DEMO_DIR, f'mask-rcnn_r18_fpn_{suffix}_coco-demo.py')
+DEMO = osp.join(osp.dirname(osp.abspath(__file__)), 'demo.py')
 
 
 def run_one(norm: str, work_root: str, iters, data_root: str, extra) -> dict:
     work_dir = osp.join(work_root, norm)
-    cmd = [sys.executable, osp.join(ROOT, 'tools', 'demo.py'), '--config', config_of(norm),
-           '--work-dir', work_dir, '--data-root', data_root]
+    cmd = [sys.executable, DEMO, '--config', det_config(norm), '--work-dir', work_dir,
+           '--data-root', data_root]
     if iters is not None:
         cmd += ['--iters', str(iters)]
     cmd += extra
@@ -52,52 +40,10 @@ def run_one(norm: str, work_root: str, iters, data_root: str, extra) -> dict:
         return json.load(f)
 
 
-def _fmt(value) -> str:
-    return '-' if value is None else f'{100 * value:.1f}'
-
-
-def _cpu(result: dict) -> str:
-    value = result.get('train_cpu_seconds_per_iteration')
-    return '-' if value is None else f'{value:.2f}'
-
-
-def _loads(results: dict) -> str:
-    loads = [x for r in results.values() for x in r.get('load_average_1min', []) if x >= 0]
-    return f'{min(loads):.1f}-{max(loads):.1f}' if loads else 'unknown'
-
-
-def markdown_table(results: dict) -> str:
-    any_result = next(iter(results.values()))
-    lines = [
-        '| Normalizer (backbone / FPN + heads) | bbox mAP | bbox AP50 | segm mAP | segm AP50 '
-        '| train s/iter | train CPU s/iter |',
-        '|---|---:|---:|---:|---:|---:|---:|',
-    ]
-    for norm, r in results.items():
-        m = r['metrics']
-        lines.append(f'| {LABELS[norm]} | {_fmt(m.get("coco/bbox_mAP"))} '
-                     f'| {_fmt(m.get("coco/bbox_mAP_50"))} | {_fmt(m.get("coco/segm_mAP"))} '
-                     f'| {_fmt(m.get("coco/segm_mAP_50"))} '
-                     f'| {r["train_seconds_per_iteration"]:.2f} '
-                     f'| {_cpu(r)} |')
-    lines.append('')
-    lines.append(
-        f'Mask R-CNN, half-width ResNet-18 FPN from scratch, synthetic COCO-format shapes '
-        f'(256x256, 4 classes), {any_result["iterations"]} iterations x '
-        f'{any_result["images_per_iteration"]} images, mAP x100 on the val split '
-        f'(mmdet CocoMetric). Measured {datetime.date.today().isoformat()} on '
-        f'{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), '
-        f'{any_result.get("torch_threads", "?")} torch threads, 1-minute load average '
-        f'{_loads(results)} during training (wall s/iter grows with other jobs on the '
-        f'machine; CPU s/iter, summed over the threads, much less), '
-        f'`python tools/compare_norms_det.py`.')
-    return '\n'.join(lines)
-
-
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
     p.add_argument('--norms', nargs='+', default=['bn', 'gn', 'sn', 'syncsn'],
-                   choices=sorted(LABELS))
+                   choices=sorted(DET_NORMS))
     p.add_argument('--iters', type=int, help='training iterations (default: the config\'s)')
     p.add_argument('--data-root', default='data/coco_demo')
     p.add_argument('--work-dir', default='work_dirs/compare_norms_det')
@@ -110,11 +56,9 @@ def parse_args(argv=None):
 def main(argv=None):
     args = parse_args(argv)
     start = time.time()
-    results = {}
-    for norm in args.norms:
-        results[norm] = run_one(norm, args.work_dir, args.iters, args.data_root,
-                                args.demo_args)
-    table = markdown_table(results)
+    results = {norm: run_one(norm, args.work_dir, args.iters, args.data_root, args.demo_args)
+               for norm in args.norms}
+    table = det_table(results)
     out = args.out or osp.join(args.work_dir, 'table.md')
     os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
     with open(out, 'w') as f:

@@ -10,11 +10,8 @@ same data is already there (``--force`` regenerates).
 """
 import argparse
 import os.path as osp
-import sys
 
-sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
-
-from sn_mm.datasets.seg_demo import LAYOUTS, ensure_seg_demo, make_seg_demo  # noqa: E402
+from sn_mm.datasets.seg_demo import LAYOUTS, ensure_seg_demo, make_seg_demo
 
 
 def parse_args(argv=None):

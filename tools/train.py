@@ -10,12 +10,10 @@ import argparse
 import os
 import os.path as osp
 
-from mmengine.config import Config, DictAction
-from mmengine.registry import RUNNERS
-from mmengine.runner import Runner
+from mmengine.config import DictAction
 
 import sn_mm  # noqa: F401  registers SN/SyncSN, hooks and safe checkpoint loading
-from sn_mm.engine.launch import setup_cpu_distributed
+from sn_mm.apis import build_cfg, build_runner
 
 
 def parse_args():
@@ -35,42 +33,15 @@ def parse_args():
                         default='none', help='job launcher')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
-    if 'LOCAL_RANK' not in os.environ:
-        os.environ['LOCAL_RANK'] = str(args.local_rank)
+    os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
     return args
-
-
-def build_cfg(args) -> Config:
-    cfg = Config.fromfile(args.config)
-    cfg.launcher = args.launcher
-    if args.cfg_options is not None:
-        cfg.merge_from_dict(args.cfg_options)
-    if args.work_dir is not None:
-        cfg.work_dir = args.work_dir
-    elif cfg.get('work_dir', None) is None:
-        cfg.work_dir = osp.join('./work_dirs', osp.splitext(osp.basename(args.config))[0])
-    if args.amp:
-        cfg.optim_wrapper.type = 'AmpOptimWrapper'
-        cfg.optim_wrapper.loss_scale = 'dynamic'
-    if args.auto_scale_lr:
-        if 'auto_scale_lr' not in cfg or 'base_batch_size' not in cfg.auto_scale_lr:
-            raise RuntimeError('--auto-scale-lr needs `auto_scale_lr.base_batch_size` in the config')
-        cfg.auto_scale_lr.enable = True
-    if args.resume == 'auto':
-        cfg.resume = True
-        cfg.load_from = None
-    elif args.resume is not None:
-        cfg.resume = True
-        cfg.load_from = args.resume
-    return cfg
 
 
 def main():
     args = parse_args()
-    cfg = build_cfg(args)
-    setup_cpu_distributed(cfg)  # torchrun on CPU-only torch: gloo, DDP without device_ids
-    runner = Runner.from_cfg(cfg) if 'runner_type' not in cfg else RUNNERS.build(cfg)
-    runner.train()
+    cfg = build_cfg(args.config, args.work_dir, args.cfg_options, args.launcher, args.amp,
+                    args.auto_scale_lr, args.resume)
+    build_runner(cfg).train()
     print(f'Work dir (checkpoints, logs, metrics): {osp.abspath(cfg.work_dir)}')
 
 

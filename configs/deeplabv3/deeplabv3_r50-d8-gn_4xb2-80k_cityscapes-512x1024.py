@@ -1,12 +1,6 @@
-# DeepLabV3 R50-D8 with GN everywhere: backbone, ASPP head (including
-# its 1x1 image-pooling branch) and auxiliary FCN head.
-# Cityscapes 512x1024 crops, 4 GPUs x 2 images, 80k iterations (the mmseg schedule and
-# pipeline, unchanged).
-_base_ = 'mmseg::deeplabv3/deeplabv3_r50-d8_4xb2-80k_cityscapes-512x1024.py'
-custom_imports = dict(imports=['sn_mm'], allow_failed_imports=False)
+# DeepLabV3 R50-D8, GN (32 groups) everywhere:
+# deeplabv3_r50-d8-sn_4xb2-80k_cityscapes-512x1024.py with another norm_cfg.
+_base_ = './deeplabv3_r50-d8-sn_4xb2-80k_cityscapes-512x1024.py'
 norm_cfg = dict(type='GN', num_groups=32, requires_grad=True)
-# mmseg's base substituted its own norm_cfg (SyncBN) when it was parsed: set every path.
-model = dict(
-    backbone=dict(norm_cfg=norm_cfg, norm_eval=False),
-    decode_head=dict(norm_cfg=norm_cfg),
-    auxiliary_head=dict(norm_cfg=norm_cfg))
+model = dict(backbone=dict(norm_cfg=norm_cfg), decode_head=dict(norm_cfg=norm_cfg),
+             auxiliary_head=dict(norm_cfg=norm_cfg))

@@ -1,21 +1,16 @@
 # DeepLabV3+ R50-D8 with SN (Switchable Normalization) everywhere: backbone, separable ASPP head
-# (including its 1x1 image-pooling branch, and both the depthwise and the pointwise
-# norm of every DepthwiseSeparableConvModule: mmcv's dw_norm_cfg/pw_norm_cfg default
-# to the head's norm_cfg) and auxiliary FCN head.
-# Cityscapes 512x1024 crops, 4 GPUs x 2 images, 80k iterations (the mmseg schedule and
-# pipeline, unchanged).
-# With one image per GPU the BN branch cannot train (1x1 image pooling): use SyncSN,
-# or norm_cfg=dict(type='SN', using_bn=False) (the official (8,1) setting).
+# (including its 1x1 image-pooling branch, and both the depthwise and the pointwise norm of every
+# DepthwiseSeparableConvModule: mmcv's dw_norm_cfg/pw_norm_cfg default to the head's norm_cfg) and
+# auxiliary FCN head. Cityscapes 512x1024 crops, 4 GPUs x 2 images, 80k iterations (the mmseg
+# schedule and pipeline, unchanged); the other configs of this folder are deltas of this one.
+# mmseg's base substituted its own norm_cfg (SyncBN) when it was parsed: every norm path is set.
+# With one image per GPU the BN branch cannot train (1x1 image pooling): use SyncSN, or
+# norm_cfg=dict(type='SN', using_bn=False) (the official (8,1) setting).
 _base_ = 'mmseg::deeplabv3plus/deeplabv3plus_r50-d8_4xb2-80k_cityscapes-512x1024.py'
 custom_imports = dict(imports=['sn_mm'], allow_failed_imports=False)
 norm_cfg = dict(type='SN', requires_grad=True)
-# mmseg's base substituted its own norm_cfg (SyncBN) when it was parsed: set every path.
-model = dict(
-    backbone=dict(norm_cfg=norm_cfg, norm_eval=False),
-    decode_head=dict(norm_cfg=norm_cfg),
-    auxiliary_head=dict(norm_cfg=norm_cfg))
-# No weight decay on SN parameters (gamma, beta, importance logits), as in the
-# official SN segmentation code. norm_eval=False: SN keeps training its statistics
-# (mmseg's norm_eval only affects _BatchNorm layers anyway).
-optim_wrapper = dict(
-    constructor='SNOptimWrapperConstructor', paramwise_cfg=dict(sn_decay_mult=0.0))
+model = dict(backbone=dict(norm_cfg=norm_cfg), decode_head=dict(norm_cfg=norm_cfg),
+             auxiliary_head=dict(norm_cfg=norm_cfg))
+# No weight decay on SN parameters (gamma, beta, importance logits), as in the official SN
+# segmentation code (sn_mm.engine.optim); everything else keeps mmseg's.
+optim_wrapper = dict(constructor='SNOptimWrapperConstructor', paramwise_cfg=dict(sn_decay_mult=0.0))

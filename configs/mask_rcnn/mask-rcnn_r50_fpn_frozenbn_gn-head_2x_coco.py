@@ -1,14 +1,7 @@
-# Mask R-CNN R50-FPN, frozen-BN backbone, GN (32 groups) in FPN, Shared4Conv1FC box head
-# and mask head: the paper's "BN(frozen)/GN" row, 39.5 box AP / 34.4 mask AP.
-# Pretrained backbone: torchvision://resnet50 (BN statistics and affine parameters frozen).
-_base_ = './mask-rcnn_r50_fpn_frozenbn_2x_coco.py'
-
-backbone_norm_cfg = dict(type='BN', requires_grad=False)
+# Mask R-CNN R50-FPN, frozen-BN backbone, GN (32 groups) in FPN, box head and mask head:
+# the paper's "BN(frozen)/GN" row, 39.5 box AP / 34.4 mask AP.
+# mask-rcnn_r50_fpn_frozenbn_sn-head_2x_coco.py with GN heads.
+_base_ = './mask-rcnn_r50_fpn_frozenbn_sn-head_2x_coco.py'
 head_norm_cfg = dict(type='GN', num_groups=32, requires_grad=True)
-model = dict(
-    backbone=dict(norm_cfg=backbone_norm_cfg, norm_eval=True),
-    neck=dict(norm_cfg=head_norm_cfg),
-    roi_head=dict(
-        bbox_head=dict(type='Shared4Conv1FCBBoxHead', conv_out_channels=256,
-                       norm_cfg=head_norm_cfg),
-        mask_head=dict(norm_cfg=head_norm_cfg)))
+model = dict(neck=dict(norm_cfg=head_norm_cfg), roi_head=dict(
+    bbox_head=dict(norm_cfg=head_norm_cfg), mask_head=dict(norm_cfg=head_norm_cfg)))

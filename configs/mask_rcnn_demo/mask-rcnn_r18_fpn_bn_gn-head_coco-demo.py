@@ -1,9 +1,4 @@
 # BN backbone, GN (32 groups) in FPN, box head and mask head (the demo's stand-in for
 # the paper's frozen-BN/GN row: without an ImageNet backbone there is nothing to freeze).
-_base_ = './_base_/mask-rcnn_r18_fpn_coco-demo.py'
-backbone_norm_cfg = dict(type='BN', requires_grad=True)
-head_norm_cfg = dict(type='GN', num_groups=32, requires_grad=True)
-model = dict(
-    backbone=dict(norm_cfg=backbone_norm_cfg, norm_eval=False),
-    neck=dict(norm_cfg=head_norm_cfg),
-    roi_head=dict(bbox_head=dict(norm_cfg=head_norm_cfg), mask_head=dict(norm_cfg=head_norm_cfg)))
+_base_ = './mask-rcnn_r18_fpn_gn-all_coco-demo.py'
+model = dict(backbone=dict(norm_cfg=dict(_delete_=True, type='BN', requires_grad=True)))

@@ -1,8 +1,5 @@
 # GN (32 groups) everywhere: backbone, FPN, Shared4Conv1FC box head, mask head.
 _base_ = './_base_/mask-rcnn_r18_fpn_coco-demo.py'
-backbone_norm_cfg = dict(type='GN', num_groups=32, requires_grad=True)
-head_norm_cfg = dict(type='GN', num_groups=32, requires_grad=True)
-model = dict(
-    backbone=dict(norm_cfg=backbone_norm_cfg, norm_eval=False),
-    neck=dict(norm_cfg=head_norm_cfg),
-    roi_head=dict(bbox_head=dict(norm_cfg=head_norm_cfg), mask_head=dict(norm_cfg=head_norm_cfg)))
+norm_cfg = dict(type='GN', num_groups=32, requires_grad=True)
+model = dict(backbone=dict(norm_cfg=norm_cfg), neck=dict(norm_cfg=norm_cfg),
+             roi_head=dict(bbox_head=dict(norm_cfg=norm_cfg), mask_head=dict(norm_cfg=norm_cfg)))

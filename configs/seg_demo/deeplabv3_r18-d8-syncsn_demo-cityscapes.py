@@ -1,17 +1,6 @@
-# DeepLabV3 R18-D8 from scratch, SyncSN everywhere (BN-branch moments over all processes;
-# equals SN on one process),
-# on the built-in cityscapes-layout demo data (tools/make_seg_demo.py).
-_base_ = [
-    './_base_/deeplabv3_r18-d8_demo.py', './_base_/seg_demo_cityscapes.py',
-    './_base_/seg_demo_runtime.py'
-]
-custom_imports = dict(imports=['sn_mm'], allow_failed_imports=False)
+# DeepLabV3 R18-D8 demo, SyncSN everywhere (BN-branch moments over all processes; equals SN on one
+# process): deeplabv3_r18-d8-sn_demo-cityscapes.py with another norm_cfg.
+_base_ = './deeplabv3_r18-d8-sn_demo-cityscapes.py'
 norm_cfg = dict(type='SyncSN', requires_grad=True)
-# Set every norm path explicitly: the mmseg base substituted its own norm_cfg.
-model = dict(
-    backbone=dict(norm_cfg=norm_cfg, norm_eval=False),
-    decode_head=dict(norm_cfg=norm_cfg, num_classes=19),
-    auxiliary_head=dict(norm_cfg=norm_cfg, num_classes=19))
-# SN parameters (gamma, beta, importance logits) without weight decay.
-optim_wrapper = dict(
-    constructor='SNOptimWrapperConstructor', paramwise_cfg=dict(sn_decay_mult=0.0))
+model = dict(backbone=dict(norm_cfg=norm_cfg), decode_head=dict(norm_cfg=norm_cfg),
+             auxiliary_head=dict(norm_cfg=norm_cfg))

@@ -1,13 +1,6 @@
-# DeepLabV3+ R18-D8 from scratch, GN everywhere,
-# on the built-in ade20k-layout demo data (tools/make_seg_demo.py).
-_base_ = [
-    './_base_/deeplabv3plus_r18-d8_demo.py', './_base_/seg_demo_ade20k.py',
-    './_base_/seg_demo_runtime.py'
-]
-custom_imports = dict(imports=['sn_mm'], allow_failed_imports=False)
+# DeepLabV3+ R18-D8 demo, GN (16 groups) everywhere:
+# deeplabv3plus_r18-d8-sn_demo-ade20k.py with another norm_cfg.
+_base_ = './deeplabv3plus_r18-d8-sn_demo-ade20k.py'
 norm_cfg = dict(type='GN', num_groups=16, requires_grad=True)
-# Set every norm path explicitly: the mmseg base substituted its own norm_cfg.
-model = dict(
-    backbone=dict(norm_cfg=norm_cfg, norm_eval=False),
-    decode_head=dict(norm_cfg=norm_cfg, num_classes=150),
-    auxiliary_head=dict(norm_cfg=norm_cfg, num_classes=150))
+model = dict(backbone=dict(norm_cfg=norm_cfg), decode_head=dict(norm_cfg=norm_cfg),
+             auxiliary_head=dict(norm_cfg=norm_cfg))

@@ -3,10 +3,14 @@
 For each checkpoint (one column each, side by side) two panels: the shares of the mean
 (top) and of the variance (bottom). Each layer is one stacked bar IN / LN / BN (bottom
 to top, summing to 1), layers in depth order; thin grey lines separate blocks, dashed
-black lines separate stages, whose names are written above the top panel.
+black lines separate stages, whose names are written above the top panel (without the
+prefix all of them share, e.g. ``backbone.``, which goes into the column title). Where a
+name is wider than its stage (the 1-layer stem of a ResNet-50), the names alternate
+between two rows, so none overlaps its neighbour. A legend (IN, LN, BN) sits above the
+panels at the right.
 """
 import os
-from typing import Sequence, Tuple
+from typing import List, Sequence, Tuple
 
 from .ratios import BRANCHES, LayerRatios, average_shares
 
@@ -14,7 +18,8 @@ COLORS = {'IN': '#4C72B0', 'LN': '#55A868', 'BN': '#C44E52'}
 Labelled = Sequence[Tuple[str, Sequence[LayerRatios]]]
 
 
-def _new_figure(width: float, height: float):
+def new_figure(width: float, height: float):
+    """A matplotlib Figure on its own Agg canvas (no pyplot state)."""
     from matplotlib.backends.backend_agg import FigureCanvasAgg
     from matplotlib.figure import Figure
 
@@ -49,17 +54,48 @@ def _panel(ax, layers: Sequence[LayerRatios], kind: str, show_stages: bool, font
         elif layers[i].block != layers[i - 1].block:
             ax.axvline(i - 0.5, color='0.15', linewidth=0.7, zorder=3)
     if show_stages:
-        start = 0
-        for i in range(1, len(layers) + 1):
-            if i == len(layers) or layers[i].stage != layers[start].stage:
-                ax.text((start + i - 1) / 2, 1.03, layers[start].stage, ha='center',
-                        va='bottom', fontsize=fontsize + 1, transform=ax.get_xaxis_transform())
-                start = i
+        _stage_labels(ax, layers, 8.0)
     avg = average_shares(layers)[kind]
     ax.set_ylabel(f'{"mean" if kind == "mean" else "variance"} share\n'
                   + ' '.join(f'{b} {v:.2f}' for b, v in zip(BRANCHES, avg)), fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_xlim(-0.6, len(layers) - 0.4)
+
+
+def _stage_spans(layers: Sequence[LayerRatios]) -> List[Tuple[int, int, str]]:
+    """``(first, last, stage)`` index ranges of the consecutive layers of each stage."""
+    spans, start = [], 0
+    for i in range(1, len(layers) + 1):
+        if i == len(layers) or layers[i].stage != layers[start].stage:
+            spans.append((start, i - 1, layers[start].stage))
+            start = i
+    return spans
+
+
+def stage_label_rows(spans: Sequence[Tuple[int, int, str]], points_per_layer: float,
+                     fontsize: float) -> List[int]:
+    """Row of each stage name above the panel: 0 when the name fits above its stage
+    (about 0.6 ``fontsize`` points per character), else 1 and 2 in turn, so a name wider
+    than its stage overlaps neither its neighbours nor the previous wide name."""
+    rows, wide = [], 0
+    for first, last, name in spans:
+        if 0.6 * fontsize * len(name) <= (last - first + 1) * points_per_layer:
+            rows.append(0)
+        else:
+            rows.append(1 + wide % 2)
+            wide += 1
+    return rows
+
+
+def _stage_labels(ax, layers: Sequence[LayerRatios], fontsize: float) -> None:
+    spans = _stage_spans(layers)
+    prefix = _common_prefix([name for _, _, name in spans]) if len(spans) > 1 else ''
+    spans = [(a, b, name[len(prefix):] or name) for a, b, name in spans]
+    width_points = ax.get_position().width * ax.figure.get_figwidth() * 72
+    rows = stage_label_rows(spans, width_points / (len(layers) + 0.2), fontsize)
+    for (first, last, name), row in zip(spans, rows):
+        ax.text((first + last) / 2, 1.02 + 0.07 * row, name, ha='center', va='bottom',
+                fontsize=fontsize, transform=ax.get_xaxis_transform())
 
 
 def plot_ratios(tables: Labelled, path: str, title: str = '') -> str:
@@ -74,7 +110,7 @@ def plot_ratios(tables: Labelled, path: str, title: str = '') -> str:
         raise ValueError(f'plot file must end in .png, .pdf or .svg, got {path!r}')
     most = max(len(layers) for _, layers in tables)
     col_width = min(max(3.5, 0.17 * most + 1.2), 14.0)
-    fig = _new_figure(col_width * len(tables), 6.8)
+    fig = new_figure(col_width * len(tables), 6.8)
     axes = fig.subplots(2, len(tables), squeeze=False)
     for col, (label, layers) in enumerate(tables):
         layers = list(layers)
@@ -89,12 +125,16 @@ def plot_ratios(tables: Labelled, path: str, title: str = '') -> str:
                                    fontsize=fontsize)
             else:
                 ax.set_xticklabels([])
-                ax.set_title(label, fontsize=10, pad=16)
+                stages = sorted({l.stage for l in layers})
+                stage_prefix = _common_prefix(stages) if len(stages) > 1 else ''
+                shown = f'{label} ({stage_prefix.rstrip(".")})' if stage_prefix else label
+                ax.set_title(shown, fontsize=10, pad=36, loc='left')
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc='upper right', ncol=3, fontsize=8, frameon=False)
+    fig.legend(handles, names, loc='upper right', ncol=3, fontsize=9, frameon=False,
+               title='normalizer', title_fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11, x=0.01, ha='left')
-    fig.tight_layout(rect=(0, 0, 1, 0.95))
+    fig.tight_layout(rect=(0, 0, 1, 0.93))
     os.makedirs(os.path.dirname(os.path.abspath(path)), exist_ok=True)
     fig.savefig(path, dpi=100)
     return path

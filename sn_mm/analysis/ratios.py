@@ -15,10 +15,14 @@ Accepted checkpoint layouts:
   with (1, C, 1, 1) affine parameters (shapes other than the logits' are not used);
 - a bare state dict, or ``{'model': state_dict}``.
 
-A leading ``module.`` (DataParallel/DDP) is removed from every key.
+Every leading ``module.`` (DataParallel/DDP) is removed from every key.
+
+This module is the one place that finds SN layers and their shares, in a live model or
+in a checkpoint of either layout: the converter (``sn_mm.checkpoint_convert``), the
+hooks (``sn_mm.engine``), the demos (``sn_mm.apis``) and the analysis tools call it.
+Files are read with :func:`sn_mm.engine.checkpoint.read_checkpoint`.
 """
 import math
-import os
 from collections import OrderedDict
 from dataclasses import asdict, dataclass
 from typing import Dict, List, Mapping, Sequence, Tuple, Union
@@ -26,9 +30,9 @@ from typing import Dict, List, Mapping, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from ..ops import BRANCHES, SwitchableNorm
 from .layers import block_of, depth_order, stage_of
 
-BRANCHES = ('IN', 'LN', 'BN')
 Shares = Tuple[float, float, float]
 
 
@@ -76,6 +80,34 @@ def _finish(raw: Sequence[Tuple[str, Shares, Shares, bool]]) -> List[LayerRatios
                         block=block_of(name, names)) for name in names]
 
 
+def strip_prefix(state_dict: Mapping, prefix: str = 'module.') -> 'OrderedDict':
+    """``state_dict`` with every leading ``prefix`` removed from each key that has it.
+
+    ``prefix='module.'`` undoes DataParallel/DDP wrapping (``module.module.x`` -> ``x``);
+    an empty ``prefix`` leaves the keys as they are.
+    """
+    return OrderedDict((strip_key(k, prefix), v) for k, v in state_dict.items())
+
+
+def strip_key(key: str, prefix: str = 'module.') -> str:
+    """``key`` without its leading ``prefix`` (repeated ones too)."""
+    while prefix and isinstance(key, str) and key.startswith(prefix):
+        key = key[len(prefix):]
+    return key
+
+
+def find_sn_layers(state_dict: Mapping) -> List[str]:
+    """Names of the SN layers of a state dict, in its order: every prefix ``P`` with both
+    ``P.mean_weight`` and ``P.var_weight`` (``''`` for keys without a prefix)."""
+    names = []
+    for key in state_dict:
+        if isinstance(key, str) and (key.endswith('.mean_weight') or key == 'mean_weight'):
+            name = key[:-len('mean_weight')].rstrip('.')
+            if (f'{name}.var_weight' if name else 'var_weight') in state_dict:
+                names.append(name)
+    return names
+
+
 def unwrap_state_dict(checkpoint: Mapping) -> Mapping:
     """The state dict inside a checkpoint dict (``state_dict`` or ``model`` entry, or itself)."""
     if not isinstance(checkpoint, Mapping):
@@ -95,18 +127,11 @@ def ratios_from_state_dict(checkpoint: Mapping) -> List[LayerRatios]:
     ``module.`` prefixes are removed. Raises ``ValueError`` if no SN layer is found or
     a layer's logits are not 2 or 3 values, or its two vectors differ in length.
     """
-    state = unwrap_state_dict(checkpoint)
+    state = strip_prefix(unwrap_state_dict(checkpoint))
     raw = []
-    for key, mean_logits in state.items():
-        if not (isinstance(key, str) and key.endswith('mean_weight')):
-            continue
-        prefix = key[:-len('mean_weight')]
-        var_logits = state.get(prefix + 'var_weight')
-        if var_logits is None:
-            continue
-        name = prefix.rstrip('.')
-        while name.startswith('module.'):
-            name = name[len('module.'):]
+    for name in find_sn_layers(state):
+        prefix = f'{name}.' if name else ''
+        mean_logits, var_logits = state[prefix + 'mean_weight'], state[prefix + 'var_weight']
         mean_logits, var_logits = torch.as_tensor(mean_logits), torch.as_tensor(var_logits)
         if mean_logits.numel() != var_logits.numel():
             raise ValueError(f'{prefix}mean_weight has {mean_logits.numel()} logits but '
@@ -129,13 +154,10 @@ def ratios_from_model(model: nn.Module) -> List[LayerRatios]:
 
     Uses ``layer.importance()``; wrappers (``model.module``) are looked through by name.
     """
-    from sn_mm.ops import SwitchableNorm
-
     raw = []
     for name, module in model.named_modules():
         if isinstance(module, SwitchableNorm):
-            while name.startswith('module.'):
-                name = name[len('module.'):]
+            name = strip_key(name)
             mean, var = module.importance()
             raw.append((name or 'sn', _pad(mean), _pad(var), module.using_bn))
     if not raw:
@@ -150,23 +172,11 @@ def _pad(weights: torch.Tensor) -> Shares:
     return tuple(values)
 
 
-def load_checkpoint(path: str) -> Mapping:
-    """Load a checkpoint on CPU with ``weights_only=True`` and mmengine's allowlist.
-
-    Uses :func:`sn_mm.engine.checkpoint.safe_load` (tensors, containers, plus the
-    ``HistoryBuffer``/numpy objects mmengine writes); anything else is refused with
-    ``UnsafeCheckpointError`` rather than unpickled.
-    """
-    if not os.path.isfile(path):
-        raise FileNotFoundError(f'checkpoint {path!r} does not exist (or is not a file)')
-    from sn_mm.engine.checkpoint import safe_load
-    return safe_load(path, map_location='cpu')
-
-
 def ratios_from_checkpoint(path: str) -> List[LayerRatios]:
     """Ratios of every SN layer of the checkpoint file at ``path`` (see module docstring)."""
+    from sn_mm.engine.checkpoint import read_checkpoint
     try:
-        return ratios_from_state_dict(load_checkpoint(path))
+        return ratios_from_state_dict(read_checkpoint(path))
     except ValueError as err:
         raise ValueError(f'{path}: {err}') from None
 

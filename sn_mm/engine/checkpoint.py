@@ -6,10 +6,12 @@ checkpoints (numpy scalars in ``message_hub``, ``HistoryBuffer`` log scalars), a
 mmengine's http loader goes through ``torch.hub.load_state_dict_from_url``, which
 passes ``weights_only=False`` explicitly (unsafe unpickling of downloaded files).
 
-This module re-registers every scheme of mmengine's ``CheckpointLoader`` (its own
-extension point, ``register_scheme(..., force=True)``): local paths, ``http(s)://``,
-``torchvision://``/``modelzoo://``, ``open-mmlab://``/``openmmlab://``, ``mmcls://``,
-``pavi://`` and ``s3://``/``petrel://``. Every loader ends in :func:`safe_load`:
+This module holds one loader per scheme of mmengine's ``CheckpointLoader`` (:data:`SCHEMES`):
+local paths, ``http(s)://``, ``torchvision://``/``modelzoo://``,
+``open-mmlab://``/``openmmlab://``, ``mmcls://``, ``pavi://`` and ``s3://``/``petrel://``;
+:mod:`sn_mm.compat` registers them with mmengine where the torch version needs it, and
+:func:`read_checkpoint` (sn_mm's own reader) always uses them. Every loader ends in
+:func:`safe_load`:
 ``torch.load(..., weights_only=True)`` inside ``torch.serialization.safe_globals``
 with exactly the extra globals mmengine writes (:data:`MMENGINE_SAFE_GLOBALS`):
 
@@ -28,11 +30,11 @@ The global default (``weights_only``) is never changed and nothing is loaded wit
 ``weights_only=False``. A checkpoint that needs any other global is refused with
 :class:`UnsafeCheckpointError` naming the offending global(s).
 
-Everything that loads through mmengine goes through these loaders: ``Runner``'s
-``load_from`` / ``resume`` (``Runner.load_checkpoint``), ``tools/test.py CHECKPOINT``,
-``init_cfg=dict(type='Pretrained', ...)`` (``PretrainedInit`` -> ``load_checkpoint``),
-``mmengine.runner.load_checkpoint`` and ``_load_checkpoint_with_prefix``. Importing
-``sn_mm`` (``sn_mm.engine``) installs them.
+Once registered, everything that loads through mmengine goes through these loaders:
+``Runner``'s ``load_from`` / ``resume`` (``Runner.load_checkpoint``), ``tools/test.py
+CHECKPOINT``, ``init_cfg=dict(type='Pretrained', ...)`` (``PretrainedInit`` ->
+``load_checkpoint``), ``mmengine.runner.load_checkpoint`` and
+``_load_checkpoint_with_prefix``.
 """
 import io
 import os
@@ -41,7 +43,7 @@ import pickle
 import re
 import zipfile
 from tempfile import TemporaryDirectory
-from typing import Callable, List, Optional, Tuple, Union
+from typing import Callable, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -49,10 +51,9 @@ from mmengine.dist import get_dist_info
 from mmengine.fileio import get_file_backend
 from mmengine.logging import HistoryBuffer, print_log
 from mmengine.runner import checkpoint as mm_checkpoint
-from mmengine.runner.checkpoint import CheckpointLoader
 
-__all__ = ['UnsafeCheckpointError', 'MMENGINE_SAFE_GLOBALS', 'safe_load',
-           'register_safe_loaders', 'load_from_local', 'load_from_http']
+__all__ = ['UnsafeCheckpointError', 'MMENGINE_SAFE_GLOBALS', 'SCHEMES', 'safe_load',
+           'read_checkpoint', 'load_from_local', 'load_from_http']
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
@@ -310,21 +311,33 @@ SCHEMES = (
 )
 
 
-def register_safe_loaders() -> None:
-    """Install the safe loaders for every scheme of mmengine's ``CheckpointLoader``.
+def _loader_for(path: str) -> Callable:
+    """The loader of :data:`SCHEMES` for ``path``, chosen as mmengine chooses (longest
+    matching prefix first; the local loader for paths without a known scheme)."""
+    prefixes = [(prefix, loader) for entry, loader in SCHEMES
+                for prefix in ([entry] if isinstance(entry, str) else entry)]
+    for prefix, loader in sorted(prefixes, key=lambda p: len(p[0]), reverse=True):
+        if re.match(prefix, path) is not None:
+            return loader
+    return load_from_local
 
-    Warns if mmengine knows a scheme not listed in :data:`SCHEMES` (a newer
-    mmengine, or a third-party scheme): that scheme is left as it is.
+
+def read_checkpoint(path: str, map_location='cpu') -> Mapping:
+    """The checkpoint reader of sn_mm's own tools and analysis: a local path or any
+    mmengine scheme (``https://``, ``torchvision://``, ...), always through the safe
+    loaders above (whether or not :mod:`sn_mm.compat` registered them with mmengine).
+
+    Raises ``FileNotFoundError`` for a missing local file, :class:`UnsafeCheckpointError`
+    for a file that needs a global outside the allowlist, and ``ValueError`` when the file
+    does not hold a dict (a state dict or a checkpoint holding one).
     """
-    ours = set()
-    for prefixes, loader in SCHEMES:
-        CheckpointLoader.register_scheme(prefixes=prefixes, loader=loader, force=True)
-        ours.update([prefixes] if isinstance(prefixes, str) else prefixes)
-    unknown = sorted(set(CheckpointLoader._schemes) - ours)
-    if unknown:
-        import warnings
-        warnings.warn(f'sn_mm.engine.checkpoint: mmengine has checkpoint schemes sn_mm '
-                      f'does not cover ({unknown}); they may load with unsafe unpickling')
-
-
-register_safe_loaders()
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f'expected a checkpoint path, got {type(path).__name__}')
+    path = os.fspath(path)
+    if '://' not in path and not osp.isfile(osp.expanduser(path)):
+        raise FileNotFoundError(f'checkpoint {path!r} does not exist (or is not a file)')
+    checkpoint = _loader_for(path)(path, map_location=map_location)
+    if not isinstance(checkpoint, Mapping):
+        raise ValueError(f'{path}: expected a dict (a state dict or a checkpoint holding '
+                         f'"state_dict"), got {type(checkpoint).__name__}')
+    return checkpoint

@@ -8,8 +8,8 @@ values behind a warning. :class:`SNPretrainedInit` is mmengine's ``PretrainedIni
 plus one check before anything is copied: every SN layer of the module whose
 ``mean_weight``/``var_weight`` are in the checkpoint must have the same number of
 logits, otherwise :class:`SNCheckpointMismatchError` names the layers and the
-``norm_cfg`` setting to use. It replaces ``'Pretrained'`` in mmengine's root
-``WEIGHT_INITIALIZERS`` (registry ``force=True``); everything else, including the
+``norm_cfg`` setting to use. :mod:`sn_mm.compat` puts it in place of ``'Pretrained'``
+in mmengine's root ``WEIGHT_INITIALIZERS``; everything else, including the
 loading itself, the ``module.`` prefix stripping and the missing/unexpected key
 report, is mmengine's. The checkpoint file is read once.
 """
@@ -18,11 +18,11 @@ from typing import Dict, List, Mapping, Tuple
 
 from mmengine.logging import print_log
 from mmengine.model.weight_init import PretrainedInit, update_init_info
-from mmengine.registry import WEIGHT_INITIALIZERS
 from mmengine.runner.checkpoint import (_load_checkpoint, _load_checkpoint_to_model,
                                         load_state_dict)
 from torch import nn
 
+from ..analysis.ratios import strip_prefix
 from ..ops import SwitchableNorm
 
 __all__ = ['SNCheckpointMismatchError', 'check_sn_state_dict', 'SNPretrainedInit']
@@ -76,12 +76,6 @@ def check_sn_state_dict(module: nn.Module, state_dict: Mapping, source: str = 'c
     raise SNCheckpointMismatchError('\n'.join(lines))
 
 
-def _strip(state_dict: Mapping, pattern_prefix: str = 'module.') -> Mapping:
-    return {(k[len(pattern_prefix):] if k.startswith(pattern_prefix) else k): v
-            for k, v in state_dict.items()}
-
-
-@WEIGHT_INITIALIZERS.register_module(name='Pretrained', force=True)
 class SNPretrainedInit(PretrainedInit):
     """mmengine's ``PretrainedInit`` + :func:`check_sn_state_dict` (see module docstring).
 
@@ -96,7 +90,7 @@ class SNPretrainedInit(PretrainedInit):
         state_dict = checkpoint.get('state_dict', checkpoint)
         if self.prefix is None:
             print_log(f'load model from: {self.checkpoint}', logger='current')
-            check_sn_state_dict(module, _strip(state_dict), self.checkpoint)
+            check_sn_state_dict(module, strip_prefix(state_dict), self.checkpoint)
             _load_checkpoint_to_model(module, checkpoint, strict=False, logger='current')
         else:
             print_log(f'load {self.prefix} in model from: {self.checkpoint}',

@@ -1,6 +1,8 @@
 # Built-in ADE20K-layout demo data (python tools/make_seg_demo.py --layout ade20k):
 # indoor scenes of varying size up to 224x160 (JPEG), annotations 0..150 with 0 = other;
 # read by mmseg's ADE20KDataset (reduce_zero_label=True: 0 -> 255 ignored, k -> k-1).
+# seg_demo_cityscapes.py with another data set: class, folders, label decoding, scale.
+_base_ = './seg_demo_cityscapes.py'
 dataset_type = 'ADE20KDataset'
 data_root = 'data/seg_demo/ade20k/'
 crop_size = (128, 128)
@@ -18,26 +20,10 @@ test_pipeline = [
     dict(type='LoadAnnotations', reduce_zero_label=True),
     dict(type='PackSegInputs')
 ]
-train_dataloader = dict(
-    batch_size=4,
-    num_workers=1,
-    persistent_workers=True,
-    sampler=dict(type='InfiniteSampler', shuffle=True),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        data_prefix=dict(img_path='images/training', seg_map_path='annotations/training'),
-        pipeline=train_pipeline))
-val_dataloader = dict(
-    batch_size=1,
-    num_workers=1,
-    persistent_workers=True,
-    sampler=dict(type='DefaultSampler', shuffle=False),
-    dataset=dict(
-        type=dataset_type,
-        data_root=data_root,
-        data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation'),
-        pipeline=test_pipeline))
+train_dataloader = dict(dataset=dict(
+    type=dataset_type, data_root=data_root, pipeline=train_pipeline,
+    data_prefix=dict(img_path='images/training', seg_map_path='annotations/training')))
+val_dataloader = dict(dataset=dict(
+    type=dataset_type, data_root=data_root, pipeline=test_pipeline,
+    data_prefix=dict(img_path='images/validation', seg_map_path='annotations/validation')))
 test_dataloader = val_dataloader
-val_evaluator = dict(type='IoUMetric', iou_metrics=['mIoU'])
-test_evaluator = val_evaluator

@@ -1,5 +1,7 @@
 # Built-in Cityscapes-layout demo data (python tools/make_seg_demo.py --layout cityscapes):
 # 256x128 street scenes, 19 train ids, 255 = ignore; read by mmseg's CityscapesDataset.
+# The ADE20K-layout base is a delta of this one.
+_base_ = './seg_demo_runtime.py'
 dataset_type = 'CityscapesDataset'
 data_root = 'data/seg_demo/cityscapes/'
 crop_size = (128, 128)

@@ -1,9 +1,14 @@
 # Demo schedule for CPU: a short poly schedule, validation (mIoU) and a checkpoint at the
-# end, gloo as the backend of multi-process CPU runs.
+# end, gloo as the backend of multi-process CPU runs; sn_mm imported. SN parameters
+# (gamma, beta, importance logits) get no weight decay; sn_decay_mult touches SN layers
+# only, so the SyncBN and GN demos keep the same optimizer as the SN ones.
 _base_ = 'mmseg::_base_/default_runtime.py'
+custom_imports = dict(imports=['sn_mm'], allow_failed_imports=False)
 max_iters = 600
 optimizer = dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0005)
-optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer, clip_grad=None)
+optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer, clip_grad=None,
+                     constructor='SNOptimWrapperConstructor',
+                     paramwise_cfg=dict(sn_decay_mult=0.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, begin=0, end=50, by_epoch=False),
     dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=50, end=max_iters, by_epoch=False)
