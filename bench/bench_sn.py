@@ -6,9 +6,16 @@ noise hits all of them alike), the ratio to ``nn.BatchNorm2d``, the bytes saved
 for backward (``torch.autograd.graph.saved_tensors_hooks``, unique storages) and
 the peak memory growth of one forward+backward (VmHWM, a fresh process per variant
 and shape). A second table shows RoI-head shapes (small spatial size, many samples),
-where SN's fixed per-layer cost (its (N, C) arithmetic) weighs most.
+where SN's fixed per-layer cost weighs most. Further sections: low precision
+(autocast bf16 on CPU; fp16 and bf16 on CUDA: time and saved bytes against BatchNorm
+under the same autocast), the per-layer fixed cost on a tiny input (the compiled op and
+the device-generic one), and a ``torch.compile``'d ResNet-50 forward+backward with SN
+against the same network with BatchNorm.
 
-    python bench/bench_sn.py [--rounds 15] [--threads N] [--quick]
+    python bench/bench_sn.py [--device cpu|cuda] [--rounds 15] [--threads N] [--quick]
+                             [--skip-compile]
+
+Only torch is needed (no mm*), so this runs on a GPU machine with torch alone.
 """
 import argparse
 import os
@@ -23,7 +30,7 @@ from torch import nn
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 sys.path.insert(0, ROOT)
-from sn_mm.ops import SwitchableNorm, SyncSwitchableNorm  # noqa: E402
+from sn_mm.ops import SwitchableNorm, SyncSwitchableNorm, functional, kernels  # noqa: E402
 from tests.reference import reference_sn  # noqa: E402  (the literal autograd formulation)
 
 SHAPES = [(2, 256, 200, 272), (2, 256, 100, 136), (8, 512, 64, 64), (2, 1024, 50, 68),
@@ -55,9 +62,23 @@ def variants(c):
     }
 
 
+DEVICE = torch.device('cpu')
+AUTOCAST = None  # (device_type, dtype) while timing under autocast
+
+
+def sync():
+    if DEVICE.type == 'cuda':
+        torch.cuda.synchronize()
+
+
 def fwd_bwd(layer, x, grad):
     x.grad = None
-    layer(x).backward(grad)
+    if AUTOCAST is None:
+        y = layer(x)
+    else:
+        with torch.autocast(AUTOCAST[0], dtype=AUTOCAST[1]):
+            y = layer(x)
+    y.backward(grad.to(y.dtype))
 
 
 def saved_bytes(layer, x):
@@ -72,7 +93,11 @@ def saved_bytes(layer, x):
         return t
 
     with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        y = layer(x)
+        if AUTOCAST is None:
+            y = layer(x)
+        else:
+            with torch.autocast(AUTOCAST[0], dtype=AUTOCAST[1]):
+                y = layer(x)
     del y
     return sum(storages.values())
 
@@ -84,7 +109,19 @@ def peak_bytes(name, shape):
     input first; then the kernel's high-water mark is reset (``/proc/self/clear_refs``)
     and the reported number is ``VmHWM`` after minus ``VmRSS`` before: everything the
     forward+backward had resident at its peak. ``None`` where ``/proc`` can't do this.
+    On CUDA: ``torch.cuda.max_memory_allocated`` growth, in this process.
     """
+    if DEVICE.type == 'cuda':
+        layer = variants(shape[1])[name].to(DEVICE)
+        x = torch.randn(shape, device=DEVICE, requires_grad=True)
+        g = torch.randn(shape, device=DEVICE)
+        fwd_bwd(layer, x, g)
+        sync()
+        torch.cuda.reset_peak_memory_stats()
+        before = torch.cuda.memory_allocated()
+        fwd_bwd(layer, x, g)
+        sync()
+        return torch.cuda.max_memory_allocated() - before
     code = (
         'import sys, torch; sys.path.insert(0, %r); sys.argv = ["x"]\n'
         'import bench.bench_sn as b\n'
@@ -124,8 +161,10 @@ def time_variants(layers, x, grad, rounds):
     times = {name: [] for name in names}
     for i in range(rounds):
         for name in names[i % len(names):] + names[:i % len(names)]:
+            sync()
             start = time.perf_counter()
             fwd_bwd(layers[name], x, grad)
+            sync()
             times[name].append(time.perf_counter() - start)
     return {name: statistics.median(t) for name, t in times.items()}
 
@@ -135,9 +174,9 @@ def bench_shape(shape, rounds, with_peaks=True):
     peaks = ({name: peak_bytes(name, shape) for name in variants(shape[1])}
              if with_peaks else {})
     torch.manual_seed(0)
-    x = torch.randn(shape, requires_grad=True)
-    grad = torch.randn(shape)
-    layers = variants(shape[1])
+    x = torch.randn(shape, device=DEVICE, requires_grad=True)
+    grad = torch.randn(shape, device=DEVICE)
+    layers = {name: layer.to(DEVICE) for name, layer in variants(shape[1]).items()}
     # The naive SN allocates ~4x more than the others: timed on its own afterwards so
     # its allocations don't change the others' page-fault pattern.
     naive = layers.pop('naiveSN')
@@ -186,57 +225,210 @@ def best_ms(fn, rounds):
     fn()
     times = []
     for _ in range(rounds):
+        sync()
         start = time.perf_counter()
         fn()
+        sync()
         times.append(time.perf_counter() - start)
     return min(times) * 1e3
 
 
+def median_ms(fn, rounds):
+    fn()
+    times = []
+    for _ in range(rounds):
+        sync()
+        start = time.perf_counter()
+        fn()
+        sync()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times) * 1e3
+
+
+def autocast_dtypes():
+    """The autocast dtypes benchmarked on this device."""
+    return [torch.bfloat16] if DEVICE.type == 'cpu' else [torch.float16, torch.bfloat16]
+
+
+def print_low_precision(shapes, rounds):
+    """SN vs BN under autocast: time (interleaved, rotated) and bytes saved for backward."""
+    global AUTOCAST
+    dtypes = autocast_dtypes()
+    names = [getattr(d, '__name__', str(d)).replace('torch.', '') for d in dtypes]
+    print('| shape | ' + ' | '.join(f'BN {n} ms | SN {n} ms | SN/BN {n} | saved SN/BN {n}'
+                                   for n in names) + ' |')
+    print('|' + '---|' * (1 + 4 * len(dtypes)))
+    ratios = {n: [] for n in names}
+    saved_ratios = {n: [] for n in names}
+    for shape in shapes:
+        cells = []
+        for dtype, name in zip(dtypes, names):
+            torch.manual_seed(0)
+            # autocast's input: what the previous conv hands over in low precision
+            x = torch.randn(shape, device=DEVICE, dtype=dtype, requires_grad=True)
+            grad = torch.randn(shape, device=DEVICE, dtype=dtype)
+            layers = {'BN': nn.BatchNorm2d(shape[1]).to(DEVICE),
+                      'SN': SwitchableNorm(shape[1]).to(DEVICE)}
+            AUTOCAST = (DEVICE.type, dtype)
+            try:
+                med = time_variants(layers, x, grad, rounds)
+                saved = {k: saved_bytes(layer, x) for k, layer in layers.items()}
+            finally:
+                AUTOCAST = None
+            ratios[name].append(med['SN'] / med['BN'])
+            saved_ratios[name].append(saved['SN'] / saved['BN'])
+            cells.append(f'{med["BN"] * 1e3:.1f} | {med["SN"] * 1e3:.1f} | '
+                         f'{ratios[name][-1]:.2f} | {saved_ratios[name][-1]:.3f}')
+        print(f'| {tuple(shape)} | ' + ' | '.join(cells) + ' |', flush=True)
+    print('Median over shapes: ' + ', '.join(
+        f'SN/BN {n} {statistics.median(ratios[n]):.2f} (saved {statistics.median(saved_ratios[n]):.3f})'
+        for n in names))
+
+
 def print_parts(rounds):
-    """Two numbers the README quotes: the IN-moments kernel and SN's fixed per-layer cost."""
-    from sn_mm.ops import functional
+    """The IN-moments kernel, and SN's fixed per-layer cost on a tiny input."""
     print('## Parts')
-    x = torch.randn(2 * 256, 100 * 136)
-    if functional.compiled_kernel is not None:
-        ext = best_ms(lambda: functional.compiled_kernel.instance_moments(x), rounds)
+    if DEVICE.type == 'cpu' and kernels.compiled_kernel is not None:
+        x = torch.randn(2 * 256, 100 * 136)
+        ext = best_ms(lambda: kernels.compiled_kernel.instance_moments(x), rounds)
         aten = best_ms(lambda: torch.batch_norm_update_stats(x[None], None, None, 0.0), rounds)
         print(f'IN moments of (2, 256, 100, 136), best of {rounds}: sn_mm._ext {ext:.2f} ms, '
               f"ATen's batch_norm_update_stats {aten:.2f} ms ({aten / ext:.1f}x)")
-    tiny = torch.randn(2, 256, 2, 2, requires_grad=True)
+    tiny = torch.randn(2, 256, 2, 2, device=DEVICE, requires_grad=True)
     grad = torch.randn_like(tiny)
-    layers = {'SN': SwitchableNorm(256), 'BN': nn.BatchNorm2d(256)}
-    cost = {name: best_ms(lambda layer=layer: fwd_bwd(layer, tiny, grad), rounds * 20)
-            for name, layer in layers.items()}
-    print(f'Fixed cost per layer (forward+backward of (2, 256, 2, 2), best of {rounds * 20}): '
-          f'SN {cost["SN"]:.2f} ms, BN {cost["BN"]:.2f} ms')
+    layers = {'SN': SwitchableNorm(256).to(DEVICE), 'BN': nn.BatchNorm2d(256).to(DEVICE)}
+    cost = {}
+    for _ in range(3):  # interleaved repeats; the median of medians is reported
+        for name, layer in layers.items():
+            cost.setdefault(name, []).append(
+                median_ms(lambda layer=layer: fwd_bwd(layer, tiny, grad), rounds * 20))
+    cost = {k: statistics.median(v) for k, v in cost.items()}
+    op = functional.op_for(tiny, functional.BN_BATCH)
+    line = (f'| fixed cost (2, 256, 2, 2), forward+backward, median of {rounds * 20} | '
+            f'SN {cost["SN"]:.3f} ms | BN {cost["BN"]:.3f} ms | SN/BN {cost["SN"] / cost["BN"]:.2f} |'
+            f' op: {op.name()} |')
+    print(line)
+    if op is not functional.generic_op:
+        saved = kernels.USE_COMPILED_KERNEL
+        kernels.USE_COMPILED_KERNEL = False
+        try:
+            generic = median_ms(lambda: fwd_bwd(layers['SN'], tiny, grad), rounds * 20)
+        finally:
+            kernels.USE_COMPILED_KERNEL = saved
+        print(f'| same, device-generic op (pure torch) | SN {generic:.3f} ms | | '
+              f'SN/BN {generic / cost["BN"]:.2f} | op: {functional.generic_op.name()} |')
+
+
+def conv_bn_relu(cin, cout, norm, k=1, stride=1):
+    return [nn.Conv2d(cin, cout, k, stride, k // 2, bias=False), norm(cout), nn.ReLU(inplace=True)]
+
+
+class Bottleneck(nn.Module):
+    def __init__(self, cin, planes, stride, norm):
+        super().__init__()
+        cout = planes * 4
+        self.body = nn.Sequential(*conv_bn_relu(cin, planes, norm),
+                                  *conv_bn_relu(planes, planes, norm, 3, stride),
+                                  nn.Conv2d(planes, cout, 1, bias=False), norm(cout))
+        self.down = (nn.Sequential(nn.Conv2d(cin, cout, 1, stride, bias=False), norm(cout))
+                     if stride != 1 or cin != cout else nn.Identity())
+
+    def forward(self, x):
+        return torch.relu(self.body(x) + self.down(x))
+
+
+def resnet50_backbone(norm, blocks=(3, 4, 6, 3)):
+    """torchvision-layout ResNet-50 feature extractor (no torchvision needed), any norm."""
+    layers = [*conv_bn_relu(3, 64, norm, 7, 2), nn.MaxPool2d(3, 2, 1)]
+    cin = 64
+    for i, n in enumerate(blocks):
+        for j in range(n):
+            layers.append(Bottleneck(cin, 64 * 2 ** i, 2 if j == 0 and i > 0 else 1, norm))
+            cin = 64 * 2 ** i * 4
+    return nn.Sequential(*layers)
+
+
+def print_compiled(rounds, quick):
+    """torch.compile'd ResNet-50 backbone, SN everywhere vs BatchNorm2d everywhere."""
+    size, batch = ((64, 2) if quick else (224, 2) if DEVICE.type == 'cpu' else (224, 32))
+    blocks = (1, 1, 1, 1) if quick else (3, 4, 6, 3)
+    torch.manual_seed(0)
+    x = torch.randn(batch, 3, size, size, device=DEVICE)
+    models, compile_s = {}, {}
+    for name, norm in (('BN', nn.BatchNorm2d), ('SN', SwitchableNorm)):
+        model = resnet50_backbone(norm, blocks).to(DEVICE).train()
+        compiled = torch.compile(model)
+        start = time.perf_counter()
+        compiled(x).sum().backward()  # compiles forward and backward
+        sync()
+        compile_s[name] = time.perf_counter() - start
+        models[name] = compiled
+    steps = {name: [] for name in models}
+    names = list(models)
+    for i in range(rounds):
+        for name in names[i % 2:] + names[:i % 2]:
+            sync()
+            start = time.perf_counter()
+            models[name](x).sum().backward()
+            sync()
+            steps[name].append(time.perf_counter() - start)
+    med = {k: statistics.median(v) * 1e3 for k, v in steps.items()}
+    print(f'ResNet-50{" (1 block per stage)" if quick else ""} backbone, input {batch}x3x{size}x{size}, '
+          f'torch.compile (inductor), forward+backward, median of {rounds} interleaved steps:')
+    print('| norm | ms/step | ratio to BN | first call (compile) s |')
+    print('|---|---|---|---|')
+    for name in names:
+        print(f'| {name} | {med[name]:.1f} | {med[name] / med["BN"]:.2f} | {compile_s[name]:.0f} |')
 
 
 def main():
+    global DEVICE
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     parser.add_argument('--rounds', type=int, default=15)
     parser.add_argument('--threads', type=int, default=None)
     parser.add_argument('--quick', action='store_true', help='tiny shapes (smoke test)')
+    parser.add_argument('--skip-compile', action='store_true',
+                        help='skip the torch.compile section (minutes of compilation on CPU)')
     args = parser.parse_args()
+    if args.device == 'cuda' and not torch.cuda.is_available():
+        parser.error('--device cuda: torch.cuda.is_available() is False on this machine')
+    DEVICE = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
-    print(f'# SN benchmark: torch {torch.__version__}, {platform.processor() or platform.machine()},'
-          f' {torch.get_num_threads()} threads, {args.rounds} rounds (variants interleaved, '
-          'order rotated), forward+backward, train mode, float32')
+    where = (torch.cuda.get_device_name() if DEVICE.type == 'cuda'
+             else f'{platform.processor() or platform.machine()}, {torch.get_num_threads()} threads')
+    load = os.getloadavg()[0] if hasattr(os, 'getloadavg') else float('nan')
+    print(f'# SN benchmark: torch {torch.__version__}, {where}, {time.strftime("%Y-%m-%d %H:%M")}, '
+          f'load {load:.1f}, {args.rounds} rounds (variants interleaved, order rotated), '
+          'forward+backward, train mode')
     print()
-    print('## ResNet-50 shapes at detection batch sizes (the targets)')
-    ratios = print_table(QUICK_SHAPES if args.quick else SHAPES, args.rounds, True)
+    shapes = QUICK_SHAPES if args.quick else SHAPES
+    print('## ResNet-50 shapes at detection batch sizes (the targets), float32')
+    ratios = print_table(shapes, args.rounds, True)
     print()
     print('Median over shapes: ' + ', '.join(
         f'{k}/BN {statistics.median(v):.2f}' for k, v in ratios.items()))
-    print('saved = bytes saved for backward (unique storages); peak = resident memory a '
-          'forward+backward adds at its peak (fresh process per variant and shape).')
+    print('saved = bytes saved for backward (unique storages); peak = memory a '
+          'forward+backward adds at its peak (CPU: resident, fresh process per variant and '
+          'shape; CUDA: max_memory_allocated).')
+    print()
+    print('## Low precision: autocast (the input arrives in the low-precision dtype)')
+    print_low_precision(shapes, args.rounds)
+    print()
+    print_parts(args.rounds)
     if not args.quick:
         print()
-        print_parts(args.rounds)
-        print()
         print('## RoI-head shapes (Mask R-CNN mask head: positive RoIs x 256 x 14 x 14; '
-              'not part of the targets)')
+              'not part of the targets), float32')
         print_table(ROI_SHAPES, args.rounds, False)
+        print()
+        print('## RoI-head shapes under autocast')
+        print_low_precision(ROI_SHAPES, args.rounds)
+    if not args.skip_compile:
+        print()
+        print('## torch.compile')
+        print_compiled(max(5, args.rounds // 3), args.quick)
 
 
 if __name__ == '__main__':

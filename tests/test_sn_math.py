@@ -7,6 +7,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from sn_mm.ops import SwitchableNorm
+from tests.devices import DEVICES
 from tests.reference import reference_sn
 
 MODES = ('unbiased', 'biased')
@@ -33,12 +34,13 @@ def one_hot_logits(layer: SwitchableNorm, branch: int) -> SwitchableNorm:
     return layer
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('training,using_bn,in_variance',
                          list(itertools.product([True, False], [True, False], MODES)))
-def test_gradcheck_float64(training, using_bn, in_variance):
+def test_gradcheck_float64(training, using_bn, in_variance, device):
     layer = randomized(SwitchableNorm(3, using_bn=using_bn, in_variance=in_variance).double())
-    layer.train(training)
-    x = torch.randn(4, 3, 3, 2, dtype=torch.float64, requires_grad=True)
+    layer.to(device).train(training)
+    x = torch.randn(4, 3, 3, 2, dtype=torch.float64, device=device, requires_grad=True)
     params = list(layer.parameters())
     assert torch.autograd.gradcheck(lambda x, *p: layer(x), (x, *params))
 
@@ -55,16 +57,17 @@ def test_gradcheck_float64_shapes(shape):
                          list(itertools.product(
                              [True, False], [True, False], MODES,
                              [(5, 4, 6, 7), (3, 4, 1, 1), (2, 4, 9), (2, 4, 3, 2, 4)])))
-def test_matches_reference_equations(training, using_bn, in_variance, shape):
+@pytest.mark.parametrize('device', DEVICES)
+def test_matches_reference_equations(training, using_bn, in_variance, shape, device):
     """Forward, every gradient and the running statistics against tests/reference.py."""
     torch.manual_seed(1)
     layer = randomized(SwitchableNorm(4, using_bn=using_bn, in_variance=in_variance,
                                       momentum=0.3).double(), seed=3)
-    layer.train(training)
+    layer.to(device).train(training)
     old_mean = layer.running_mean.clone() if using_bn else None
     old_var = layer.running_var.clone() if using_bn else None
-    x = (torch.randn(*shape, dtype=torch.float64) * 3 + 2).requires_grad_()
-    grad_out = torch.randn(*shape, dtype=torch.float64)
+    x = (torch.randn(*shape, dtype=torch.float64) * 3 + 2).to(device).requires_grad_()
+    grad_out = torch.randn(*shape, dtype=torch.float64).to(device)
 
     y = layer(x)
     grads = torch.autograd.grad(y, [x, *layer.parameters()], grad_out)
@@ -96,21 +99,22 @@ def _affine(y, layer):
     return y * layer.weight.reshape(shape) + layer.bias.reshape(shape)
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('training', [True, False])
 @pytest.mark.parametrize('branch', ['IN', 'LN', 'BN'])
-def test_one_hot_equals_torch_norm(branch, training):
+def test_one_hot_equals_torch_norm(branch, training, device):
     """One-hot importance -> torch InstanceNorm2d / LayerNorm over (C,H,W) / BatchNorm2d."""
     torch.manual_seed(0)
     c = 5
     index = ('IN', 'LN', 'BN').index(branch)
     layer = one_hot_logits(randomized(SwitchableNorm(c, in_variance='biased', momentum=0.2)
                                       .double()), index)
-    layer.train(training)
-    x = (torch.randn(4, c, 6, 5, dtype=torch.float64) * 2 - 1).requires_grad_()
+    layer.to(device).train(training)
+    x = (torch.randn(4, c, 6, 5, dtype=torch.float64) * 2 - 1).to(device).requires_grad_()
     grad_out = torch.randn_like(x)
 
     if branch == 'BN':
-        torch_norm = nn.BatchNorm2d(c, momentum=0.2).double()
+        torch_norm = nn.BatchNorm2d(c, momentum=0.2).double().to(device)
         with torch.no_grad():
             torch_norm.weight.copy_(layer.weight)
             torch_norm.bias.copy_(layer.bias)
@@ -228,18 +232,20 @@ def test_batch_average_pass_pools_exactly():
     assert layer.batch_average is None
 
 
-def test_autocast_bfloat16_cpu():
+@pytest.mark.parametrize('device', DEVICES)
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_autocast_low_precision(device, dtype):
     """Statistics in float32 under autocast; the output keeps the input dtype."""
     torch.manual_seed(0)
-    layer = randomized(SwitchableNorm(8))
-    x = (torch.randn(4, 8, 6, 6) * 4 + 10).to(torch.bfloat16).requires_grad_()
-    with torch.autocast('cpu', dtype=torch.bfloat16):
+    layer = randomized(SwitchableNorm(8)).to(device)
+    x = (torch.randn(4, 8, 6, 6) * 4 + 10).to(device, dtype).requires_grad_()
+    with torch.autocast(device, dtype=dtype):
         y = layer(x)
-    assert y.dtype == torch.bfloat16
+    assert y.dtype == dtype
     expected = layer(x.detach().float())
     assert_close(y.float(), expected, rtol=2e-2, atol=2e-2)
     y.float().sum().backward()
-    assert x.grad.dtype == torch.bfloat16 and torch.isfinite(x.grad.float()).all()
+    assert x.grad.dtype == dtype and torch.isfinite(x.grad.float()).all()
     assert layer.weight.grad.dtype == torch.float32
 
 

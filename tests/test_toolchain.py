@@ -10,6 +10,7 @@ from torch.testing import assert_close
 
 from sn_mm.ops import SwitchableNorm, SyncSwitchableNorm, functional, kernels
 from sn_mm.ops.functional import BN_BATCH, BN_NONE, BN_RUNNING
+from tests.devices import DEVICES
 
 MODES = {'none': BN_NONE, 'running': BN_RUNNING, 'batch': BN_BATCH}
 
@@ -81,16 +82,17 @@ def _randomized(model, seed=0):
     return model
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('training', [True, False])
 @pytest.mark.parametrize('in_variance', ['unbiased', 'biased'])
-def test_compile_fullgraph_equals_eager_float64(training, in_variance):
+def test_compile_fullgraph_equals_eager_float64(training, in_variance, device):
     torch._dynamo.reset()
-    eager = _randomized(TwoLayer(torch.float64, in_variance)).train(training)
+    eager = _randomized(TwoLayer(torch.float64, in_variance)).to(device).train(training)
     compiled_model = copy.deepcopy(eager)
     compiled = torch.compile(compiled_model, fullgraph=True)
     for step in range(2):  # the second call runs the cached graph, running stats moved
         x = torch.randn(4, 3, 9, 7, dtype=torch.float64,
-                        generator=torch.Generator().manual_seed(step))
+                        generator=torch.Generator().manual_seed(step)).to(device)
         ye, yc = eager(x), compiled(x)
         assert_close(yc, ye, rtol=0, atol=1e-10)
         ye.square().sum().backward()
@@ -163,11 +165,12 @@ def test_onnx_export_runs_in_onnxruntime():
         assert_close(torch.from_numpy(out), model(x), rtol=0, atol=1e-4)
 
 
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('dtype', [torch.float16, torch.bfloat16])
-def test_model_cast_to_low_precision_trains(dtype):
-    model = _randomized(TwoLayer()).to(dtype).train()
+def test_model_cast_to_low_precision_trains(dtype, device):
+    model = _randomized(TwoLayer()).to(device, dtype).train()
     reference = copy.deepcopy(model).float()  # the same (rounded) weights in float32
-    x = torch.randn(4, 3, 8, 8, dtype=dtype)
+    x = torch.randn(4, 3, 8, 8).to(device, dtype)
     y = model(x)
     assert y.dtype == dtype and torch.isfinite(y).all()
     y.float().square().mean().backward()

@@ -662,7 +662,11 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sn_forward_cpu(
     bn_var = running_var->to(acc).clone();
   } else if (bn_mode == kBatchBN) {
     TORCH_CHECK(n > 0, "sn_mm::switchable_norm: batch statistics (bn_mode 2) of an empty batch");
-    count = torch::tensor({double(n), double(n * length)}, opts);
+    count = torch::empty({2}, opts);
+    AT_DISPATCH_FLOATING_TYPES(acc, "count", [&] {
+      count.data_ptr<scalar_t>()[0] = scalar_t(n);
+      count.data_ptr<scalar_t>()[1] = scalar_t(n * length);
+    });
   }
   auto mix = mix_forward(mean_in, u, w, b, a, bb, bn_mean, bn_var, bn_mode, eps);
   Tensor y = x.numel() == 0 ? torch::empty_like(x, at::MemoryFormat::Contiguous)
