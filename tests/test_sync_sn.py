@@ -30,7 +30,7 @@ def _union_data(batches, seed=1):
     return x, grad_out
 
 
-def _worker(rank, world_size, init_file, batches, in_variance, out_dir):
+def _worker(rank, world_size, init_file, batches, in_variance, out_dir, compiled=False):
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
                             world_size=world_size)
     calls = {'all_reduce': 0, 'other': 0}
@@ -46,7 +46,10 @@ def _worker(rank, world_size, init_file, batches, in_variance, out_dir):
         x, grad_out = _union_data(batches)
         start = sum(batches[:rank])
         x_local = x[start:start + batches[rank]].clone().requires_grad_()
-        y = layer(x_local)
+        # aot_eager: dynamo + AOTAutograd (fake kernels, the op's registered autograd)
+        # without inductor's code generation
+        run = torch.compile(layer, backend='aot_eager') if compiled else layer
+        y = run(x_local)
         forward_calls = calls['all_reduce']
         (y * grad_out[start:start + batches[rank]]).sum().backward()
         backward_calls = calls['all_reduce'] - forward_calls
@@ -54,7 +57,13 @@ def _worker(rank, world_size, init_file, batches, in_variance, out_dir):
         layer.eval()
         layer(x_local.detach()[:1] if batches[rank] else x[:1])
         eval_calls = calls['all_reduce'] - forward_calls - backward_calls
-        torch.save(dict(
+        breaks = None
+        if compiled:  # where dynamo breaks the graph in a distributed training forward
+            import copy
+            probe = copy.deepcopy(layer).train()
+            explanation = torch._dynamo.explain(probe)(x_local.detach())
+            breaks = [str(r.reason) for r in explanation.break_reasons]
+        torch.save(dict(breaks=breaks,
             y=y.detach(), x_grad=x_local.grad,
             param_grads={n: getattr(layer, n).grad for n in PARAM_NAMES},
             running_mean=layer.running_mean, running_var=layer.running_var,
@@ -71,8 +80,19 @@ def _worker(rank, world_size, init_file, batches, in_variance, out_dir):
     ((4, 0), 'unbiased'),
 ])
 def test_sync_sn_equals_sn_on_union_batch(tmp_path, batches, in_variance):
-    mp.spawn(_worker, args=(2, str(tmp_path / 'init'), batches, in_variance, str(tmp_path)),
-             nprocs=2, join=True)
+    _check_against_union_batch(tmp_path, batches, in_variance, compiled=False)
+
+
+def test_compiled_sync_sn_equals_sn_on_union_batch(tmp_path):
+    """torch.compile of SyncSN in a 2-process run: same results, the collectives inside the op."""
+    results = _check_against_union_batch(tmp_path, (3, 2), 'unbiased', compiled=True)
+    for r in results:  # the collectives run inside the op: dynamo sees one node, no break
+        assert r['breaks'] == [], r['breaks']
+
+
+def _check_against_union_batch(tmp_path, batches, in_variance, compiled):
+    mp.spawn(_worker, args=(2, str(tmp_path / 'init'), batches, in_variance, str(tmp_path),
+                            compiled), nprocs=2, join=True)
     results = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
 
     reference = _make_layer(SwitchableNorm, in_variance)
@@ -93,6 +113,7 @@ def test_sync_sn_equals_sn_on_union_batch(tmp_path, batches, in_variance):
         assert_close(r['running_var'], reference.running_var, **tol)
         # Exactly one collective per layer in forward and one in backward, none in eval.
         assert (r['forward_calls'], r['backward_calls'], r['eval_calls']) == (1, 1, 0)
+    return results
 
 
 def test_sync_sn_without_process_group_is_sn():
