@@ -697,20 +697,45 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sn_backward_cpu(
     dot = sums[0].view({n, c});
     grad_shift = sums[1].view({n, c});
   }
-  auto grad_scale = torch::addcmul(dot, mean_in, grad_shift);
-  auto u = var_in * factor;
+  // grad_scale = sum g x = dot + mean * sum g (in place of dot), u = factor * var_in
+  auto mean_c = mean_in.contiguous();
+  auto grad_scale = dot.contiguous();
+  auto u = torch::empty_like(mean_c);
+  AT_DISPATCH_FLOATING_TYPES(acc, "sn_backward_pre", [&] {
+    scalar_t* gs = grad_scale.data_ptr<scalar_t>();
+    const scalar_t* t = grad_shift.data_ptr<scalar_t>();
+    const scalar_t* m = mean_c.data_ptr<scalar_t>();
+    const scalar_t* v = var_in.contiguous().data_ptr<scalar_t>();
+    scalar_t* up = u.data_ptr<scalar_t>();
+    const scalar_t f = static_cast<scalar_t>(factor);
+    for (int64_t i = 0; i < n * c; ++i) {
+      gs[i] += m[i] * t[i];
+      up[i] = f * v[i];
+    }
+  });
   auto w = weight.to(acc).contiguous();
   auto a = mean_weights.to(acc).contiguous(), bb = var_weights.to(acc).contiguous();
   if (softmax) {
     a = small_softmax(a);
     bb = small_softmax(bb);
   }
-  auto mix = mix_backward(grad_scale, grad_shift, mean_in.contiguous(), u, w, a, bb,
+  auto mix = mix_backward(grad_scale, grad_shift, mean_c, u, w, a, bb,
                           bn_mean.contiguous(), bn_var.contiguous(), bn_mode, eps);
   Tensor grad_x = torch::empty({0}, x.options());
   if (need_input_grad && x.numel() > 0) {
-    auto k = mix[2] * (factor * 2.0 / double(length));
-    auto cst = torch::addcmul(mix[1] / double(length), mean_in, k, -1);
+    // dx = scale g + k x + c with k = 2 f g_u / L, c = g_mu / L - mean k (in place)
+    auto k = mix[2], cst = mix[1];
+    AT_DISPATCH_FLOATING_TYPES(acc, "sn_backward_post", [&] {
+      scalar_t* kp = k.data_ptr<scalar_t>();
+      scalar_t* cp = cst.data_ptr<scalar_t>();
+      const scalar_t* m = mean_c.data_ptr<scalar_t>();
+      const scalar_t kf = static_cast<scalar_t>(factor * 2.0 / double(length));
+      const scalar_t inv_l = static_cast<scalar_t>(1.0 / double(length));
+      for (int64_t i = 0; i < n * c; ++i) {
+        kp[i] *= kf;
+        cp[i] = cp[i] * inv_l - m[i] * kp[i];
+      }
+    });
     grad_x = input_grad(g, x, mix[0], k, cst);
   } else if (need_input_grad) {
     grad_x = torch::empty_like(x, at::MemoryFormat::Contiguous);
