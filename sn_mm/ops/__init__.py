@@ -2,7 +2,10 @@
 from .batch_average import BatchAverage
 from .convert import convert_sync_sn, revert_sync_sn
 from .functional import SwitchableNormFunction, switchable_norm
+from .sparse_switchable_norm import SparseSwitchableNorm, SyncSparseSwitchableNorm
+from .simplex import sparsemax, sparsestmax
 from .switchable_norm import BRANCHES, SwitchableNorm, SyncSwitchableNorm
 
 __all__ = ['BatchAverage', 'BRANCHES', 'SwitchableNorm', 'SyncSwitchableNorm',
-           'SwitchableNormFunction', 'switchable_norm', 'convert_sync_sn', 'revert_sync_sn']
+           'SwitchableNormFunction', 'switchable_norm', 'convert_sync_sn', 'revert_sync_sn',
+           'SparseSwitchableNorm', 'SyncSparseSwitchableNorm', 'sparsemax', 'sparsestmax']
