@@ -28,7 +28,7 @@ DEMO_DIR = osp.join(ROOT, 'configs', 'mask_rcnn_demo')
 LABELS = {
     'bn': 'BN / BN', 'syncbn': 'SyncBN / SyncBN', 'gn': 'GN / GN', 'sn': 'SN / SN',
     'syncsn': 'SyncSN / SyncSN', 'bn_sn-head': 'BN / SN', 'bn_gn-head': 'BN / GN',
-    'gn_sn-head': 'GN / SN',
+    'gn_sn-head': 'GN / SN', 'ssn': 'SSN / SSN',
 }
 
 

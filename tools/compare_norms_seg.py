@@ -31,7 +31,7 @@ sys.path.insert(0, osp.dirname(osp.dirname(osp.abspath(__file__))))
 from demo_seg import LAYOUTS, MODELS, NORMS, ROOT, train_and_test  # noqa: E402
 
 LABELS = {'syncbn': 'SyncBN (= BN on one process)', 'gn': 'GN (16 groups)', 'sn': 'SN',
-          'syncsn': 'SyncSN (= SN on one process)'}
+          'syncsn': 'SyncSN (= SN on one process)', 'ssn': 'SSN (sparsestmax)'}
 TITLES = {'cityscapes': 'Cityscapes-layout demo', 'ade20k': 'ADE20K-layout demo'}
 
 
@@ -114,7 +114,7 @@ def main(argv=None):
             print(f'=== {args.model} {norm} on the {layout}-layout demo ===', flush=True)
             r = train_and_test(args.model, norm, layout, args.data_root, args.work_dir,
                                args.iters, args.threads, echo=False)
-            if norm in ('sn', 'syncsn'):
+            if norm in ('sn', 'syncsn', 'ssn'):
                 r['shares'] = sn_shares(r['checkpoint'])
             results[(norm, layout)] = r
             print(f'    mIoU {r["test"]["mIoU"]:.2f}, {r["sec_per_iter"]:.2f} s/iter, '

@@ -29,7 +29,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 LAYOUTS = ('cityscapes', 'ade20k')
-NORMS = ('sn', 'syncsn', 'syncbn', 'gn')
+NORMS = ('sn', 'syncsn', 'syncbn', 'gn', 'ssn')
 MODELS = ('deeplabv3', 'deeplabv3plus')
 NUMBER = r'(?:np\.float\d+\()?([-\d.]+|nan)\)?'  # numpy 2 prints np.float32(1.5)
 

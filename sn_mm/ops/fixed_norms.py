@@ -121,8 +121,9 @@ class FixedMixtureNorm(nn.Module):
         self.num_features, self.eps, self.in_variance = num_features, float(eps), in_variance
         self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
-        self.register_buffer('mean_weights', torch.tensor(mean_weights))
-        self.register_buffer('var_weights', torch.tensor(var_weights))
+        # float64 first: exact values of the source weights; .to(dtype) casts with the model
+        self.register_buffer('mean_weights', torch.tensor(mean_weights, dtype=torch.float64))
+        self.register_buffer('var_weights', torch.tensor(var_weights, dtype=torch.float64))
         both = [m + v for m, v in zip(mean_weights, var_weights)]
         self.branches = tuple(b for b, s in zip(BRANCHES, both) if s > 0)
         if 'BN' in self.branches:
