@@ -144,3 +144,35 @@ def test_sync_conversion_keeps_the_sparse_class_and_state():
     layer.set_radius(0.2)
     sync = convert_sync_sn(torch.nn.Sequential(layer))[0].eval()
     assert_close(sync(x), layer(x))  # outside a distributed run: SSN exactly
+
+
+@pytest.mark.parametrize('type_name,cls', [('SSN', SparseSwitchableNorm),
+                                           ('SyncSSN', SyncSparseSwitchableNorm)])
+def test_registered_for_norm_cfg(type_name, cls):
+    from mmcv.cnn import build_norm_layer
+
+    import sn_mm  # noqa: F401
+    name, layer = build_norm_layer(dict(type=type_name, using_bn=False), 16, postfix=1)
+    assert name == 'sn1' and type(layer) is cls and not layer.using_bn
+
+
+def test_analysis_reads_ssn_checkpoints_with_sparsestmax():
+    from sn_mm.analysis import ratios_from_model, ratios_from_state_dict
+    model = torch.nn.Sequential(randomized(SparseSwitchableNorm(4)),
+                                randomized(SparseSwitchableNorm(4, using_bn=False), seed=1),
+                                randomized(SwitchableNorm(4), seed=2))
+    model[0].set_radius(0.3)
+    model[1].set_radius(0.9)
+    model[1].freeze_one_hot()
+    saved = {r.name: r for r in ratios_from_state_dict(model.state_dict())}
+    live = {r.name: r for r in ratios_from_model(model)}
+    for name, layer in (('0', model[0]), ('1', model[1])):
+        mean, var = layer.importance()
+        expected_mean = mean.tolist() + [0.0] * (3 - mean.numel())
+        assert saved[name].mean == pytest.approx(expected_mean, abs=1e-6)
+        assert live[name].var == pytest.approx(saved[name].var, abs=1e-6)
+    assert saved['1'].mean[2] == 0.0 and max(saved['1'].mean) == 1.0  # frozen: one-hot
+    soft0 = torch.softmax(model[0].mean_weight.detach().double(), 0).tolist()
+    assert saved['0'].mean != pytest.approx(soft0, abs=1e-3)  # not read as softmax
+    softmax = torch.softmax(model[2].mean_weight.detach().double(), 0).tolist()
+    assert saved['2'].mean == pytest.approx(softmax)  # plain SN: softmax as before
