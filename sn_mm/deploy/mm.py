@@ -25,8 +25,15 @@ from .convert import Conversion, apply_plan, to_fixed_norms
 
 
 def build_fixed_norm_model(model: dict, layers: Sequence[dict] = (),
-                           conv_biases: Sequence[str] = ()):
-    """Build ``model`` (in the current default scope), then give it the converted structure."""
+                           conv_biases: Sequence[str] = (), **defaults):
+    """Build ``model`` (in the current default scope), then give it the converted structure.
+
+    Other keys are defaults for ``model`` (mmengine's Runner adds the config's top-level
+    ``data_preprocessor`` this way, as mmseg configs have one).
+    """
+    model = dict(model)
+    for key, value in defaults.items():
+        model.setdefault(key, value)
     net = MODELS.build(model)
     return apply_plan(net, layers, conv_biases)
 
