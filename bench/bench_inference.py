@@ -19,22 +19,27 @@ every model; the interleaving spreads it evenly).
     python bench/bench_inference.py [--task det|seg] [--size 256] [--repeats 15]
                                     [--choice mixed|bn] [--checkpoint SSN.pth] [--threads N]
 """
-import argparse
-import copy
-import datetime
 import os
-import os.path as osp
-import platform
-import statistics
-import time
 
-import torch
-from mmengine.config import Config
-from mmengine.registry import init_default_scope
+# Under CPU contention OpenMP's spinning barriers make multi-threaded torch far slower than
+# it needs to be (as in tools/demo.py); set before torch is imported.
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')
 
-import sn_mm  # noqa: F401
-from sn_mm.deploy import to_fixed_norms
-from sn_mm.ops import SparseSwitchableNorm
+import argparse  # noqa: E402
+import copy  # noqa: E402
+import datetime  # noqa: E402
+import os.path as osp  # noqa: E402
+import platform  # noqa: E402
+import statistics  # noqa: E402
+import time  # noqa: E402
+
+import torch  # noqa: E402
+from mmengine.config import Config  # noqa: E402
+from mmengine.registry import init_default_scope  # noqa: E402
+
+import sn_mm  # noqa: F401,E402
+from sn_mm.deploy import to_fixed_norms  # noqa: E402
+from sn_mm.ops import SparseSwitchableNorm  # noqa: E402
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIGS = {

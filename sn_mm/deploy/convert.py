@@ -375,7 +375,7 @@ def format_report(layers: Sequence[LayerReport]) -> str:
                      f'{r.became}  ({dev})')
     counts: Dict[str, int] = {}
     for r in layers:
-        key = 'BatchNorm2d (folded)' if r.folded_into else describe(r.spec).split('(')[0]
+        key = 'BatchNorm2d (folded)' if r.folded_into else r.spec['type']
         counts[key] = counts.get(key, 0) + 1
     lines.append('totals: ' + ', '.join(f'{k} {v}' for k, v in sorted(counts.items())))
     return '\n'.join(lines)
