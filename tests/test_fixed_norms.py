@@ -188,3 +188,17 @@ def test_bad_input_is_named():
         FixedMixtureNorm(2, [0.5, 0.6, 0.0], [1.0, 0.0, 0.0])
     with pytest.raises(ValueError, match=r'expects input \(N, 2, \*spatial\)'):
         BesselLayerNorm(2)(torch.zeros(2, 3, 4))
+
+
+@pytest.mark.parametrize('mean_branch,var_branch,expected', [
+    (IN, IN, SNInstanceNorm), (LN, LN, BesselLayerNorm), (IN, LN, FixedMixtureNorm),
+    (LN, IN, FixedMixtureNorm)])
+def test_two_logit_layers(mean_branch, var_branch, expected):
+    """using_bn=False (the official (8, 1) layout): [IN, LN] only, no running statistics."""
+    layer = choose(trained(SparseSwitchableNorm(6, using_bn=False)), mean_branch, var_branch)
+    new = to_fixed_norms(nn.Sequential(layer)).model[0]
+    assert type(new) is expected and not hasattr(new, 'running_mean')
+    exact = copy.deepcopy(layer).double()
+    for shape in SHAPES:
+        x = inputs(shape)
+        assert_close(new(x).double(), exact(x.double()), atol=1e-5, rtol=1e-5)

@@ -33,7 +33,6 @@ entries keep the layer's current values instead of being reported missing.
 from typing import Tuple
 
 import torch
-import torch.nn.functional as F
 
 from .simplex import sparsestmax
 from .switchable_norm import SwitchableNorm, SyncSwitchableNorm
@@ -71,8 +70,8 @@ class _SparseMixin:
         logits = torch.stack([self.mean_weight, self.var_weight])
         weights = sparsestmax(logits, self.radius)
         fixed = torch.stack([self.mean_fixed, self.var_fixed]).unsqueeze(-1)
-        one_hot = F.one_hot(logits.detach().argmax(-1), logits.shape[-1]).to(weights.dtype)
-        weights = torch.where(fixed, one_hot, weights)
+        weights = torch.where(fixed, _one_hot(logits.detach().argmax(-1, keepdim=True),
+                                              logits.shape[-1], weights.dtype), weights)
         return weights[0], weights[1]
 
     def one_hot(self) -> torch.Tensor:
@@ -98,7 +97,7 @@ class _SparseMixin:
         frozen = self.frozen | decision.to(self.mean_fixed.device).reshape(())
         for logits, flag, w in ((self.mean_weight, self.mean_fixed, weights[0]),
                                 (self.var_weight, self.var_fixed, weights[1])):
-            choice = F.one_hot(w.argmax(), w.numel()).to(logits.dtype)
+            choice = _one_hot(w.argmax(), w.numel(), logits.dtype)
             logits.copy_(torch.where(frozen, choice, logits))
             flag.copy_(frozen)
         return frozen
@@ -114,6 +113,11 @@ class _SparseMixin:
             state_dict.setdefault(prefix + name, getattr(self, name).detach().clone())
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
+
+
+def _one_hot(index: torch.Tensor, k: int, dtype: torch.dtype) -> torch.Tensor:
+    """One-hot rows by comparison (``F.one_hot`` may validate indices with a host sync)."""
+    return (torch.arange(k, device=index.device) == index).to(dtype)
 
 
 def _both_one_hot(mean_w: torch.Tensor, var_w: torch.Tensor) -> torch.Tensor:
