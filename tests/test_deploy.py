@@ -201,3 +201,15 @@ def test_deeplabv3_demo_model(scope):
     assert_converts_exactly(model, run, x)
     # one image: single-sample 1x1 maps in the image pool (torch's GroupNorm refuses them)
     assert_converts_exactly(model, run, torch.randn(1, 3, 48, 64))
+
+
+def test_model_deviation_flags_structural_differences():
+    from sn_mm.deploy.mm import max_abs_difference
+    a = [dict(scores=torch.tensor([0.5, 0.25]), labels=torch.tensor([1, 2]))]
+    assert max_abs_difference(a, [dict(scores=torch.tensor([0.5, 0.5]),
+                                       labels=torch.tensor([1, 2]))]) == 0.25
+    assert max_abs_difference(a, [dict(scores=torch.tensor([0.5]),  # one detection fewer
+                                       labels=torch.tensor([1]))]) == float('inf')
+    assert max_abs_difference(a, [dict(scores=torch.tensor([0.5, 0.25]),
+                                       labels=torch.tensor([1, 3]))]) == float('inf')
+    assert max_abs_difference('x', 'y') is None

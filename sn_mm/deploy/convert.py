@@ -199,42 +199,60 @@ def fold_bn_into_conv(conv: nn.Conv2d, bn: nn.BatchNorm2d) -> None:
 
 
 # -------------------------------------------------------------------- conversion
-class _Recorder:
-    """Forward hooks: inputs of SN layers and candidate convs, and whether each candidate
-    norm only ever received its conv's output."""
+class _Checker:
+    """Forward hooks measuring, call by call, each replacement against the original layer
+    (memory: one pending conv output at a time, not every layer's input).
 
-    def __init__(self, model, sn_names, pairs):
-        self.inputs: Dict[str, list] = {n: [] for n in sn_names}
-        self.conv_inputs: Dict[str, list] = {}
-        self.last_out: Dict[str, object] = {}
-        self.direct = {norm: True for _, norm in pairs}
+    A folded pair compares the folded conv's output with the original SN's output on the
+    original conv's output; it only counts as *direct* if the norm received exactly the
+    conv's output tensor on every call.
+    """
+
+    def __init__(self, modules, replacements, folds):
+        self.replacements, self.folds = replacements, folds  # name -> module; norm -> (conv, folded)
+        self.deviation: Dict[str, Optional[float]] = {}
+        self.calls: Dict[str, int] = {}
+        self.direct = {norm: True for norm in folds}
+        self.last_out, self.pending = {}, {}
         self.handles = []
-        conv_of = {norm: conv for conv, norm in pairs}
-        modules = dict(model.named_modules())
-        for name in sn_names:
-            self.handles.append(modules[name].register_forward_pre_hook(
-                self._norm_hook(name, conv_of.get(name))))
-        for conv, _ in pairs:
-            self.conv_inputs[conv] = []
-            self.handles.append(modules[conv].register_forward_hook(self._conv_hook(conv)))
+        for name in replacements:
+            self.deviation[name], self.calls[name] = None, 0
+            self.handles.append(modules[name].register_forward_pre_hook(self._pre(name)))
+            self.handles.append(modules[name].register_forward_hook(self._post(name)))
+        for norm, (conv, folded) in folds.items():
+            self.handles.append(modules[conv].register_forward_hook(self._conv(norm, folded)))
 
-    def _norm_hook(self, name, conv):
+    def _conv(self, norm, folded):
+        def hook(module, args, output):
+            self.last_out[norm] = output
+            self.pending[norm] = folded(args[0])
+        return hook
+
+    def _pre(self, name):
         def hook(module, args):
-            self.inputs[name].append(args[0].detach())
-            if conv is not None and self.last_out.get(conv) is not args[0]:
+            if name in self.folds and self.last_out.pop(name, None) is not args[0]:
                 self.direct[name] = False
         return hook
 
-    def _conv_hook(self, name):
+    def _post(self, name):
         def hook(module, args, output):
-            self.conv_inputs[name].append(args[0].detach())
-            self.last_out[name] = output
+            if name in self.folds:
+                new = self.pending.pop(name, None)
+                if new is None or not self.direct[name]:
+                    return
+            else:
+                new = self.replacements[name](args[0])
+            self.calls[name] += 1
+            dev = _max_dev([(output, new)])
+            old = self.deviation[name]
+            self.deviation[name] = dev if old is None else max(old, dev)
         return hook
 
     def close(self):
         for h in self.handles:
             h.remove()
         self.last_out.clear()
+        self.pending.clear()
 
 
 def to_fixed_norms(model: nn.Module, tol: float = 0.0,
@@ -247,8 +265,8 @@ def to_fixed_norms(model: nn.Module, tol: float = 0.0,
         tol: a weight vector with ``1 - max(w) <= tol`` counts as one-hot (0: exact only).
         forward: ``forward(model)`` runs one batch through the model (no grad, eval mode
             is set here). With it, each layer's largest output deviation (converted vs
-            original, on the inputs that reached it) is measured, and a conv/norm pair is
-            folded only if the norm saw nothing but that conv's output.
+            original, on the inputs that reached it, call by call) is measured, and a
+            conv/norm pair is folded only if the norm saw nothing but that conv's output.
         fold: fold BN choices into their convolution (:func:`conv_norm_pairs`).
         inplace: convert ``model`` itself (default: a deep copy).
 
@@ -261,57 +279,46 @@ def to_fixed_norms(model: nn.Module, tol: float = 0.0,
     if not inplace:
         model = copy.deepcopy(model)
     model.eval()  # the converted model is an inference model
-    sn_names = [n for n, m in model.named_modules() if isinstance(m, SwitchableNorm)]
+    modules = dict(model.named_modules())
+    sn_names = [n for n, m in modules.items() if isinstance(m, SwitchableNorm)]
     if not sn_names:
         raise ValueError(f'no SwitchableNorm / SSN layer found in {type(model).__name__}')
-    modules = dict(model.named_modules())
-    recorder = None
+    reports, replacements = {}, {}
+    for name in sn_names:
+        spec, mean_w, var_w = spec_of(modules[name], tol)
+        replacements[name] = _filled(modules[name], spec).eval()
+        reports[name] = LayerReport(name, mean_w, var_w, spec, describe(spec))
+    folds = {}  # norm -> (conv, the conv with the BN folded in)
+    if fold:
+        for conv_name, norm_name in conv_norm_pairs(model):
+            new = replacements.get(norm_name)
+            used = {conv for conv, _ in folds.values()}
+            if isinstance(new, nn.BatchNorm2d) and norm_name not in folds \
+                    and conv_name not in used:
+                folded = copy.deepcopy(modules[conv_name])
+                fold_bn_into_conv(folded, new)
+                folds[norm_name] = (conv_name, folded)
+    checker = None
     if forward is not None:
-        recorder = _Recorder(model, sn_names, conv_norm_pairs(model))
+        checker = _Checker(modules, replacements, folds)
         try:
             with torch.no_grad():
                 forward(model)
         finally:
-            recorder.close()
-
-    reports, old_layers = {}, {}
+            checker.close()
+        folds = {n: f for n, f in folds.items() if checker.direct[n]}
     for name in sn_names:
-        layer = modules[name]
-        spec, mean_w, var_w = spec_of(layer, tol)
-        model.set_submodule(name, _filled(layer, spec))
-        old_layers[name] = layer
-        reports[name] = LayerReport(name, mean_w, var_w, spec, describe(spec))
-    if fold:
-        modules = dict(model.named_modules())
-        for conv_name, norm_name in conv_norm_pairs(model):
-            report = reports.get(norm_name)
-            if report is None or report.spec['type'] != 'BatchNorm2d':
-                continue
-            if recorder is not None and not recorder.direct.get(norm_name, False):
-                continue  # the norm saw something else than this conv's output
-            conv = modules[conv_name]
-            if recorder is not None:
-                old_conv = copy.deepcopy(conv)
-            fold_bn_into_conv(conv, modules[norm_name])
-            model.set_submodule(norm_name, nn.Identity())
+        report = reports[name]
+        if name in folds:
+            conv_name, folded = folds[name]
+            model.set_submodule(conv_name, folded)
+            model.set_submodule(name, nn.Identity())
             report.folded_into = conv_name
             report.became = f'BatchNorm2d folded into {conv_name}'
-            if recorder is not None:
-                old = old_layers[norm_name]
-                with torch.no_grad():
-                    report.max_deviation = _max_dev(
-                        (old(old_conv(x)), conv(x)) for x in recorder.conv_inputs[conv_name])
-                report.calls = len(recorder.conv_inputs[conv_name])
-    if recorder is not None:
-        modules = dict(model.named_modules())
-        for name in sn_names:
-            report = reports[name]
-            if report.folded_into is None:
-                old, new = old_layers[name], modules[name]
-                with torch.no_grad():
-                    report.max_deviation = _max_dev((old(x), new(x))
-                                                    for x in recorder.inputs[name])
-                report.calls = len(recorder.inputs[name])
+        else:
+            model.set_submodule(name, replacements[name])
+        if checker is not None:
+            report.max_deviation, report.calls = checker.deviation[name], checker.calls[name]
     return Conversion(model, [reports[n] for n in sn_names])
 
 

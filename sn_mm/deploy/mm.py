@@ -42,18 +42,27 @@ MODELS.register_module('FixedNormModel', module=build_fixed_norm_model, force=Tr
 
 
 def max_abs_difference(a, b) -> Optional[float]:
-    """Largest |a - b| over the tensors of two nested outputs with the same structure
-    (lists, tuples, dicts, mmengine data elements); None if no tensor pair matches."""
+    """Largest |a - b| over the tensors of two nested outputs (lists, tuples, dicts,
+    mmengine data elements); ``inf`` where they differ in structure, shape, or in the
+    values of non-float tensors (e.g. a different number of detections or labels);
+    None if there is no tensor at all."""
+    inf = float('inf')
     if isinstance(a, torch.Tensor) and isinstance(b, torch.Tensor):
-        if a.shape != b.shape or not a.is_floating_point():
-            return None if a.shape != b.shape else float((a != b).any())
+        if a.shape != b.shape:
+            return inf
+        if not a.is_floating_point():
+            return 0.0 if torch.equal(a, b) else inf
         return float((a.double() - b.double()).abs().max()) if a.numel() else 0.0
     if hasattr(a, 'to_dict') and hasattr(b, 'to_dict'):
         a, b = a.to_dict(), b.to_dict()
     pairs = []
     if isinstance(a, dict) and isinstance(b, dict):
-        pairs = [(a[k], b[k]) for k in a if k in b]
-    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)) and len(a) == len(b):
+        if set(a) != set(b):
+            return inf
+        pairs = [(a[k], b[k]) for k in a]
+    elif isinstance(a, (list, tuple)) and isinstance(b, (list, tuple)):
+        if len(a) != len(b):
+            return inf
         pairs = list(zip(a, b))
     values = [v for v in (max_abs_difference(x, y) for x, y in pairs) if v is not None]
     return max(values) if values else None
