@@ -5,8 +5,8 @@
                               [--cfg-options k=v ...]
 
 Writes ``FILE.pth`` (the converted state dict; the per-layer report in its ``meta``) and
-``FILE.py``, a config that ``tools/test.py FILE.py FILE.pth`` (or mmdet's / mmseg's own
-``tools/test.py``) runs: the original config with its model wrapped in
+``FILE.py``, a config that ``tools/test.py FILE.py FILE.pth`` runs (an ordinary config:
+mmdet's own ``tools/test.py`` runs it too): the original config with its model wrapped in
 ``dict(type='FixedNormModel', model=..., layers=..., conv_biases=...)``.
 
 Every SN/SSN layer whose mean and variance importances are one-hot on the same

@@ -209,7 +209,8 @@ class _Checker:
     """
 
     def __init__(self, modules, replacements, folds):
-        self.replacements, self.folds = replacements, folds  # name -> module; norm -> (conv, folded)
+        # replacements: name -> module; folds: norm name -> (conv name, folded conv)
+        self.replacements, self.folds = replacements, folds
         self.deviation: Dict[str, Optional[float]] = {}
         self.calls: Dict[str, int] = {}
         self.direct = {norm: True for norm in folds}

@@ -58,7 +58,7 @@ def _affine(y: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor) -> torch.
 
 
 class SNInstanceNorm(nn.GroupNorm):
-    r"""IN as SN defines it: :math:`\gamma (x-\mu)/\sqrt{f v + \epsilon} + \beta`, a ``GroupNorm(C, C)``.
+    r"""IN as SN defines it, :math:`\gamma (x-\mu)/\sqrt{f v+\epsilon}+\beta`: a GroupNorm(C, C).
 
     Same parameters (``weight``, ``bias``) and, in ``'biased'`` mode (``f = 1``), the same
     output as ``nn.GroupNorm(C, C)``; in ``'unbiased'`` mode the variance carries Bessel's
