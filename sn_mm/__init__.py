@@ -4,11 +4,13 @@
 effects, and no others:
 
 - registers the ``torch.ops.sn_mm`` custom ops (``sn_mm.ops.functional``);
-- registers ``SN`` and ``SyncSN`` in mmengine's root ``MODELS`` (``sn_mm.registry``), so
-  mmcv's ``build_norm_layer`` finds them from every scope (mmdet, mmseg);
+- registers ``SN``, ``SyncSN`` and the sparse ``SSN``, ``SyncSSN`` in mmengine's root
+  ``MODELS`` (``sn_mm.registry``), so mmcv's ``build_norm_layer`` finds them from every
+  scope (mmdet, mmseg), and ``FixedNormModel``, the builder of converted models
+  (``sn_mm.deploy``);
 - registers the engine pieces in the root registries (``sn_mm.engine``): the optimizer
   constructor ``SNOptimWrapperConstructor`` and the hooks ``SNRatioHook``,
-  ``SNBatchAverageHook``;
+  ``SNBatchAverageHook``, ``SSNRadiusHook``;
 - replaces the mmengine components listed in :mod:`sn_mm.compat` (safe checkpoint
   loaders where torch needs them, and ``'Pretrained'`` with an SN ``using_bn`` check).
 
@@ -19,13 +21,14 @@ torch alone.
 """
 import importlib.util
 
-from .ops import (SwitchableNorm, SyncSwitchableNorm, convert_sync_sn,  # noqa: F401
-                  revert_sync_sn)
+from .ops import (SparseSwitchableNorm, SwitchableNorm, SyncSparseSwitchableNorm,  # noqa: F401
+                  SyncSwitchableNorm, convert_sync_sn, revert_sync_sn, sparsemax, sparsestmax)
 from .version import __version__  # noqa: F401
 
 if importlib.util.find_spec('mmengine') is not None:
     from . import engine  # noqa: F401  (registration side effects)
     from . import registry  # noqa: F401  (registration side effect)
+    from . import deploy  # noqa: F401  (registers FixedNormModel, the converted-model builder)
     from . import compat
 
     compat.install()

@@ -1,12 +1,16 @@
 """Register the SN layers in mmengine's root MODELS registry.
 
 mmcv's ``build_norm_layer`` and every downstream scope (mmdet, mmseg) fall back to the
-root registry, so ``norm_cfg=dict(type='SN')`` / ``dict(type='SyncSN')`` works in
-any OpenMMLab config once ``sn_mm`` is imported (``custom_imports=dict(imports=['sn_mm'])``).
+root registry, so ``norm_cfg=dict(type='SN')`` / ``dict(type='SyncSN')`` (and the sparse
+variants ``'SSN'`` / ``'SyncSSN'``) work in any OpenMMLab config once ``sn_mm`` is
+imported (``custom_imports=dict(imports=['sn_mm'])``).
 """
 from mmengine.registry import MODELS
 
-from .ops import SwitchableNorm, SyncSwitchableNorm
+from .ops import (SparseSwitchableNorm, SwitchableNorm, SyncSparseSwitchableNorm,
+                  SyncSwitchableNorm)
 
 MODELS.register_module('SN', module=SwitchableNorm)
 MODELS.register_module('SyncSN', module=SyncSwitchableNorm)
+MODELS.register_module('SSN', module=SparseSwitchableNorm)
+MODELS.register_module('SyncSSN', module=SyncSparseSwitchableNorm)

@@ -19,7 +19,7 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import sn_mm  # noqa: F401
 import sn_mm.datasets
-from sn_mm.ops import SwitchableNorm, SyncSwitchableNorm
+from sn_mm.ops import SparseSwitchableNorm, SwitchableNorm, SyncSwitchableNorm
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 COCO_DIR = osp.join(ROOT, 'configs', 'mask_rcnn')
@@ -45,9 +45,11 @@ DEMO_EXPECTED = {
     'mask-rcnn_r18_fpn_bn_sn-head_coco-demo.py': ('BN', 'SN'),
     'mask-rcnn_r18_fpn_bn_gn-head_coco-demo.py': ('BN', 'GN'),
     'mask-rcnn_r18_fpn_gn_sn-head_coco-demo.py': ('GN', 'SN'),
+    'mask-rcnn_r18_fpn_ssn-all_coco-demo.py': ('SSN', 'SSN'),
 }
 
-NORM_CLASSES = {'SN': SwitchableNorm, 'SyncSN': SyncSwitchableNorm, 'GN': nn.GroupNorm,
+NORM_CLASSES = {'SN': SwitchableNorm, 'SyncSN': SyncSwitchableNorm, 'SSN': SparseSwitchableNorm,
+                'GN': nn.GroupNorm,
                 'BN': nn.BatchNorm2d, 'FrozenBN': nn.BatchNorm2d, 'SyncBN': nn.SyncBatchNorm}
 
 
@@ -113,7 +115,7 @@ def norm_kind(layer: nn.Module) -> str:
     from mmengine.model.utils import _BatchNormXd
     if type(layer) is _BatchNormXd:  # what mmengine's revert_sync_batchnorm makes of SyncBN
         return 'SyncBN(reverted)'
-    for name in ('SyncSN', 'SN', 'GN', 'SyncBN', 'BN'):
+    for name in ('SyncSN', 'SN', 'SSN', 'GN', 'SyncBN', 'BN'):
         if type(layer) is NORM_CLASSES[name]:
             return name
     return type(layer).__name__

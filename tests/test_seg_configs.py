@@ -21,21 +21,22 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.testing import assert_close
 
 import sn_mm  # noqa: F401
-from sn_mm.ops import SwitchableNorm, SyncSwitchableNorm
+from sn_mm.ops import SparseSwitchableNorm, SwitchableNorm, SyncSwitchableNorm
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 REAL_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'deeplabv3', '*.py'))
                       + glob.glob(osp.join(ROOT, 'configs', 'deeplabv3plus', '*.py')))
 DEMO_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'seg_demo', '*.py')))
 ALL_CONFIGS = REAL_CONFIGS + DEMO_CONFIGS
-NORM_TYPES = {'sn': SwitchableNorm, 'syncsn': SyncSwitchableNorm, 'syncbn': SyncBatchNorm,
+NORM_TYPES = {'sn': SwitchableNorm, 'syncsn': SyncSwitchableNorm, 'ssn': SparseSwitchableNorm,
+              'syncbn': SyncBatchNorm,
               'gn': nn.GroupNorm}
-SN_TYPES = ('sn', 'syncsn')
+SN_TYPES = ('sn', 'syncsn', 'ssn')
 
 
 def _norm_key(path):
     """The normalizer named in the file name: ``..._r50-d8-<norm>[-in1k-official]_...``."""
-    match = re.search(r'-d8-(sn|syncsn|syncbn|gn)(-in1k-official)?_', osp.basename(path))
+    match = re.search(r'-d8-(sn|syncsn|ssn|syncbn|gn)(-in1k-official)?_', osp.basename(path))
     assert match, f'config name {osp.basename(path)} does not name its normalizer'
     return match.group(1)
 

@@ -72,7 +72,7 @@ def main(argv=None):
             work_dir = osp.join(args.work_dir, osp.splitext(osp.basename(config))[0])
             r = train_and_test(config, work_dir,
                                demo_options(osp.join(args.data_root, layout), args.iters))
-            if norm in ('sn', 'syncsn'):
+            if norm in ('sn', 'syncsn', 'ssn'):
                 r['shares'] = average_shares(ratios_from_checkpoint(r['checkpoint']))['both']
             results[(norm, layout)] = r
             print(f'    mIoU {r["test"]["mIoU"]:.2f}, {r["sec_per_iter"]:.2f} s/iter, '

@@ -2,7 +2,8 @@ r"""Learned SN importance ratios from checkpoints or live models.
 
 Each SN layer holds two vectors of pre-softmax logits, ``mean_weight`` and
 ``var_weight``, in the order [IN, LN, BN] (or [IN, LN] for ``using_bn=False``). The
-*ratios* (shares) are their softmaxes,
+*ratios* (shares) are their softmaxes (for a Sparse SN layer, recognised by its ``radius``
+buffer, their sparsestmax at that radius: :func:`sparsestmax_shares`),
 
 .. math:: w_k = \frac{e^{\lambda_k}}{\sum_j e^{\lambda_j}}, \quad k \in \{IN, LN, BN\},
 
@@ -73,6 +74,23 @@ def softmax_shares(logits) -> Shares:
     return tuple(shares)
 
 
+def sparsestmax_shares(logits, radius, fixed=None) -> Shares:
+    """float64 sparsestmax of an SSN layer's 2 or 3 logits at its saved ``radius``
+    (one-hot on the largest logit when its ``*_fixed`` flag is set) -> (IN, LN, BN)."""
+    from sn_mm.ops import sparsestmax
+
+    values = torch.as_tensor(logits).detach().to('cpu', torch.float64).flatten()
+    softmax_shares(values)  # the same validation (2 or 3 finite logits)
+    if fixed is not None and bool(torch.as_tensor(fixed)):
+        shares = torch.nn.functional.one_hot(values.argmax(), values.numel()).double()
+    else:
+        shares = sparsestmax(values, float(torch.as_tensor(radius)))
+    shares = shares.tolist()
+    if len(shares) == 2:
+        shares.append(0.0)
+    return tuple(shares)
+
+
 def _finish(raw: Sequence[Tuple[str, Shares, Shares, bool]]) -> List[LayerRatios]:
     by_name = {name: (mean, var, using_bn) for name, mean, var, using_bn in raw}
     names = depth_order([name for name, *_ in raw])
@@ -137,8 +155,13 @@ def ratios_from_state_dict(checkpoint: Mapping) -> List[LayerRatios]:
             raise ValueError(f'{prefix}mean_weight has {mean_logits.numel()} logits but '
                              f'{prefix}var_weight has {var_logits.numel()}; expected equal '
                              'lengths (3: [IN, LN, BN] or 2: [IN, LN])')
+        radius = state.get(prefix + 'radius')  # an SSN layer: sparsestmax, not softmax
         try:
-            mean, var = softmax_shares(mean_logits), softmax_shares(var_logits)
+            if radius is None:
+                mean, var = softmax_shares(mean_logits), softmax_shares(var_logits)
+            else:
+                mean = sparsestmax_shares(mean_logits, radius, state.get(prefix + 'mean_fixed'))
+                var = sparsestmax_shares(var_logits, radius, state.get(prefix + 'var_fixed'))
         except ValueError as err:
             raise ValueError(f'SN layer {name!r}: {err}') from None
         raw.append((name, mean, var, mean_logits.numel() == 3))

@@ -22,11 +22,12 @@ DET_NORMS = {
     'bn_sn-head': ('BN / SN', 'mask-rcnn_r18_fpn_bn_sn-head_coco-demo.py'),
     'bn_gn-head': ('BN / GN', 'mask-rcnn_r18_fpn_bn_gn-head_coco-demo.py'),
     'gn_sn-head': ('GN / SN', 'mask-rcnn_r18_fpn_gn_sn-head_coco-demo.py'),
+    'ssn': ('SSN / SSN', 'mask-rcnn_r18_fpn_ssn-all_coco-demo.py'),
 }
 
 #: segmentation: name (the ``-<norm>_`` of configs/seg_demo/*) -> table label
 SEG_NORMS = {'syncbn': 'SyncBN (= BN on one process)', 'gn': 'GN (16 groups)', 'sn': 'SN',
-             'syncsn': 'SyncSN (= SN on one process)'}
+             'syncsn': 'SyncSN (= SN on one process)', 'ssn': 'SSN (sparsestmax)'}
 SEG_TITLES = {'cityscapes': 'Cityscapes-layout demo', 'ade20k': 'ADE20K-layout demo'}
 
 

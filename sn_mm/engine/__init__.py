@@ -4,3 +4,4 @@ from . import checkpoint  # noqa: F401
 from . import sn_ratio_hook  # noqa: F401
 from . import pretrained  # noqa: F401
 from . import batch_average_hook  # noqa: F401
+from . import ssn_radius_hook  # noqa: F401

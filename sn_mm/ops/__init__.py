@@ -5,7 +5,10 @@
 from .batch_average import BatchAverage
 from .convert import convert_sync_sn, revert_sync_sn
 from .functional import switchable_norm
+from .simplex import sparsemax, sparsestmax
+from .sparse_switchable_norm import SparseSwitchableNorm, SyncSparseSwitchableNorm
 from .switchable_norm import BRANCHES, SwitchableNorm, SyncSwitchableNorm
 
 __all__ = ['BatchAverage', 'BRANCHES', 'SwitchableNorm', 'SyncSwitchableNorm',
-           'switchable_norm', 'convert_sync_sn', 'revert_sync_sn']
+           'switchable_norm', 'convert_sync_sn', 'revert_sync_sn',
+           'SparseSwitchableNorm', 'SyncSparseSwitchableNorm', 'sparsemax', 'sparsestmax']
