@@ -127,10 +127,12 @@ def test_no_global_module_hook():
     assert not torch_module._global_forward_pre_hooks
 
 
-def test_owner_survives_convert_sync_sn():
+def test_owner_survives_convert_sync_sn(recwarn):
     model = _build('mmdet', norm_eval=True)
     sn_mm.convert_sync_sn(model)
     model.train()
+    assert not [w for w in recwarn if 'froze the importance logits' in str(w.message)]
+    assert all(not m.mean_weight.requires_grad for _, m in _sn(model))
     assert all(not m.training for _, m in _sn(model))
     assert all(type(m).__name__ == 'SyncSwitchableNorm' for _, m in _sn(model))
 

@@ -13,6 +13,7 @@ _PLAIN_OF = {sync: plain for plain, sync in _SYNC_OF.items()}
 
 
 def _rebuild(layer: SwitchableNorm, cls, **extra) -> SwitchableNorm:
+    norm_eval.resolve_pending_freeze(layer)  # before the logits move to the new layer
     new = cls(layer.num_features, **layer.config(), **extra)
     # Same Parameter/buffer objects: optimizer state and sharing are preserved.
     for name, param in layer.named_parameters(recurse=False):
