@@ -210,3 +210,16 @@ def test_mmengine_compile_trains_the_deeplabv3_sn_demo(tmp_path):
     layers = [m for m in runner.model.modules() if isinstance(m, SwitchableNorm)]
     assert layers and all(not torch.equal(m.running_var, torch.ones_like(m.running_var))
                           for m in layers)
+
+
+@pytest.mark.parametrize('norm,sync_type,plain_type', [
+    ('syncsn', 'SyncSwitchableNorm', SwitchableNorm),
+    ('syncbn', 'SyncBatchNorm', nn.modules.batchnorm._BatchNorm)])  # mmengine's _BatchNormXd
+def test_build_model_reverts_synchronized_norms(norm, sync_type, plain_type):
+    """What is exported of a SyncSN (SyncBN) config is SN (BN) in eval mode: the same math."""
+    config = SEG_CONFIG.replace('-sn_demo', f'-{norm}_demo')
+    model = build_model(Config.fromfile(config))
+    assert not model.training
+    names = {type(m).__name__ for m in model.modules()}
+    assert sync_type not in names, names
+    assert sum(isinstance(m, plain_type) for m in model.modules()) > 20
