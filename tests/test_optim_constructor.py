@@ -49,3 +49,32 @@ def test_default_keeps_base_decay_and_custom_keys_win():
 def test_bad_sn_decay_mult_is_named():
     with pytest.raises(ValueError, match=r"sn_decay_mult must be a non-negative number, got -1"):
         _decays(_resnet18_sn(), dict(sn_decay_mult=-1))
+
+
+def test_param_groups_are_plain_dicts_so_dynamo_traces_the_step():
+    """mmengine's compile=True compiles train_step, optimizer.step() included; dynamo
+    cannot trace it over ConfigDict groups, which mmengine's constructor makes from a
+    config's ConfigDict (what the Runner passes)."""
+    import torch
+    from mmengine.config import ConfigDict
+    from torch import nn
+    model = nn.Sequential(nn.Conv2d(3, 4, 3), SwitchableNorm(4))
+    wrapper = build_optim_wrapper(model, ConfigDict(
+        optimizer=dict(type='SGD', lr=0.01, momentum=0.9, weight_decay=1e-4),
+        constructor='SNOptimWrapperConstructor', paramwise_cfg=dict(sn_decay_mult=0.0)))
+    assert all(type(group) is dict for group in wrapper.optimizer.param_groups)
+    assert [g['weight_decay'] for g in wrapper.optimizer.param_groups] == [1e-4] * 2 + [0.0] * 4
+    torch._dynamo.reset()
+
+    def step(x):
+        loss = model(x).square().mean()
+        wrapper.update_params(loss)
+        return loss.detach()
+
+    before = model[0].weight.detach().clone()
+    compiled = torch.compile(step, backend='eager')
+    for seed in range(2):
+        assert torch.isfinite(compiled(torch.randn(2, 3, 6, 6,
+                                                   generator=torch.Generator().manual_seed(seed))))
+    assert not torch.equal(model[0].weight, before)
+    assert torch._dynamo.utils.counters['stats']['unique_graphs'] >= 1

@@ -18,11 +18,17 @@ detection/segmentation code trained with no decay on SN parameters, which is
         optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4),
         constructor='SNOptimWrapperConstructor',
         paramwise_cfg=dict(sn_decay_mult=0.0))
+
+The optimizer's param groups are plain ``dict``s. mmengine's constructor hands the groups
+to the optimizer through its ``ConfigDict`` config, which turns each group into a
+``ConfigDict``; dynamo (torch 2.13) cannot trace ``optimizer.step()`` over such groups
+(``'UserDefinedDictVariable' object has no attribute 'items'``), and mmengine's
+``compile=True`` compiles ``model.train_step``, which runs the step.
 """
 from typing import List, Optional, Union
 
 from mmengine.logging import print_log
-from mmengine.optim import DefaultOptimWrapperConstructor
+from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
@@ -44,6 +50,12 @@ class SNOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                 raise ValueError('sn_decay_mult needs optimizer.weight_decay to be set '
                                  '(base_wd is None)')
         self.sn_decay_mult = mult
+
+    def __call__(self, model: nn.Module) -> OptimWrapper:
+        optim_wrapper = super().__call__(model)
+        groups = optim_wrapper.optimizer.param_groups
+        groups[:] = [dict(group) for group in groups]  # ConfigDict -> dict (see above)
+        return optim_wrapper
 
     def add_params(self, params: List[dict], module: nn.Module, prefix: str = '',
                    is_dcn_module: Optional[Union[int, float]] = None) -> None:
