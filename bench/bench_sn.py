@@ -390,6 +390,8 @@ def main():
     parser.add_argument('--quick', action='store_true', help='tiny shapes (smoke test)')
     parser.add_argument('--skip-compile', action='store_true',
                         help='skip the torch.compile section (minutes of compilation on CPU)')
+    parser.add_argument('--compile-only', action='store_true',
+                        help='run the torch.compile section alone')
     args = parser.parse_args()
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: torch.cuda.is_available() is False on this machine')
@@ -403,6 +405,10 @@ def main():
           f'load {load:.1f}, {args.rounds} rounds (variants interleaved, order rotated), '
           'forward+backward, train mode')
     print()
+    if args.compile_only:
+        print('## torch.compile')
+        print_compiled(max(5, args.rounds // 3), args.quick)
+        return
     shapes = QUICK_SHAPES if args.quick else SHAPES
     print('## ResNet-50 shapes at detection batch sizes (the targets), float32')
     ratios = print_table(shapes, args.rounds, True)
