@@ -106,6 +106,25 @@ def sn_shares(model):
             for part, vals in parts.items()}
 
 
+def sn_figures(model, runner, name):
+    """The learned shares per layer (tools/analyze_sn.py's figure) and their trajectories
+    (SNRatioHook's scalars, when the config logs them) in the run's folders."""
+    from sn_mm.analysis import plot_ratios, ratios_from_model
+    from sn_mm.ops import SwitchableNorm
+    if not any(isinstance(m, SwitchableNorm) for m in model.modules()):
+        return []
+    figures = [plot_ratios([(name, ratios_from_model(model))],
+                           osp.join(runner.work_dir, 'sn_ratios.png'),
+                           title='learned SN shares [IN, LN, BN] per layer')]
+    scalars = osp.join(runner.log_dir, 'vis_data', 'scalars.json')
+    if osp.isfile(scalars):
+        from sn_mm.analysis.trajectories import plot_trajectories, read_trajectories
+        figures.append(plot_trajectories(read_trajectories(scalars),
+                                         osp.join(runner.work_dir, 'sn_trajectories.png'),
+                                         title=f'{name}: SN shares during training'))
+    return figures
+
+
 def parse_args(argv=None):
     from sn_mm.datasets import coco_demo
     p = argparse.ArgumentParser(description='Train and evaluate Mask R-CNN with SN on the '
@@ -200,6 +219,8 @@ def main(argv=None):
     print(f'[demo] checkpoint: {osp.abspath(ckpt)}')
     print(f'[demo] logs:       {osp.abspath(log_file)}')
     print(f'[demo] metrics:    {osp.abspath(metrics_path)}')
+    for figure in sn_figures(model, runner, name):
+        print(f'[demo] figure:     {osp.abspath(figure)}')
     print(f'[demo] evaluate again: python tools/test.py {osp.relpath(args.config)} '
           f'{osp.relpath(ckpt)}')
     print('=' * 72)
