@@ -10,7 +10,7 @@ import os.path as osp
 import pytest
 import torch
 
-from sn_mm.analysis import average_shares
+from sn_mm.analysis import LayerRatios, average_shares
 from sn_mm.analysis.compare import (PAPER_SHARES, STAGES, Task, canonical_stage, findings,
                                     latest_checkpoint, load_tasks, markdown_table,
                                     shared_backbone_layers, stage_shares, study_tasks)
@@ -148,6 +148,14 @@ def test_table_and_findings_come_from_the_numbers(det_ckpt, study_json):
                for line in lines)
     # the detection checkpoint's backbone favours BN, so its largest overall share is BN
     assert any(line.startswith('det: largest share overall BN') for line in lines)
+    # shares still within 0.05 of their 1/3 start have chosen nothing
+    third = (1 / 3, 1 / 3, 1 / 3)
+    near = (0.37, 0.32, 0.31)
+    flat = Task('flat', (LayerRatios('sn1', third, third, True, 'stem'),
+                         LayerRatios('layer1.0.sn1', near, near, True, 'layer1')), '')
+    (overall_line,) = [l for l in findings([flat]) if l.startswith('flat: largest')]
+    assert overall_line.startswith('flat: largest share overall undecided')
+    assert overall_line.endswith('per stage: stem undecided, layer1 undecided.')
     # flipping the study's trend flips the sentence
     flipped = findings([Task('digits b=2', tasks[2].layers, ''),
                         Task('digits b=8', tasks[1].layers, '')])

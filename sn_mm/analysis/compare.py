@@ -226,8 +226,14 @@ def layer_shares(task: Task) -> Dict[str, LayerRatios]:
     return {backbone_name(l): l for l in task.layers if backbone_name(l) is not None}
 
 
+UNDECIDED = 0.05  # a group "chose" a normalizer when its largest share exceeds 1/3 by this
+
+
 def _argmax(shares) -> str:
-    return BRANCHES[max(range(3), key=lambda k: shares[k])]
+    """The branch with the largest share, or ``undecided`` when none exceeds 1/3 by
+    :data:`UNDECIDED` (the shares start at 1/3)."""
+    k = max(range(3), key=lambda i: shares[i])
+    return BRANCHES[k] if shares[k] >= 1 / 3 + UNDECIDED else 'undecided'
 
 
 def findings(tasks: Sequence[Task]) -> List[str]:
@@ -251,7 +257,7 @@ def findings(tasks: Sequence[Task]) -> List[str]:
         drop_bn = avg['mean'][2] - avg['var'][2]
         out.append(f'{t.label}: BN share of the means {avg["mean"][2]:.2f}, of the variances '
                    f'{avg["var"][2]:.2f} (the variance share is '
-                   f'{"lower" if drop_bn > 0 else "not lower"}).')
+                   f'{"lower" if drop_bn > 0 else "not lower"}: {drop_bn:+.2f}).')
         layers = [l for l in t.layers if canonical_stage(l) != 'heads']
         if len(layers) >= 4:
             ln = [(l.mean[1] + l.var[1]) / 2 for l in layers]
