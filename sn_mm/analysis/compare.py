@@ -35,7 +35,7 @@ from collections import OrderedDict
 from dataclasses import dataclass
 from typing import Dict, List, Optional, Sequence, Tuple
 
-from .layers import depth_order
+from .layers import depth_order, stage_of
 from .ratios import BRANCHES, LayerRatios, average_shares, ratios_from_checkpoint
 
 STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4', 'heads')
@@ -61,6 +61,8 @@ DEFAULT_SOURCES = OrderedDict([
 _STUDY_BASELINE = dict(norm='SN', depth=1, init='kaiming', schedule='cosine', solver='sgd',
                        ratios='per-layer')
 _ITER_RE = re.compile(r'iter_(\d+)\.pth$')
+_HEAD_PARTS = ('neck', 'rpn_head', 'roi_head', 'bbox_head', 'mask_head', 'decode_head',
+               'auxiliary_head', 'head', 'cls_head')
 
 
 @dataclass(frozen=True)
@@ -86,10 +88,6 @@ def canonical_stage(layer: LayerRatios) -> str:
     if match:
         return f'layer{match.group(1)}'
     return 'heads'
-
-
-_HEAD_PARTS = ('neck', 'rpn_head', 'roi_head', 'bbox_head', 'mask_head', 'decode_head',
-               'auxiliary_head', 'head', 'cls_head')
 
 
 def backbone_name(layer: LayerRatios) -> Optional[str]:
@@ -452,7 +450,6 @@ def plot_compare(tasks: Sequence[Task], path: str, title: str = '') -> str:
 
 
 def _stage(name: str) -> str:
-    from .layers import stage_of
     return stage_of(name)
 
 
