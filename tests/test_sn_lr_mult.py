@@ -17,7 +17,7 @@ ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 DET_DEMO = osp.join(ROOT, 'configs', 'mask_rcnn_demo')
 SEG_DEMO = osp.join(ROOT, 'configs', 'seg_demo')
 # the value the demos use (docs/learning_the_choice.md: chosen by a measured sweep)
-DEMO_SN_LR_MULT = 10.0
+DEMO_SN_LR_MULT = 30.0
 MODEL_CONFIGS = {
     'det-sn': (osp.join(DET_DEMO, 'mask-rcnn_r18_fpn_sn-all_coco-demo.py'), SwitchableNorm),
     'det-syncsn': (osp.join(DET_DEMO, 'mask-rcnn_r18_fpn_syncsn-all_coco-demo.py'),

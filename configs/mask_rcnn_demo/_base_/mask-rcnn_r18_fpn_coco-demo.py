@@ -94,13 +94,13 @@ param_scheduler = [
 # SN parameters (gamma, beta and the importance logits) get no weight decay, as in the
 # official SN detection code: sn_decay_mult=0.0 (SNOptimWrapperConstructor, sn_mm.engine).
 # The importance logits train at sn_lr_mult x lr: at 1x they barely leave 1/3 in 1000
-# iterations (the paper's 1x is for ~90k-iteration schedules); the value is the one chosen
-# by the sweep in docs/learning_the_choice.md. No effect on configs without SN.
+# iterations (the paper's 1x goes with schedules of ~10^5 iterations); 30 is the value
+# chosen by the sweep in docs/learning_the_choice.md. No effect on configs without SN.
 optim_wrapper = dict(
     optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4),
     clip_grad=dict(max_norm=35, norm_type=2),
     constructor='SNOptimWrapperConstructor',
-    paramwise_cfg=dict(sn_decay_mult=0.0, sn_lr_mult=10.0))
+    paramwise_cfg=dict(sn_decay_mult=0.0, sn_lr_mult=30.0))
 auto_scale_lr = dict(enable=False, base_batch_size=batch_size)
 
 default_hooks = dict(
