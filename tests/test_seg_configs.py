@@ -120,7 +120,7 @@ def test_config_builds_and_trains_one_step(path):
         assert cfg.model.backbone.depth == 18 and cfg.model.pretrained is None
     if key in SN_TYPES:
         assert cfg.optim_wrapper.constructor == 'SNOptimWrapperConstructor'
-        assert cfg.optim_wrapper.paramwise_cfg == dict(sn_decay_mult=0.0)
+        assert cfg.optim_wrapper.paramwise_cfg.sn_decay_mult == 0.0  # sn_lr_mult: test_sn_lr_mult
     if 'in1k-official' in path:
         assert cfg.model.backbone.type == 'ResNet' and cfg.model.pretrained is None
         assert cfg.model.backbone.init_cfg.type == 'Pretrained'

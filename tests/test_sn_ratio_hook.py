@@ -152,3 +152,33 @@ def test_ratio_scalars_and_bad_arguments():
         SNRatioHook(interval=0)
     with pytest.raises(ValueError, match='prefix'):
         SNRatioHook(prefix='')
+
+
+class _TinyBNNet(TinySNNet):
+    """TinySNNet with every SN replaced by BatchNorm2d (a BN config sharing the hook)."""
+
+    def __init__(self):
+        super().__init__()
+        for parent in [self, self.layer1[0], self.layer2[0]]:
+            parent.sn1 = nn.BatchNorm2d(4)
+
+
+@pytest.mark.parametrize('skip', [True, False])
+def test_model_without_sn_is_skipped_only_when_asked(tmp_path, skip):
+    runner = Runner(
+        model=_TinyBNNet(), work_dir=str(tmp_path), experiment_name=f'snhook_{next(_names)}',
+        train_dataloader=DataLoader(_Data(), batch_size=4, shuffle=False),
+        train_cfg=dict(by_epoch=False, max_iters=2),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
+        default_hooks=dict(checkpoint=None, logger=dict(type='LoggerHook', interval=100)),
+        custom_hooks=[dict(type='SNRatioHook', interval=1, skip_without_sn=skip)],
+        visualizer=dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')]),
+        default_scope='mmengine')
+    if not skip:
+        with pytest.raises(ValueError, match='no SwitchableNorm layer found'):
+            runner.train()
+        return
+    runner.train()
+    files = glob.glob(os.path.join(str(tmp_path), '*', 'vis_data', 'scalars.json'))
+    lines = [json.loads(line) for f in files for line in open(f) if line.strip()]
+    assert not any(k.startswith('sn_ratio') for line in lines for k in line)

@@ -3,6 +3,8 @@
 
     python tools/analyze_sn.py CKPT [CKPT ...] [--labels A B ...] [--out table.csv|.json]
                                [--plot fig.png|.pdf] [--title TEXT] [--quiet]
+    python tools/analyze_sn.py --compare [CKPT|results.json ...] [--labels ...] [--out t.md]
+    python tools/analyze_sn.py --trajectories WORK_DIR [--layers] [--groups G ...] [--plot f.png]
 
 Reads mmengine checkpoints (``{'state_dict': {'backbone.layer1.0.sn1.mean_weight': ...}}``)
 and official SN checkpoints (``module.`` keys, 3 or 2 logits), prints the softmaxed
@@ -10,6 +12,11 @@ and official SN checkpoints (``module.`` keys, 3 or 2 logits), prints the softma
 average over layers, and draws the paper-style stacked-bar figure (one column per
 checkpoint, side by side). Files are loaded with ``torch.load(weights_only=True)`` plus
 the allowlist of objects mmengine writes (``sn_mm.engine.checkpoint.safe_load``).
+
+``--compare``: the cross-task figure and table (``sn_mm.analysis.compare``), by default
+from the detection demo, the two segmentation demos and the digits study outputs.
+``--trajectories``: share curves over training from a run's ``vis_data/scalars.json``
+(``SNRatioHook``; ``sn_mm.analysis.trajectories``).
 """
 import argparse
 import os
@@ -21,7 +28,16 @@ from sn_mm.analysis import format_table, plot_ratios, ratios_from_checkpoint, wr
 
 def parse_args(argv=None):
     parser = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    parser.add_argument('checkpoints', nargs='+', help='checkpoint files (.pth)')
+    parser.add_argument('checkpoints', nargs='*', help='checkpoint files (.pth); with '
+                        '--compare also a tools/study.py results.json')
+    parser.add_argument('--compare', action='store_true', help='cross-task comparison '
+                        '(default sources: the demo and study outputs under work_dirs/)')
+    parser.add_argument('--trajectories', metavar='RUN', help='plot the share trajectories '
+                        'of a run (work_dir, vis_data folder or scalars.json)')
+    parser.add_argument('--layers', action='store_true',
+                        help='--trajectories: per-layer curves instead of stage averages')
+    parser.add_argument('--groups', nargs='+', default=(),
+                        help='--trajectories: only these stages/layers')
     parser.add_argument('--labels', nargs='+', help='one label per checkpoint '
                         '(default: file names)')
     parser.add_argument('--out', help='write the per-layer table to this .csv or .json file')
@@ -29,11 +45,16 @@ def parse_args(argv=None):
     parser.add_argument('--title', default='', help='figure title')
     parser.add_argument('--quiet', action='store_true', help='do not print the tables')
     args = parser.parse_args(argv)
+    if args.compare and args.trajectories:
+        parser.error('--compare and --trajectories are separate commands; give one')
+    if not (args.compare or args.trajectories or args.checkpoints):
+        parser.error('expected checkpoint files, --compare or --trajectories RUN')
+    tables = ('.csv', '.json', '.md') if args.compare else ('.csv', '.json')
+    if args.out and os.path.splitext(args.out)[1].lower() not in tables:
+        parser.error(f'--out must end in {" or ".join(tables)}, got {args.out!r}')
     if args.labels and len(args.labels) != len(args.checkpoints):
         parser.error(f'--labels got {len(args.labels)} labels for '
                      f'{len(args.checkpoints)} checkpoints; expected one per checkpoint')
-    if args.out and os.path.splitext(args.out)[1].lower() not in ('.csv', '.json'):
-        parser.error(f'--out must end in .csv or .json, got {args.out!r}')
     if args.plot and os.path.splitext(args.plot)[1].lower() not in ('.png', '.pdf', '.svg'):
         parser.error(f'--plot must end in .png, .pdf or .svg, got {args.plot!r}')
     return args
@@ -46,6 +67,8 @@ def default_labels(paths):
 
 def main(argv=None):
     args = parse_args(argv)
+    if args.compare or args.trajectories:
+        return extra_command(args)
     labels = args.labels or default_labels(args.checkpoints)
     tables = []
     for label, path in zip(labels, args.checkpoints):
@@ -62,6 +85,19 @@ def main(argv=None):
     if args.plot:
         print(f'figure written to {plot_ratios(tables, args.plot, title=args.title)}')
     return tables
+
+
+def extra_command(args):
+    from sn_mm.analysis.compare import run_compare
+    from sn_mm.analysis.trajectories import run_trajectories
+    try:
+        if args.compare:
+            return run_compare(args.checkpoints, args.labels, args.plot, args.out, args.title,
+                               args.quiet)
+        return run_trajectories(args.trajectories, args.plot, args.groups, args.layers,
+                                args.title, args.quiet)
+    except (ValueError, FileNotFoundError, pickle.UnpicklingError) as err:
+        sys.exit(f'error: {err}')
 
 
 if __name__ == '__main__':

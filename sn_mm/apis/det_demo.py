@@ -57,6 +57,25 @@ def shares_by_part(model) -> dict:
             for part, layers in parts.items()}
 
 
+def sn_figures(model, runner, name: str) -> list:
+    """The learned shares per layer (``tools/analyze_sn.py``'s figure) and their trajectories
+    (``SNRatioHook``'s scalars, when the config logs them) in the run's folders."""
+    from sn_mm.analysis import plot_ratios, ratios_from_model
+    from sn_mm.ops import SwitchableNorm
+    if not any(isinstance(m, SwitchableNorm) for m in model.modules()):
+        return []
+    figures = [plot_ratios([(name, ratios_from_model(model))],
+                           osp.join(runner.work_dir, 'sn_ratios.png'),
+                           title='learned SN shares [IN, LN, BN] per layer')]
+    scalars = osp.join(runner.log_dir, 'vis_data', 'scalars.json')
+    if osp.isfile(scalars):
+        from sn_mm.analysis.trajectories import plot_trajectories, read_trajectories
+        figures.append(plot_trajectories(read_trajectories(scalars),
+                                         osp.join(runner.work_dir, 'sn_trajectories.png'),
+                                         title=f'{name}: SN shares during training'))
+    return [osp.abspath(f) for f in figures]
+
+
 def run_det_demo(config: str = DEFAULT_CONFIG, work_dir: Optional[str] = None,
                  data_root: str = 'data/coco_demo', num_train: Optional[int] = None,
                  num_val: Optional[int] = None, iters: Optional[int] = None,
@@ -98,7 +117,8 @@ def run_det_demo(config: str = DEFAULT_CONFIG, work_dir: Optional[str] = None,
                             for part, (m, v) in shares_by_part(model).items()},
         checkpoint=osp.abspath(osp.join(work_dir, f'iter_{iters}.pth')),
         log_file=osp.abspath(osp.join(runner.log_dir, f'{runner.timestamp}.log')),
-        metrics_file=osp.abspath(osp.join(work_dir, 'metrics.json')))
+        metrics_file=osp.abspath(osp.join(work_dir, 'metrics.json')),
+        figures=sn_figures(model, runner, name))
     with open(summary['metrics_file'], 'w') as f:
         json.dump(summary, f, indent=1)
     return summary
@@ -124,6 +144,7 @@ def format_summary(summary: dict) -> str:
     for part, shares in s['sn_shares_in_ln_bn'].items():
         lines.append(f'[demo] learned SN shares [IN, LN, BN], {part}: mean {shares["mean"]}, '
                      f'var {shares["var"]}')
+    lines += [f'[demo] figure:     {figure}' for figure in s.get('figures', [])]
     lines += [f'[demo] checkpoint: {s["checkpoint"]}', f'[demo] logs:       {s["log_file"]}',
               f'[demo] metrics:    {s["metrics_file"]}',
               f'[demo] evaluate again: python tools/test.py {osp.relpath(s["config"])} '

@@ -3,21 +3,30 @@
 mmengine's ``DefaultOptimWrapperConstructor`` applies ``norm_decay_mult`` only to
 ``_BatchNorm``/``_InstanceNorm``/``GroupNorm``/``LayerNorm``, so SN parameters
 (``weight``, ``bias`` and the importance logits ``mean_weight``/``var_weight``) would
-silently keep the full weight decay. ``SNOptimWrapperConstructor`` adds one
-``paramwise_cfg`` key:
+silently keep the full weight decay. ``SNOptimWrapperConstructor`` adds two
+``paramwise_cfg`` keys:
 
-- ``sn_decay_mult`` (float): weight decay of every SN/SyncSN parameter is
+- ``sn_decay_mult`` (float >= 0): weight decay of every SN/SyncSN parameter is
   ``weight_decay * sn_decay_mult``. If absent, ``norm_decay_mult`` (when given) is
   used for SN layers too; if both are absent SN parameters keep the base decay.
+- ``sn_lr_mult`` (float >= 0): learning rate of the SN importance logits
+  (``mean_weight`` and ``var_weight`` of every SN/SyncSN layer; not its ``weight``/``bias``,
+  nothing else) is ``lr * sn_lr_mult``. Absent or 1.0: the logits train at the base
+  rate, the paper's setting. mmengine's parameter schedulers scale every group from its
+  own initial rate, so the ratio holds through warm-up and decay (up to an absolute
+  floor such as ``PolyLR``'s ``eta_min``). 0 freezes the shares at their initial value.
 
-``custom_keys`` still take precedence, as everywhere in mmengine. The official SN
+Any other ``sn_*`` key is an error naming it and the valid keys (a misspelt key would
+otherwise be ignored). ``custom_keys`` still take precedence, as everywhere in mmengine:
+a parameter matched by a custom key gets neither multiplier. The official SN
 detection/segmentation code trained with no decay on SN parameters, which is
-``paramwise_cfg=dict(sn_decay_mult=0.0)``::
+``paramwise_cfg=dict(sn_decay_mult=0.0)``; the CPU demos add ``sn_lr_mult`` so that the
+logits move within their short schedules (docs/learning_the_choice.md)::
 
     optim_wrapper = dict(
         optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4),
         constructor='SNOptimWrapperConstructor',
-        paramwise_cfg=dict(sn_decay_mult=0.0))
+        paramwise_cfg=dict(sn_decay_mult=0.0, sn_lr_mult=1.0))
 
 The optimizer's param groups are plain ``dict``s. mmengine's constructor hands the groups
 to the optimizer through its ``ConfigDict`` config, which turns each group into a
@@ -25,6 +34,7 @@ to the optimizer through its ``ConfigDict`` config, which turns each group into 
 (``'UserDefinedDictVariable' object has no attribute 'items'``), and mmengine's
 ``compile=True`` compiles ``model.train_step``, which runs the step.
 """
+import math
 from typing import List, Optional, Union
 
 from mmengine.logging import print_log
@@ -34,22 +44,42 @@ from torch import nn
 
 from ..ops import SwitchableNorm
 
+SN_KEYS = ('sn_decay_mult', 'sn_lr_mult')
+LOGIT_NAMES = ('mean_weight', 'var_weight')
+
+
+def _check_mult(key: str, value) -> None:
+    if (not isinstance(value, (int, float)) or isinstance(value, bool) or value < 0
+            or not math.isfinite(value)):
+        raise ValueError(f'{key} must be a non-negative number, got {value!r}')
+
 
 @OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class SNOptimWrapperConstructor(DefaultOptimWrapperConstructor):
-    """``DefaultOptimWrapperConstructor`` plus ``paramwise_cfg.sn_decay_mult``."""
+    """``DefaultOptimWrapperConstructor`` plus ``paramwise_cfg.sn_decay_mult`` and
+    ``paramwise_cfg.sn_lr_mult`` (see the module docstring)."""
 
     def __init__(self, optim_wrapper_cfg: dict, paramwise_cfg: Optional[dict] = None):
         super().__init__(optim_wrapper_cfg, paramwise_cfg)
+        unknown = sorted(k for k in self.paramwise_cfg
+                         if isinstance(k, str) and k.startswith('sn_') and k not in SN_KEYS)
+        if unknown:
+            raise ValueError(f'unknown SN key(s) {unknown} in paramwise_cfg; '
+                             f'SNOptimWrapperConstructor accepts {list(SN_KEYS)}')
         mult = self.paramwise_cfg.get('sn_decay_mult',
                                       self.paramwise_cfg.get('norm_decay_mult'))
         if mult is not None:
-            if not isinstance(mult, (int, float)) or mult < 0:
-                raise ValueError(f'sn_decay_mult must be a non-negative number, got {mult!r}')
+            _check_mult('sn_decay_mult', mult)
             if self.base_wd is None:
                 raise ValueError('sn_decay_mult needs optimizer.weight_decay to be set '
                                  '(base_wd is None)')
         self.sn_decay_mult = mult
+        lr_mult = self.paramwise_cfg.get('sn_lr_mult')
+        if lr_mult is not None:
+            _check_mult('sn_lr_mult', lr_mult)
+            if self.base_lr is None:
+                raise ValueError('sn_lr_mult needs optimizer.lr to be set (base_lr is None)')
+        self.sn_lr_mult = lr_mult
 
     def __call__(self, model: nn.Module) -> OptimWrapper:
         optim_wrapper = super().__call__(model)
@@ -61,7 +91,8 @@ class SNOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                    is_dcn_module: Optional[Union[int, float]] = None) -> None:
         start = len(params)
         super().add_params(params, module, prefix, is_dcn_module)
-        if not isinstance(module, SwitchableNorm) or self.sn_decay_mult is None:
+        if not isinstance(module, SwitchableNorm) or (
+                self.sn_decay_mult is None and self.sn_lr_mult is None):
             return
         names = {id(p): n for n, p in module.named_parameters(recurse=False)}
         custom_keys = self.paramwise_cfg.get('custom_keys', {})
@@ -70,8 +101,13 @@ class SNOptimWrapperConstructor(DefaultOptimWrapperConstructor):
             if name is None:
                 continue
             full_name = f'{prefix}.{name}' if prefix else name
-            if any(key in full_name for key in custom_keys):
+            if any(key in f'{prefix}.{name}' for key in custom_keys):
                 continue  # custom_keys override everything, as in mmengine
-            group['weight_decay'] = self.base_wd * self.sn_decay_mult
-            print_log(f'paramwise_options -- {full_name}:weight_decay='
-                      f'{group["weight_decay"]} (sn_decay_mult)', logger='current')
+            if self.sn_decay_mult is not None:
+                group['weight_decay'] = self.base_wd * self.sn_decay_mult
+                print_log(f'paramwise_options -- {full_name}:weight_decay='
+                          f'{group["weight_decay"]} (sn_decay_mult)', logger='current')
+            if self.sn_lr_mult is not None and name in LOGIT_NAMES:
+                group['lr'] = self.base_lr * self.sn_lr_mult
+                print_log(f'paramwise_options -- {full_name}:lr={group["lr"]} (sn_lr_mult)',
+                          logger='current')

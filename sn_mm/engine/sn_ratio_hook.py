@@ -18,6 +18,8 @@ softmaxed shares of every :class:`sn_mm.ops.SwitchableNorm` are written as scala
   (``stem``, ``layer1`` ... as in :func:`sn_mm.analysis.stage_of`);
 - ``{prefix}_avg/all/{mean|var}_{IN|LN|BN}`` averaged over all layers.
 
+With ``skip_without_sn=True`` a model without SN layers (a BN/GN config sharing the
+hook through a base config) logs nothing and says so once; by default it is an error.
 A ``using_bn=False`` layer has no ``BN`` keys (its share is 0 by construction). Keys have
 no ``train/`` prefix, so they do not crowd the LoggerHook's text line.
 """
@@ -28,6 +30,7 @@ from mmengine.model import is_model_wrapper
 from mmengine.registry import HOOKS
 
 from sn_mm.analysis import BRANCHES, average_shares, ratios_from_model, stage_averages
+from sn_mm.ops import SwitchableNorm
 
 
 def ratio_scalars(model, prefix: str = 'sn_ratio', per_layer: bool = True,
@@ -64,12 +67,15 @@ class SNRatioHook(Hook):
         per_stage: log the shares averaged per stage.
         log_start: also log before the first iteration (the initial 1/3 shares).
         prefix: key prefix.
+        skip_without_sn: on a model without SN layers do nothing (one log line) instead
+            of raising ``ValueError``.
     """
 
     priority = 'NORMAL'  # before LoggerHook (BELOW_NORMAL) in the same iteration
 
     def __init__(self, interval: int = 50, per_layer: bool = True, per_stage: bool = True,
-                 log_start: bool = True, prefix: str = 'sn_ratio'):
+                 log_start: bool = True, prefix: str = 'sn_ratio',
+                 skip_without_sn: bool = False):
         if not isinstance(interval, int) or isinstance(interval, bool) or interval < 1:
             raise ValueError(f'SNRatioHook interval must be a positive int, got {interval!r}')
         if not prefix or not isinstance(prefix, str):
@@ -79,12 +85,19 @@ class SNRatioHook(Hook):
         self.per_stage = per_stage
         self.log_start = log_start
         self.prefix = prefix
+        self.skip_without_sn = bool(skip_without_sn)
         self._last_step: Optional[int] = None
+        self._skipping = False
 
     def _log(self, runner, step: int) -> None:
-        if step == self._last_step:
+        if step == self._last_step or self._skipping:
             return
         model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        if self.skip_without_sn and not any(isinstance(m, SwitchableNorm)
+                                            for m in model.modules()):
+            self._skipping = True
+            runner.logger.info('SNRatioHook: the model has no SN layer; nothing to log')
+            return
         scalars = ratio_scalars(model, self.prefix, self.per_layer, self.per_stage)
         for key, value in scalars.items():
             runner.message_hub.update_scalar(key, value)

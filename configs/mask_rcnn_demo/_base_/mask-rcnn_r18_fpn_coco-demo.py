@@ -96,11 +96,14 @@ param_scheduler = [
 ]
 # SN parameters (gamma, beta and the importance logits) get no weight decay, as in the
 # official SN detection code: sn_decay_mult=0.0 (SNOptimWrapperConstructor, sn_mm.engine).
+# The importance logits train at sn_lr_mult x lr: at 1x they barely leave 1/3 in 1000
+# iterations (the paper's 1x goes with schedules of ~10^5 iterations); 30 is the value
+# chosen by the sweep in docs/learning_the_choice.md. No effect on configs without SN.
 optim_wrapper = dict(
     optimizer=dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=1e-4),
     clip_grad=dict(max_norm=35, norm_type=2),
     constructor='SNOptimWrapperConstructor',
-    paramwise_cfg=dict(sn_decay_mult=0.0))
+    paramwise_cfg=dict(sn_decay_mult=0.0, sn_lr_mult=30.0))
 auto_scale_lr = dict(enable=False, base_batch_size=batch_size)
 
 default_hooks = dict(
@@ -108,5 +111,10 @@ default_hooks = dict(
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters,
                     max_keep_ckpts=1))
 log_processor = dict(by_epoch=False)
+# Share trajectories of every SN layer (per layer, per stage, overall) to vis_data/scalars.json
+# and TensorBoard (`tensorboard --logdir work_dirs/`); plot them with
+# `tools/analyze_sn.py --trajectories WORK_DIR`. Configs without SN log nothing.
+custom_hooks = [dict(type='SNRatioHook', interval=50, skip_without_sn=True)]
+visualizer = dict(vis_backends=[dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')])
 env_cfg = dict(dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)

@@ -6,9 +6,11 @@ _base_ = 'mmseg::_base_/default_runtime.py'
 custom_imports = dict(imports=['sn_mm'], allow_failed_imports=False)
 max_iters = 600
 optimizer = dict(type='SGD', lr=0.02, momentum=0.9, weight_decay=0.0005)
+# sn_lr_mult: the SN importance logits train at 30x lr (at 1x they stay at 1/3 in 600
+# iterations; sweep in docs/learning_the_choice.md). No effect on configs without SN.
 optim_wrapper = dict(type='OptimWrapper', optimizer=optimizer, clip_grad=None,
                      constructor='SNOptimWrapperConstructor',
-                     paramwise_cfg=dict(sn_decay_mult=0.0))
+                     paramwise_cfg=dict(sn_decay_mult=0.0, sn_lr_mult=30.0))
 param_scheduler = [
     dict(type='LinearLR', start_factor=0.1, begin=0, end=50, by_epoch=False),
     dict(type='PolyLR', eta_min=1e-4, power=0.9, begin=50, end=max_iters, by_epoch=False)
@@ -28,3 +30,7 @@ env_cfg = dict(
     mp_cfg=dict(mp_start_method='fork', opencv_num_threads=0),
     dist_cfg=dict(backend='gloo'))
 randomness = dict(seed=0)
+# SN share trajectories to vis_data/scalars.json and TensorBoard (configs without SN log
+# nothing); `tools/analyze_sn.py --trajectories WORK_DIR` plots them.
+custom_hooks = [dict(type='SNRatioHook', interval=25, skip_without_sn=True)]
+visualizer = dict(vis_backends=[dict(type='LocalVisBackend'), dict(type='TensorboardVisBackend')])

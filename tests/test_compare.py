@@ -1,0 +1,212 @@
+"""Cross-task comparison (sn_mm.analysis.compare, tools/analyze_sn.py --compare) on tiny
+checkpoints written here in the layouts of the detection demo, the segmentation demos
+and a tools/study.py results.json."""
+import csv
+import importlib.util
+import json
+import math
+import os.path as osp
+
+import pytest
+import torch
+
+from sn_mm.analysis import LayerRatios, average_shares
+from sn_mm.analysis.compare import (PAPER_SHARES, STAGES, Task, canonical_stage, findings,
+                                    latest_checkpoint, load_tasks, markdown_table,
+                                    shared_backbone_layers, stage_shares, study_tasks)
+
+ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
+
+BACKBONE = ['layer1.0.sn1', 'layer1.0.sn2', 'layer2.0.sn1', 'layer2.0.sn2',
+            'layer2.0.downsample.1']
+
+
+def _logits(favour: int, strength: float):
+    """Logits whose softmax favours branch ``favour`` (0 IN, 1 LN, 2 BN)."""
+    v = torch.ones(3)
+    v[favour] += strength
+    return v
+
+
+def _softmax(v):
+    return torch.softmax(v.double(), 0).tolist()
+
+
+def _write_ckpt(path, layers):
+    """layers: {name: (mean logits, var logits)} -> an mmengine-style checkpoint."""
+    state = {}
+    for name, (mean, var) in layers.items():
+        state[f'{name}.weight'] = torch.ones(4)
+        state[f'{name}.bias'] = torch.zeros(4)
+        state[f'{name}.mean_weight'] = mean
+        state[f'{name}.var_weight'] = var
+        state[f'{name}.running_mean'] = torch.zeros(4)
+    state['backbone.conv1.weight'] = torch.zeros(4, 3, 3, 3)
+    torch.save({'meta': {'iter': 10}, 'state_dict': state}, str(path))
+    return str(path)
+
+
+@pytest.fixture
+def det_ckpt(tmp_path):
+    """Detection layout: stem sn1, backbone favours BN, FPN/heads favour LN."""
+    layers = {'backbone.sn1': (_logits(1, 2.0), _logits(1, 2.0))}
+    for name in BACKBONE:
+        layers[f'backbone.{name}'] = (_logits(2, 2.0), _logits(2, 1.0))
+    layers['neck.fpn_convs.0.sn'] = (_logits(1, 1.5), _logits(1, 1.5))
+    layers['roi_head.mask_head.convs.0.sn'] = (_logits(1, 3.0), _logits(0, 1.0))
+    return _write_ckpt(tmp_path / 'iter_10.pth', layers)
+
+
+@pytest.fixture
+def seg_ckpt(tmp_path):
+    """Segmentation layout: deep stem (stem.1/4/7), backbone favours IN, decode head LN."""
+    layers = {f'backbone.stem.{i}': (_logits(0, 1.0), _logits(0, 1.0)) for i in (1, 4, 7)}
+    for name in BACKBONE + ['layer3.0.sn1']:
+        layers[f'backbone.{name}'] = (_logits(0, 2.0), _logits(1, 0.5))
+    layers['decode_head.aspp_modules.0.sn'] = (_logits(1, 1.0), _logits(1, 1.0))
+    layers['auxiliary_head.convs.0.sn'] = (_logits(2, 1.0), _logits(2, 1.0))
+    return _write_ckpt(tmp_path / 'seg.pth', layers)
+
+
+def _study_layer(name, stage, mean, var):
+    return dict(name=name, mean=list(mean), var=list(var), using_bn=True, stage=stage,
+                block=stage)
+
+
+def _study_run(batch, seed, bn_share, **over):
+    """A study run: every layer has mean share BN = bn_share, the rest split IN/LN."""
+    rest = (1 - bn_share) / 2
+    shares = (rest, rest, bn_share)
+    run = dict(norm='SN', depth=1, init='kaiming', schedule='cosine', solver='sgd',
+               ratios='per-layer', logit_lr_mult=10.0, seed=seed, batch=batch, accuracy=0.9)
+    run.update(over)
+    names = [('sn1', 'stem')] + [(n, n.split('.')[0]) for n in BACKBONE]
+    run['layers'] = [_study_layer(n, s, shares, (1 / 3, 1 / 3, 1 / 3)) for n, s in names]
+    return run
+
+
+@pytest.fixture
+def study_json(tmp_path):
+    runs = [_study_run(2, 0, 0.1), _study_run(2, 1, 0.2),        # mean BN 0.15 at b=2
+            _study_run(8, 0, 0.5), _study_run(8, 1, 0.7),        # mean BN 0.60 at b=8
+            _study_run(4, 0, 0.4),
+            _study_run(2, 0, 0.9, logit_lr_mult=1.0),             # a factor variant
+            _study_run(2, 0, 0.9, init='xavier'),
+            dict(norm='BN', batch=2, seed=0, accuracy=0.8)]
+    path = tmp_path / 'results.json'
+    path.write_text(json.dumps(dict(settings='tiny', runs=runs, summary={})))
+    return str(path)
+
+
+def test_canonical_stages_across_layouts(det_ckpt, seg_ckpt, study_json):
+    det, seg, b2, b8 = load_tasks([('det', det_ckpt), ('seg', seg_ckpt),
+                                   ('digits', study_json)])
+    assert [t.label for t in (b2, b8)] == ['digits b=2', 'digits b=8']
+    assert list(stage_shares(det)) == ['stem', 'layer1', 'layer2', 'heads']
+    assert list(stage_shares(seg)) == ['stem', 'layer1', 'layer2', 'layer3', 'heads']
+    assert list(stage_shares(b2)) == ['stem', 'layer1', 'layer2']
+    assert set(STAGES) >= {canonical_stage(l) for t in (det, seg, b2) for l in t.layers}
+    # the stem of every layout, the heads of both checkpoint layouts
+    assert [l.name for l in seg.layers if canonical_stage(l) == 'stem'] == [
+        'backbone.stem.1', 'backbone.stem.4', 'backbone.stem.7']
+    assert {l.name for l in det.layers if canonical_stage(l) == 'heads'} == {
+        'neck.fpn_convs.0.sn', 'roi_head.mask_head.convs.0.sn'}
+    # stage averages are the unweighted means of the layers' softmaxes
+    heads = stage_shares(det)['heads']
+    want = [(a + b) / 2 for a, b in zip(_softmax(_logits(1, 1.5)), _softmax(_logits(1, 3.0)))]
+    assert heads['mean'] == pytest.approx(want)
+    want_var = [(a + b) / 2 for a, b in zip(_softmax(_logits(1, 1.5)), _softmax(_logits(0, 1.0)))]
+    assert heads['var'] == pytest.approx(want_var)
+    # the shared backbone depth: union of the backbone layers, depth order, no backbone.
+    names = shared_backbone_layers([det, seg, b2])
+    assert names[:4] == ['stem.1', 'stem.4', 'stem.7', 'sn1']
+    assert names[4:] == BACKBONE + ['layer3.0.sn1']
+
+
+def test_study_baseline_is_averaged_over_seeds_and_excludes_variants(study_json):
+    b2, b8 = study_tasks(study_json)
+    assert average_shares(b2.layers)['mean'][2] == pytest.approx(0.15)
+    assert average_shares(b8.layers)['mean'][2] == pytest.approx(0.60)
+    (b4,) = study_tasks(study_json, batches=[4])
+    assert average_shares(b4.layers)['mean'][2] == pytest.approx(0.4)
+    with pytest.raises(ValueError, match=r'no SN baseline run at batch 16; available batch '
+                                         r'sizes \[2, 4, 8\]'):
+        study_tasks(study_json, batches=[16])
+
+
+def test_table_and_findings_come_from_the_numbers(det_ckpt, study_json):
+    tasks = load_tasks([('det', det_ckpt), ('digits', study_json)])
+    text = markdown_table(tasks)
+    for label, shares in PAPER_SHARES.items():
+        assert f'| paper: {label} | 53 | ' + ' / '.join(f'{v:.2f}' for v in shares) in text
+    det_avg = average_shares(tasks[0].layers)['both']
+    assert f'| det | {len(tasks[0].layers)} | ' + ' / '.join(f'{v:.2f}' for v in det_avg) in text
+    lines = findings(tasks)
+    assert any('smaller per-device batch gives less BN' in line for line in lines)
+    bn = [average_shares(t.layers)['both'][2] for t in tasks]
+    assert any(f'BN share (averaged over layers, mean and variance): from {min(bn):.2f}' in line
+               for line in lines)
+    # the detection checkpoint's backbone favours BN, so its largest overall share is BN
+    assert any(line.startswith('det: largest share overall BN') for line in lines)
+    # shares still within 0.05 of their 1/3 start have chosen nothing
+    third = (1 / 3, 1 / 3, 1 / 3)
+    near = (0.37, 0.32, 0.31)
+    flat = Task('flat', (LayerRatios('sn1', third, third, True, 'stem'),
+                         LayerRatios('layer1.0.sn1', near, near, True, 'layer1')), '')
+    (overall_line,) = [l for l in findings([flat]) if l.startswith('flat: largest')]
+    assert overall_line.startswith('flat: largest share overall undecided')
+    assert overall_line.endswith('per stage: stem undecided, layer1 undecided.')
+    # flipping the study's trend flips the sentence
+    flipped = findings([Task('digits b=2', tasks[2].layers, ''),
+                        Task('digits b=8', tasks[1].layers, '')])
+    assert any('gives not less BN' in line for line in flipped)
+
+
+def _analyze_sn():
+    spec = importlib.util.spec_from_file_location('analyze_sn', osp.join(ROOT, 'tools',
+                                                                         'analyze_sn.py'))
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def test_cli_compare_writes_figure_and_tables(tmp_path, det_ckpt, seg_ckpt, study_json, capsys):
+    tool = _analyze_sn()
+    png, md = tmp_path / 'out' / 'cross.png', tmp_path / 'out' / 'cross.md'
+    tasks = tool.main(['--compare', det_ckpt, seg_ckpt, study_json, '--labels', 'det', 'seg',
+                       'digits', '--plot', str(png), '--out', str(md)])
+    assert [t.label for t in tasks] == ['det', 'seg', 'digits b=2', 'digits b=8']
+    assert png.stat().st_size > 20000 and png.read_bytes()[:4] == b'\x89PNG'
+    assert md.read_text() == markdown_table(tasks)
+    assert '## Per stage (both)' in capsys.readouterr().out
+    out_csv = tmp_path / 'cross.csv'
+    tool.main(['--compare', det_ckpt, study_json, '--out', str(out_csv), '--quiet',
+               '--plot', str(tmp_path / 'c.png')])
+    rows = list(csv.DictReader(open(out_csv)))
+    first = rows[0]
+    assert (first['task'], first['stage']) == ('iter_10', 'all')
+    assert math.isclose(sum(float(first[f'both_{b}']) for b in ('IN', 'LN', 'BN')), 1.0,
+                        abs_tol=1e-3)
+    capsys.readouterr()
+    for argv, message in ((['--compare', '--out', 'x.txt'],
+                           "--out must end in .csv or .json or .md, got 'x.txt'"),
+                          ([], 'expected checkpoint files, --compare or --trajectories RUN')):
+        with pytest.raises(SystemExit):
+            tool.parse_args(argv)
+        assert message in capsys.readouterr().err
+
+
+def test_missing_default_outputs_name_the_commands(tmp_path, monkeypatch, det_ckpt):
+    monkeypatch.chdir(tmp_path)
+    with pytest.raises(FileNotFoundError) as err:
+        load_tasks()
+    for command in ('python tools/demo.py', 'tools/demo_seg.py --layout ade20k',
+                    'python tools/study.py'):
+        assert command in str(err.value)
+    assert latest_checkpoint(str(tmp_path / 'iter_*.pth')) == det_ckpt
+    (tmp_path / 'iter_9.pth').write_bytes(b'')
+    assert latest_checkpoint(str(tmp_path / 'iter_*.pth')) == det_ckpt  # 10 > 9
+    with pytest.raises(FileNotFoundError, match="nope.pth' does not exist"):
+        load_tasks([('x', str(tmp_path / 'nope.pth'))])
+    with pytest.raises(ValueError, match='task labels must be unique'):
+        load_tasks([('x', det_ckpt), ('x', det_ckpt)])
