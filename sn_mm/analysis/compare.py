@@ -355,7 +355,7 @@ def plot_compare(tasks: Sequence[Task], path: str, title: str = '') -> str:
     IN/LN/BN bar per task, mean shares left, variance shares right. Bottom: per backbone
     layer, the IN, LN and BN shares of every task (solid: mean, dashed: variance).
     """
-    from .plot import COLORS, _new_figure
+    from .plot import COLORS, new_figure
 
     if not tasks:
         raise ValueError('nothing to plot: expected at least one task')
@@ -363,7 +363,7 @@ def plot_compare(tasks: Sequence[Task], path: str, title: str = '') -> str:
     if ext not in ('.png', '.pdf', '.svg'):
         raise ValueError(f'plot file must end in .png, .pdf or .svg, got {path!r}')
     names = shared_backbone_layers(tasks)
-    fig = _new_figure(max(14.0, 0.32 * len(names) + 3), 12.5)
+    fig = new_figure(max(14.0, 0.32 * len(names) + 3), 12.5)
     grid = fig.add_gridspec(3, 2, height_ratios=[1.25, 1, 1], hspace=0.75, wspace=0.12)
     markers = 'osD^vP*X'
     cmap = ['#222222', '#E17C05', '#5F4690', '#0F8554', '#38A6A5', '#CC503E', '#94346E',

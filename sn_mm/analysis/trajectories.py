@@ -122,7 +122,7 @@ def format_trajectories(traj: Trajectories) -> str:
 
 def plot_trajectories(traj: Trajectories, path: str, title: str = '') -> str:
     """One row per group, mean shares (left) and variance shares (right) over iterations."""
-    from .plot import COLORS, _new_figure
+    from .plot import COLORS, new_figure
 
     if not traj:
         raise ValueError('nothing to plot: no trajectory groups')
@@ -130,7 +130,7 @@ def plot_trajectories(traj: Trajectories, path: str, title: str = '') -> str:
     if ext not in ('.png', '.pdf', '.svg'):
         raise ValueError(f'plot file must end in .png, .pdf or .svg, got {path!r}')
     rows = len(traj)
-    fig = _new_figure(10.0, 1.9 * rows + 1.0)
+    fig = new_figure(10.0, 1.9 * rows + 1.0)
     axes = fig.subplots(rows, 2, squeeze=False, sharex=True)
     for r, (group, kinds) in enumerate(traj.items()):
         for c, kind in enumerate(('mean', 'var')):
