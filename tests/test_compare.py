@@ -2,7 +2,6 @@
 checkpoints written here in the layouts of the detection demo, the segmentation demos
 and a tools/study.py results.json."""
 import csv
-import importlib.util
 import json
 import math
 import os.path as osp
@@ -11,7 +10,8 @@ import pytest
 import torch
 
 from sn_mm.analysis import LayerRatios, average_shares
-from sn_mm.analysis.compare import (PAPER_SHARES, STAGES, Task, canonical_stage, findings,
+from tests.cli import run_tool
+from sn_mm.analysis.compare import (run_compare, PAPER_SHARES, STAGES, Task, canonical_stage, findings,
                                     latest_checkpoint, load_tasks, markdown_table,
                                     shared_backbone_layers, stage_shares, study_tasks)
 
@@ -162,38 +162,34 @@ def test_table_and_findings_come_from_the_numbers(det_ckpt, study_json):
     assert any('gives not less BN' in line for line in flipped)
 
 
-def _analyze_sn():
-    spec = importlib.util.spec_from_file_location('analyze_sn', osp.join(ROOT, 'tools',
-                                                                         'analyze_sn.py'))
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
-
-
-def test_cli_compare_writes_figure_and_tables(tmp_path, det_ckpt, seg_ckpt, study_json, capsys):
-    tool = _analyze_sn()
+def test_run_compare_writes_figure_and_tables(tmp_path, det_ckpt, seg_ckpt, study_json, capsys):
     png, md = tmp_path / 'out' / 'cross.png', tmp_path / 'out' / 'cross.md'
-    tasks = tool.main(['--compare', det_ckpt, seg_ckpt, study_json, '--labels', 'det', 'seg',
-                       'digits', '--plot', str(png), '--out', str(md)])
+    tasks = run_compare([det_ckpt, seg_ckpt, study_json], ['det', 'seg', 'digits'],
+                        str(png), str(md))
     assert [t.label for t in tasks] == ['det', 'seg', 'digits b=2', 'digits b=8']
     assert png.stat().st_size > 20000 and png.read_bytes()[:4] == b'\x89PNG'
     assert md.read_text() == markdown_table(tasks)
     assert '## Per stage (both)' in capsys.readouterr().out
     out_csv = tmp_path / 'cross.csv'
-    tool.main(['--compare', det_ckpt, study_json, '--out', str(out_csv), '--quiet',
-               '--plot', str(tmp_path / 'c.png')])
+    run_compare([det_ckpt, study_json], None, str(tmp_path / 'c.png'), str(out_csv), quiet=True)
     rows = list(csv.DictReader(open(out_csv)))
     first = rows[0]
     assert (first['task'], first['stage']) == ('iter_10', 'all')
     assert math.isclose(sum(float(first[f'both_{b}']) for b in ('IN', 'LN', 'BN')), 1.0,
                         abs_tol=1e-3)
-    capsys.readouterr()
+
+
+def test_cli_compare(tmp_path, det_ckpt, study_json):
+    """``tools/analyze_sn.py --compare`` as a user runs it, and its argument errors."""
+    png, md = tmp_path / 'cli.png', tmp_path / 'cli.md'
+    out = run_tool('analyze_sn.py', '--compare', det_ckpt, study_json, '--labels', 'det',
+                   'digits', '--plot', png, '--out', md)
+    assert f'figure written to {png}' in out and f'table written to {md}' in out
+    assert md.read_text().startswith('# Which normalizer each layer chose')
     for argv, message in ((['--compare', '--out', 'x.txt'],
                            "--out must end in .csv or .json or .md, got 'x.txt'"),
                           ([], 'expected checkpoint files, --compare or --trajectories RUN')):
-        with pytest.raises(SystemExit):
-            tool.parse_args(argv)
-        assert message in capsys.readouterr().err
+        assert message in run_tool('analyze_sn.py', *argv, expect_rc=2)
 
 
 def test_missing_default_outputs_name_the_commands(tmp_path, monkeypatch, det_ckpt):

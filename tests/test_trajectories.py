@@ -1,7 +1,6 @@
 """Share trajectories from a run's vis_data/scalars.json (sn_mm.analysis.trajectories and
 tools/analyze_sn.py --trajectories): a tiny hand-written file, and the file a real Runner
 with SNRatioHook writes."""
-import importlib.util
 import json
 import os
 import os.path as osp
@@ -9,7 +8,9 @@ import os.path as osp
 import pytest
 
 from sn_mm.analysis.trajectories import (find_scalars, final_shares, format_trajectories,
-                                         plot_trajectories, read_trajectories, select)
+                                         plot_trajectories, read_trajectories,
+                                         run_trajectories, select)
+from tests.cli import run_tool
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 
@@ -80,11 +81,7 @@ def test_cli_plots_the_curves_of_a_real_run(tmp_path, capsys):
     from tests.test_sn_ratio_hook import _runner
     runner = _runner(tmp_path, dict(type='SNRatioHook', interval=2), max_iters=4)
     runner.train()
-    spec = importlib.util.spec_from_file_location('analyze_sn', osp.join(ROOT, 'tools',
-                                                                         'analyze_sn.py'))
-    tool = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(tool)
-    traj = tool.main(['--trajectories', str(tmp_path)])
+    traj = run_trajectories(str(tmp_path))
     assert list(traj) == ['stem', 'layer1', 'layer2', 'all']
     assert traj['all']['mean']['IN'][0] == [0, 2, 4]
     assert set(traj['layer2']['var']['BN'][1]) == {0.0}  # stage of the 2-logit layer
@@ -94,6 +91,8 @@ def test_cli_plots_the_curves_of_a_real_run(tmp_path, capsys):
     assert 'figure written to' in out
     png = out.split('figure written to ')[-1].strip()
     assert png.endswith(osp.join('vis_data', 'sn_trajectories.png')) and osp.getsize(png) > 10000
-    layers = tool.main(['--trajectories', str(tmp_path), '--layers', '--groups', 'sn1',
-                        '--plot', str(tmp_path / 'l.png'), '--quiet'])
+    layers = run_trajectories(str(tmp_path), str(tmp_path / 'l.png'), ['sn1'], True,
+                              quiet=True)
+    cli = run_tool('analyze_sn.py', '--trajectories', tmp_path, '--quiet')  # as a user runs it
+    assert 'figure written to' in cli
     assert list(layers) == ['sn1']
