@@ -221,7 +221,8 @@ def print_table(shapes, rounds, with_peaks):
     return ratios
 
 
-def best_ms(fn, rounds):
+def timings(fn, rounds):
+    """Seconds of ``rounds`` calls of ``fn`` after one warm-up call (device synchronized)."""
     fn()
     times = []
     for _ in range(rounds):
@@ -230,19 +231,15 @@ def best_ms(fn, rounds):
         fn()
         sync()
         times.append(time.perf_counter() - start)
-    return min(times) * 1e3
+    return times
+
+
+def best_ms(fn, rounds):
+    return min(timings(fn, rounds)) * 1e3
 
 
 def median_ms(fn, rounds):
-    fn()
-    times = []
-    for _ in range(rounds):
-        sync()
-        start = time.perf_counter()
-        fn()
-        sync()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times) * 1e3
+    return statistics.median(timings(fn, rounds)) * 1e3
 
 
 def autocast_dtypes():

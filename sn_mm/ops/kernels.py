@@ -20,7 +20,8 @@ Dtypes. ``x`` and ``g`` keep their dtype (float64, float32, bfloat16, float16); 
 statistic and coefficient is in the *accumulation dtype*: float64 for float64 inputs,
 float32 otherwise. The compiled kernels and the CUDA path read reduced-precision inputs
 as they are (no full-size float32 copy); the pure-torch CPU path for reduced precision
-(only without the extension) converts row blocks to float32.
+(only without the extension, or with ``SN_MM_DISABLE_EXT=1``) converts the input to
+float32 for the statistics.
 
 ``SN_MM_DISABLE_EXT=1`` (or :data:`USE_COMPILED_KERNEL` = False) selects the pure-torch
 path everywhere; CPU installs built without the kernels get a one-time warning.

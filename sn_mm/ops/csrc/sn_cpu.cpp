@@ -84,6 +84,14 @@ void check_rows(const torch::Tensor& x, const char* name) {
   TORCH_CHECK(x.dim() == 2, name, ": expected an (R, L) tensor, got ", x.sizes());
 }
 
+// Values per row of a contiguous tensor split into `rows` rows (an (N, C, *spatial) tensor
+// with rows = N*C).
+int64_t row_length(const torch::Tensor& xc, int64_t rows, const char* name) {
+  TORCH_CHECK(rows > 0 && xc.numel() % rows == 0, name, ": ", xc.numel(),
+              " values do not split into ", rows, " rows");
+  return xc.numel() / rows;
+}
+
 void check_coeff(const torch::Tensor& t, int64_t rows, torch::ScalarType acc, const char* what) {
   TORCH_CHECK(t.numel() == rows && t.scalar_type() == acc && t.is_contiguous(), what,
               " must be a contiguous tensor of ", rows, " elements of dtype ", acc, ", got ",
@@ -178,9 +186,7 @@ torch::Tensor affine(const torch::Tensor& x, const torch::Tensor& scale,
   TORCH_CHECK(x.device().is_cpu(), "affine: CPU tensors only");
   auto xc = x.contiguous();
   const int64_t rows = scale.numel();
-  TORCH_CHECK(rows > 0 && xc.numel() % rows == 0, "affine: ", xc.numel(),
-              " values do not split into ", rows, " rows");
-  const int64_t length = xc.numel() / rows;
+  const int64_t length = row_length(xc, rows, "affine");
   const auto acc = acc_type(xc.scalar_type());
   check_coeff(scale, rows, acc, "affine: scale");
   check_coeff(shift, rows, acc, "affine: shift");
@@ -279,9 +285,7 @@ torch::Tensor input_grad(const torch::Tensor& g, const torch::Tensor& x, const t
               g.scalar_type(), " and ", x.sizes(), " ", x.scalar_type());
   auto gc = g.contiguous(), xc = x.contiguous();
   const int64_t rows = a.numel();
-  TORCH_CHECK(rows > 0 && xc.numel() % rows == 0, "input_grad: ", xc.numel(),
-              " values do not split into ", rows, " rows");
-  const int64_t length = xc.numel() / rows;
+  const int64_t length = row_length(xc, rows, "input_grad");
   const auto acc = acc_type(xc.scalar_type());
   check_coeff(a, rows, acc, "input_grad: a");
   check_coeff(k, rows, acc, "input_grad: k");
