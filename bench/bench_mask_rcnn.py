@@ -25,9 +25,8 @@ import sn_mm  # noqa: F401
 
 # The outermost profiler events of each norm's forward and backward (inclusive times).
 NORM_OPS = {
-    'SN': ('sn_mm::switchable_norm', 'sn_mm::switchable_norm_generic',
-           'torch::autograd::CppNode<(anonymous namespace)::SwitchableNormFunction>',
-           'GeneratedBackwardFor_sn_mm_switchable_norm_generic_default'),
+    'SN': ('sn_mm::switchable_norm',
+           'torch::autograd::CppNode<(anonymous namespace)::SwitchableNormFunction>'),
     'GN': ('aten::group_norm', 'NativeGroupNormBackward0'),
     'BN': ('aten::batch_norm', 'NativeBatchNormBackward0'),
 }

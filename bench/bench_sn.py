@@ -8,8 +8,8 @@ the peak memory growth of one forward+backward (VmHWM, a fresh process per varia
 and shape). A second table shows RoI-head shapes (small spatial size, many samples),
 where SN's fixed per-layer cost weighs most. Further sections: low precision
 (autocast bf16 on CPU; fp16 and bf16 on CUDA: time and saved bytes against BatchNorm
-under the same autocast), the per-layer fixed cost on a tiny input (the compiled op and
-the device-generic one), and a ``torch.compile``'d ResNet-50 forward+backward with SN
+under the same autocast), the per-layer fixed cost on a tiny input (the op and the torch
+reference), and a ``torch.compile``'d ResNet-50 forward+backward with SN
 against the same network with BatchNorm.
 
     python bench/bench_sn.py [--device cpu|cuda] [--rounds 15] [--threads N] [--quick]
@@ -30,7 +30,7 @@ from torch import nn
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 sys.path.insert(0, ROOT)
-from sn_mm.ops import SwitchableNorm, SyncSwitchableNorm, functional, kernels  # noqa: E402
+from sn_mm.ops import SwitchableNorm, SyncSwitchableNorm, functional  # noqa: E402
 from tests.reference import reference_sn  # noqa: E402  (the literal autograd formulation)
 
 SHAPES = [(2, 256, 200, 272), (2, 256, 100, 136), (8, 512, 64, 64), (2, 1024, 50, 68),
@@ -283,14 +283,8 @@ def print_low_precision(shapes, rounds):
 
 
 def print_parts(rounds):
-    """The IN-moments kernel, and SN's fixed per-layer cost on a tiny input."""
+    """SN's fixed per-layer cost on a tiny input: the op, and the torch reference."""
     print('## Parts')
-    if DEVICE.type == 'cpu' and kernels.compiled_kernel is not None:
-        x = torch.randn(2 * 256, 100 * 136)
-        ext = best_ms(lambda: kernels.compiled_kernel.instance_moments(x), rounds)
-        aten = best_ms(lambda: torch.batch_norm_update_stats(x[None], None, None, 0.0), rounds)
-        print(f'IN moments of (2, 256, 100, 136), best of {rounds}: sn_mm._ext {ext:.2f} ms, '
-              f"ATen's batch_norm_update_stats {aten:.2f} ms ({aten / ext:.1f}x)")
     tiny = torch.randn(2, 256, 2, 2, device=DEVICE, requires_grad=True)
     grad = torch.randn_like(tiny)
     layers = {'SN': SwitchableNorm(256).to(DEVICE), 'BN': nn.BatchNorm2d(256).to(DEVICE)}
@@ -300,20 +294,20 @@ def print_parts(rounds):
             cost.setdefault(name, []).append(
                 median_ms(lambda layer=layer: fwd_bwd(layer, tiny, grad), rounds * 20))
     cost = {k: statistics.median(v) for k, v in cost.items()}
-    op = functional.op_for(tiny, functional.BN_BATCH)
-    line = (f'| fixed cost (2, 256, 2, 2), forward+backward, median of {rounds * 20} | '
-            f'SN {cost["SN"]:.3f} ms | BN {cost["BN"]:.3f} ms | SN/BN {cost["SN"] / cost["BN"]:.2f} |'
-            f' op: {op.name()} |')
-    print(line)
-    if op is not functional.generic_op:
-        saved = kernels.USE_COMPILED_KERNEL
-        kernels.USE_COMPILED_KERNEL = False
+    kernel = 'none (reference)' if functional.extension is None else \
+        f'sn_mm::switchable_norm, SN_MM_KERNELS={functional.KERNELS}'
+    print(f'| fixed cost (2, 256, 2, 2), forward+backward, median of {rounds * 20} | '
+          f'SN {cost["SN"]:.3f} ms | BN {cost["BN"]:.3f} ms | SN/BN {cost["SN"] / cost["BN"]:.2f} |'
+          f' op: {kernel} |')
+    if functional.extension is not None:
+        saved, functional.extension = functional.extension, None
+        functional._warned_reference = True
         try:
-            generic = median_ms(lambda: fwd_bwd(layers['SN'], tiny, grad), rounds * 20)
+            ref = median_ms(lambda: fwd_bwd(layers['SN'], tiny, grad), rounds * 20)
         finally:
-            kernels.USE_COMPILED_KERNEL = saved
-        print(f'| same, device-generic op (pure torch) | SN {generic:.3f} ms | | '
-              f'SN/BN {generic / cost["BN"]:.2f} | op: {functional.generic_op.name()} |')
+            functional.extension = saved
+        print(f'| same, the torch reference with plain autograd | SN {ref:.3f} ms | | '
+              f'SN/BN {ref / cost["BN"]:.2f} | sn_mm.ops.reference |')
 
 
 def conv_bn_relu(cin, cout, norm, k=1, stride=1):

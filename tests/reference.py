@@ -7,8 +7,12 @@ import torch
 
 
 def reference_sn(x, weight, bias, mean_logits, var_logits, *, eps=1e-5, training=True,
-                 running_mean=None, running_var=None, unbiased=True, using_bn=True):
-    """Returns ``(y, batch_mean_bn, batch_var_bn)`` (the last two None in eval or without BN)."""
+                 running_mean=None, running_var=None, unbiased=True, using_bn=True,
+                 gn_groups=None):
+    """Returns ``(y, batch_mean_bn, batch_var_bn)`` (the last two None in eval or without BN).
+
+    ``gn_groups``: a GroupNorm branch over that many channel groups, the last logit.
+    """
     n, c = x.shape[:2]
     xf = x.reshape(n, c, -1)
     length = xf.shape[-1]
@@ -35,6 +39,13 @@ def reference_sn(x, weight, bias, mean_logits, var_logits, *, eps=1e-5, training
             bn_var = running_var.reshape(1, c, 1)
         mean = mean + mean_w[2] * bn_mean
         var = var + var_w[2] * bn_var
+    if gn_groups is not None:
+        grouped = (n, gn_groups, c // gn_groups)
+        mean_gn = mean_in.reshape(grouped).mean(-1, keepdim=True)
+        var_gn = temp.reshape(grouped).mean(-1, keepdim=True) - mean_gn ** 2
+        expand = (lambda t: t.expand(grouped).reshape(n, c, 1))
+        mean = mean + mean_w[-1] * expand(mean_gn)
+        var = var + var_w[-1] * expand(var_gn)
     y = (xf - mean) / torch.sqrt(var + eps)
     y = y * weight.reshape(1, c, 1) + bias.reshape(1, c, 1)
     squeeze = (lambda t: None if t is None else t.reshape(c))

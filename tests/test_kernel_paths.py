@@ -1,4 +1,4 @@
-"""The compiled CPU kernels and the pure-torch path compute the same results."""
+"""The C++ CPU kernel of the SN ops and the torch reference compute the same results."""
 import os
 import sys
 
@@ -6,12 +6,22 @@ import pytest
 import torch
 from torch.testing import assert_close
 
-from sn_mm.ops import SwitchableNorm, kernels, mixing
+from sn_mm.ops import SwitchableNorm, functional, pool as pool_table, reference
+from sn_mm.ops.reference import BN_BATCH, BN_NONE, BN_RUNNING
 
 BUILT_WITHOUT_OPS = os.getenv('SN_MM_WITH_OPS', '1') == '0'
-ext = kernels.compiled_kernel
+ext = functional.extension
 needs_ext = pytest.mark.skipif(ext is None, reason='compiled kernel not built')
 ALL_DTYPES = [torch.float64, torch.float32, torch.bfloat16, torch.float16]
+POOLS = [('IN', 'LN', 'BN'), ('IN', 'LN'), ('IN', 'LN', 'BN', 'GN'), ('GN', 'IN'),
+         ('BN', 'LN')]
+
+
+def op(x, weight, bias, a, b, running_mean=None, running_var=None, pool=('IN', 'LN', 'BN'),
+       num_groups=1, bn_mode=BN_BATCH, eps=1e-5, unbiased=True, softmax=False):
+    return torch.ops.sn_mm.switchable_norm(x, weight, bias, a, b, running_mean, running_var,
+                                           pool_table.codes(pool), num_groups, bn_mode, eps,
+                                           unbiased, 0, softmax)
 
 
 @pytest.mark.skipif(BUILT_WITHOUT_OPS, reason='installed with SN_MM_WITH_OPS=0')
@@ -38,40 +48,14 @@ def test_compiled_kernel_runs_parallel():
     assert len(gomp) <= 1, f'two libgomp.so.1 loaded: {sorted(gomp)}'
 
 
-def _acc(dtype):
-    return kernels.accumulation_dtype(dtype)
-
-
-@needs_ext
-@pytest.mark.parametrize('dtype', ALL_DTYPES)
-def test_input_grad_and_affine_match_formula(dtype):
-    gen = torch.Generator().manual_seed(0)
-    g, x = (torch.randn(12, 37, generator=gen).to(dtype) for _ in range(2))
-    a, k, c = (torch.randn(12, generator=gen).to(_acc(dtype)) for _ in range(3))
-    out = ext.input_grad(g, x, a, k, c)
-    ref = a[:, None] * g.to(a.dtype) + k[:, None] * x.to(a.dtype) + c[:, None]
-    assert out.dtype == dtype
-    assert_close(out, ref.to(dtype))
-    y = ext.affine(x, a, c)
-    assert y.dtype == dtype
-    assert_close(y, (a[:, None] * x.to(a.dtype) + c[:, None]).to(dtype))
-    with pytest.raises(RuntimeError, match='do not split into 5 rows'):
-        ext.input_grad(g, x, a[:5], k, c)
-    with pytest.raises(RuntimeError, match='must be a contiguous tensor of 6 elements'):
-        ext.affine(x, a[:6], c)
-
-
-@needs_ext
-@pytest.mark.parametrize('dtype', ALL_DTYPES)
-def test_grad_sums_match_formula(dtype):
-    gen = torch.Generator().manual_seed(1)
-    g, x = (torch.randn(9, 2100, generator=gen).to(dtype) for _ in range(2))
-    mean = torch.randn(9, generator=gen).to(_acc(dtype))
-    dot, total = ext.grad_sums(g, x, mean)
-    g64, x64 = g.double(), x.double()
-    tol = dict(rtol=1e-5, atol=1e-4) if dtype != torch.float64 else dict(rtol=1e-12, atol=1e-10)
-    assert_close(dot.double(), (g64 * (x64 - mean.double()[:, None])).sum(-1), **tol)
-    assert_close(total.double(), g64.sum(-1), **tol)
+def _params(c, k, dtype=torch.float64, per_sample=0, seed=0):
+    gen = torch.Generator().manual_seed(seed)
+    weight, bias = (torch.randn(c, generator=gen, dtype=dtype) for _ in range(2))
+    shape = (per_sample, k) if per_sample else (k,)
+    a, b = (torch.softmax(torch.randn(shape, generator=gen, dtype=dtype), -1) for _ in range(2))
+    running_mean = torch.randn(c, generator=gen, dtype=dtype)
+    running_var = torch.rand(c, generator=gen, dtype=dtype) + 0.5
+    return weight, bias, a, b, running_mean, running_var
 
 
 @needs_ext
@@ -81,10 +65,12 @@ def test_instance_moments_kernel_matches_float64_reference(dtype, length):
     gen = torch.Generator().manual_seed(length)
     # A large common offset: a one-pass E[x^2] - E[x]^2 would lose every digit here.
     offset, spread = (1000.0, 0.01) if dtype in (torch.float32, torch.float64) else (30.0, 1.0)
-    x = (torch.randn(6, length, generator=gen, dtype=torch.float64) * spread + offset).to(dtype)
-    mean, var = ext.instance_moments(x)
+    x = (torch.randn(6, 1, length, generator=gen, dtype=torch.float64) * spread + offset).to(dtype)
+    weight, bias, a, b, _, _ = _params(1, 2)
+    _, mean, var, _, _, _ = op(x, weight, bias, a, b, pool=('IN', 'LN'), bn_mode=BN_NONE)
     ref_var, ref_mean = torch.var_mean(x.double(), -1, correction=0)
-    assert mean.dtype == var.dtype == _acc(dtype)  # float32 statistics of a bf16/fp16 input
+    acc = reference.accumulation_dtype(dtype)
+    assert mean.dtype == var.dtype == acc  # float32 statistics of a bf16/fp16 input
     assert_close(mean.double(), ref_mean, rtol=1e-7 if dtype != torch.float64 else 1e-14,
                  atol=0)
     assert_close(var.double(), ref_var, rtol=1e-5 if dtype != torch.float64 else 1e-10,
@@ -92,73 +78,77 @@ def test_instance_moments_kernel_matches_float64_reference(dtype, length):
     assert (var >= 0).all()
 
 
-@needs_ext
-def test_instance_moments_kernel_rejects_bad_input():
-    with pytest.raises(RuntimeError, match=r'expected an \(R, L\) tensor'):
-        ext.instance_moments(torch.randn(2, 3, 4))
-    with pytest.raises(RuntimeError, match=r'rows must not be empty'):
-        ext.instance_moments(torch.randn(2, 0))
-
-
-def _mix_inputs(n, c, k, dtype=torch.float64, seed=0):
-    gen = torch.Generator().manual_seed(seed)
-    mean_in = torch.randn(n, c, generator=gen, dtype=dtype)
-    u = torch.rand(n, c, generator=gen, dtype=dtype) + 0.1
-    weight, bias = (torch.randn(c, generator=gen, dtype=dtype) for _ in range(2))
-    a, b = (torch.softmax(torch.randn(k, generator=gen, dtype=dtype), 0) for _ in range(2))
-    bn_mean = torch.randn(c, generator=gen, dtype=dtype)
-    bn_var = torch.rand(c, generator=gen, dtype=dtype) + 0.5
-    gs, gt = (torch.randn(n, c, generator=gen, dtype=dtype) for _ in range(2))
-    return mean_in, u, weight, bias, a, b, bn_mean, bn_var, gs, gt
+def _mode_for(pool, training):
+    if 'BN' not in pool:
+        return BN_NONE
+    return BN_BATCH if training else BN_RUNNING
 
 
 @needs_ext
-@pytest.mark.parametrize('mode', [mixing.BN_NONE, mixing.BN_GIVEN, mixing.BN_BATCH])
-@pytest.mark.parametrize('dtype', [torch.float64, torch.float32])
-@pytest.mark.parametrize('shape', [(1, 1), (3, 5), (64, 33)])
-def test_compiled_mixing_matches_pure_torch(mode, dtype, shape):
-    k = 2 if mode == mixing.BN_NONE else 3
-    mean_in, u, weight, bias, a, b, bn_mean, bn_var, gs, gt = _mix_inputs(*shape, k, dtype)
-    fwd_c = ext.mix_forward(mean_in, u, weight, bias, a, b, bn_mean, bn_var, mode, 1e-5)
-    fwd_t = mixing.mix_forward(mean_in, u, weight, bias, a, b, bn_mean, bn_var, mode, 1e-5)
-    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=2e-5, atol=2e-5)
-    for got, want in zip(fwd_c, fwd_t):
-        assert_close(got, want, **tol)
-    _, _, used_mean, used_var = fwd_t
-    bwd_c = ext.mix_backward(gs, gt, mean_in, u, weight, a, b, used_mean, used_var, mode, 1e-5)
-    bwd_t = mixing.mix_backward(gs, gt, mean_in, u, weight, a, b, used_mean, used_var, mode,
-                                1e-5)
-    for got, want in zip(bwd_c, bwd_t):
-        assert_close(got, want, **tol)
+@pytest.mark.parametrize('pool', POOLS)
+@pytest.mark.parametrize('training', [True, False])
+@pytest.mark.parametrize('per_sample', [False, True])
+@pytest.mark.parametrize('shape', [(1, 4, 1, 1), (3, 8, 5, 3), (16, 12, 7, 7)])
+def test_op_matches_reference_float64(pool, training, per_sample, shape):
+    """Forward, batch moments and every gradient, the C++ kernel against the reference."""
+    n, c = shape[0], shape[1]
+    if training and 'BN' in pool and n * shape[2] * shape[3] <= 1:
+        pytest.skip('no batch statistics of a single value')
+    gen = torch.Generator().manual_seed(sum(shape))
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 0.5).requires_grad_()
+    weight, bias, a, b, rm, rv = _params(c, len(pool), per_sample=n if per_sample else 0)
+    leaves = [t.requires_grad_() for t in (weight, bias, a, b)]
+    mode = _mode_for(pool, training)
+    running = (rm, rv) if mode == BN_RUNNING else (None, None)
+    groups = 4 if 'GN' in pool else 1
+    got = op(x, *leaves, *running, pool=pool, num_groups=groups, bn_mode=mode)
+    want = reference.switchable_norm(x, *leaves, *running, pool, groups, mode, 1e-5, True)
+    for g, w in zip(got, want):
+        assert_close(g, w, rtol=1e-10, atol=1e-12)
+    grad_y = torch.randn(shape, generator=gen, dtype=torch.float64)
+    inputs = [x] + leaves
+    g_got = torch.autograd.grad(got[0], inputs, grad_y)
+    g_want = torch.autograd.grad(want[0], inputs, grad_y)
+    for name, g, w in zip(('x', 'weight', 'bias', 'a', 'b'), g_got, g_want):
+        assert_close(g, w, rtol=1e-9, atol=1e-11, msg=lambda m: f'{name}: {m}')
 
 
 @needs_ext
-def test_compiled_mixing_rejects_bad_input():
-    mean_in, u, weight, bias, a, b, bn_mean, bn_var, _, _ = _mix_inputs(2, 3, 3)
-    with pytest.raises(RuntimeError, match='mode must be 0, 1 or 2'):
-        ext.mix_forward(mean_in, u, weight, bias, a, b, bn_mean, bn_var, 7, 1e-5)
-    with pytest.raises(RuntimeError, match='needs 2 importance weights'):
-        ext.mix_forward(mean_in, u, weight, bias, a, b, bn_mean, bn_var, 0, 1e-5)
-    with pytest.raises(RuntimeError, match='weight and bias need 3'):
-        ext.mix_forward(mean_in, u, weight[:2], bias, a, b, bn_mean, bn_var, 2, 1e-5)
+def test_op_rejects_bad_input():
+    x = torch.randn(2, 6, 3, 3)
+    weight, bias, a, b, rm, rv = _params(6, 3, dtype=torch.float32)
+    with pytest.raises(RuntimeError, match='bn_mode must be 0'):
+        op(x, weight, bias, a, b, bn_mode=7)
+    with pytest.raises(RuntimeError, match=r'needs importance weights of shape \(4,\)'):
+        op(x, weight, bias, a, b, pool=('IN', 'LN', 'BN', 'GN'), num_groups=2)
+    with pytest.raises(RuntimeError, match='weight and bias need 6'):
+        op(x, weight[:2], bias, a, b)
+    with pytest.raises(RuntimeError, match='num_groups 4 must divide the 6 channels'):
+        op(x, weight, bias, a[:2], b[:2], pool=('IN', 'GN'), num_groups=4, bn_mode=BN_NONE)
+    with pytest.raises(RuntimeError, match='needs a BN branch'):
+        op(x, weight, bias, a[:2], b[:2], pool=('IN', 'LN'), bn_mode=BN_BATCH)
+    with pytest.raises(RuntimeError, match='unknown normalizer code 9'):
+        torch.ops.sn_mm.switchable_norm(x, weight, bias, a, b, None, None, [0, 1, 9], 1,
+                                        BN_NONE, 1e-5, True, 0, False)
 
 
-def test_missing_kernel_warns_once_and_falls_back(monkeypatch):
-    monkeypatch.setattr(kernels, 'compiled_kernel', None)
-    monkeypatch.setattr(kernels, 'USE_COMPILED_KERNEL', True)
-    monkeypatch.setattr(kernels, '_warned_missing_kernel', False)
+def test_missing_extension_warns_once_and_uses_the_reference(monkeypatch):
     x = torch.randn(2, 4, 5, 5)
-    with pytest.warns(UserWarning, match='without its compiled CPU kernels'):
+    y_op = SwitchableNorm(4)(x)
+    monkeypatch.setattr(functional, 'extension', None)
+    monkeypatch.setattr(functional, '_warned_reference', False)
+    with pytest.warns(UserWarning, match='without its compiled ops'):
         y = SwitchableNorm(4)(x)
-    monkeypatch.setattr(kernels, 'USE_COMPILED_KERNEL', False)
-    assert_close(y, SwitchableNorm(4)(x))
+    assert_close(y, y_op)
 
 
 @pytest.mark.parametrize('use_kernel', [True, False])
 @pytest.mark.parametrize('using_bn', [True, False])
 @pytest.mark.parametrize('training', [True, False])
 def test_gradcheck_both_paths(monkeypatch, use_kernel, using_bn, training):
-    monkeypatch.setattr(kernels, 'USE_COMPILED_KERNEL', use_kernel)
+    if not use_kernel:
+        monkeypatch.setattr(functional, 'extension', None)
+        monkeypatch.setattr(functional, '_warned_reference', True)
     layer = SwitchableNorm(3, using_bn=using_bn, dtype=torch.float64).train(training)
     with torch.no_grad():
         layer.mean_weight.normal_()
@@ -174,7 +164,9 @@ def test_paths_agree(monkeypatch, dtype):
     grad_out = torch.randn_like(x)
     results = []
     for use_kernel in (True, False):
-        monkeypatch.setattr(kernels, 'USE_COMPILED_KERNEL', use_kernel)
+        if not use_kernel:
+            monkeypatch.setattr(functional, 'extension', None)
+            monkeypatch.setattr(functional, '_warned_reference', True)
         layer = SwitchableNorm(16)
         xi = x.clone().requires_grad_()
         y = layer(xi)

@@ -13,8 +13,10 @@ C, H, W = 6, 5, 4
 PARAM_NAMES = ('weight', 'bias', 'mean_weight', 'var_weight')
 
 
-def _make_layer(cls, in_variance, seed=0):
-    layer = cls(C, momentum=0.3, in_variance=in_variance).double()
+def _make_layer(cls, in_variance, seed=0, branches=None):
+    groups = 3 if branches and 'GN' in branches else None
+    layer = cls(C, momentum=0.3, in_variance=in_variance, branches=branches,
+                num_groups=groups).double()
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for p in layer.parameters():
@@ -30,7 +32,8 @@ def _union_data(batches, seed=1):
     return x, grad_out
 
 
-def _worker(rank, world_size, init_file, batches, in_variance, out_dir, compiled=False):
+def _worker(rank, world_size, init_file, batches, in_variance, out_dir, compiled=False,
+            branches=None):
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
                             world_size=world_size)
     calls = {'all_reduce': 0, 'other': 0}
@@ -42,7 +45,7 @@ def _worker(rank, world_size, init_file, batches, in_variance, out_dir, compiled
 
     dist.all_reduce = counting_all_reduce
     try:
-        layer = _make_layer(SyncSwitchableNorm, in_variance)
+        layer = _make_layer(SyncSwitchableNorm, in_variance, branches=branches)
         x, grad_out = _union_data(batches)
         start = sum(batches[:rank])
         x_local = x[start:start + batches[rank]].clone().requires_grad_()
@@ -74,13 +77,15 @@ def _worker(rank, world_size, init_file, batches, in_variance, out_dir, compiled
         dist.destroy_process_group()
 
 
-@pytest.mark.parametrize('batches,in_variance', [
-    ((3, 5), 'unbiased'),
-    ((0, 4), 'biased'),
-    ((4, 0), 'unbiased'),
+@pytest.mark.parametrize('batches,in_variance,branches', [
+    ((3, 5), 'unbiased', None),
+    ((0, 4), 'biased', None),
+    ((4, 0), 'unbiased', None),
+    ((2, 3), 'unbiased', ('IN', 'LN', 'BN', 'GN')),
 ])
-def test_sync_sn_equals_sn_on_union_batch(tmp_path, batches, in_variance):
-    _check_against_union_batch(tmp_path, batches, in_variance, compiled=False)
+def test_sync_sn_equals_sn_on_union_batch(tmp_path, batches, in_variance, branches):
+    _check_against_union_batch(tmp_path, batches, in_variance, compiled=False,
+                               branches=branches)
 
 
 def test_compiled_sync_sn_equals_sn_on_union_batch(tmp_path):
@@ -90,12 +95,12 @@ def test_compiled_sync_sn_equals_sn_on_union_batch(tmp_path):
         assert r['breaks'] == [], r['breaks']
 
 
-def _check_against_union_batch(tmp_path, batches, in_variance, compiled):
+def _check_against_union_batch(tmp_path, batches, in_variance, compiled, branches=None):
     mp.spawn(_worker, args=(2, str(tmp_path / 'init'), batches, in_variance, str(tmp_path),
-                            compiled), nprocs=2, join=True)
+                            compiled, branches), nprocs=2, join=True)
     results = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
 
-    reference = _make_layer(SwitchableNorm, in_variance)
+    reference = _make_layer(SwitchableNorm, in_variance, branches=branches)
     x, grad_out = _union_data(batches)
     x = x.requires_grad_()
     y = reference(x)

@@ -8,51 +8,60 @@ import torch
 from torch import nn
 from torch.testing import assert_close
 
-from sn_mm.ops import SwitchableNorm, SyncSwitchableNorm, functional, kernels
+from sn_mm.ops import SwitchableNorm, SyncSwitchableNorm, functional, pool as pool_table
 from sn_mm.ops.functional import BN_BATCH, BN_NONE, BN_RUNNING
 from tests.devices import DEVICES
 
 MODES = {'none': BN_NONE, 'running': BN_RUNNING, 'batch': BN_BATCH}
+POOLS = {'IN-LN-BN': ('IN', 'LN', 'BN'), 'IN-LN': ('IN', 'LN'),
+         'IN-LN-BN-GN': ('IN', 'LN', 'BN', 'GN')}
 
 
 def _op_args(mode, dtype=torch.float64, param_dtype=None, shape=(3, 4, 5, 6), grad=True,
-             softmax=False):
+             softmax=False, pool=None, per_sample=False, device='cpu'):
     param_dtype = param_dtype or dtype
     gen = torch.Generator().manual_seed(0)
-    k = 2 if mode == BN_NONE else 3
-    x = torch.randn(*shape, generator=gen, dtype=torch.float64).to(dtype)
-    weight, bias = (torch.randn(shape[1], generator=gen, dtype=param_dtype) for _ in range(2))
-    a, b = (torch.softmax(torch.randn(k, generator=gen, dtype=param_dtype), 0) for _ in range(2))
-    rm = torch.randn(shape[1], generator=gen, dtype=param_dtype)
-    rv = torch.rand(shape[1], generator=gen, dtype=param_dtype) + 0.5
+    if pool is None:
+        pool = POOLS['IN-LN'] if mode == BN_NONE else POOLS['IN-LN-BN']
+    k = len(pool)
+    x = torch.randn(*shape, generator=gen, dtype=torch.float64).to(device, dtype)
+    weight, bias = (torch.randn(shape[1], generator=gen, dtype=param_dtype).to(device)
+                    for _ in range(2))
+    wshape = (shape[0], k) if per_sample else (k,)
+    a, b = (torch.softmax(torch.randn(wshape, generator=gen, dtype=param_dtype), -1).to(device)
+            for _ in range(2))
+    rm = torch.randn(shape[1], generator=gen, dtype=param_dtype).to(device)
+    rv = (torch.rand(shape[1], generator=gen, dtype=param_dtype) + 0.5).to(device)
     tensors = [x, weight, bias, a, b]
     if grad:
         tensors = [t.requires_grad_() for t in tensors]
-    return (*tensors, rm, rv, mode, 1e-5, True, 0, softmax)
+    return (*tensors, rm, rv, pool_table.codes(pool), 2 if 'GN' in pool else 1, mode, 1e-5,
+            True, 0, softmax)
 
 
-OPS = ['generic-ATen', 'generic-kernels'] + (['native'] if functional.native_op is not None else [])
+needs_ops = pytest.mark.skipif(functional.extension is None, reason='sn_mm ops not built')
 
 
-@pytest.mark.parametrize('which', OPS)
+@needs_ops
+@pytest.mark.parametrize('device', DEVICES)
 @pytest.mark.parametrize('softmax', [False, True])
-@pytest.mark.parametrize('mode', list(MODES.values()), ids=list(MODES))
+@pytest.mark.parametrize('per_sample', [False, True])
+@pytest.mark.parametrize('mode,pool', [(BN_NONE, 'IN-LN'), (BN_RUNNING, 'IN-LN-BN'),
+                                       (BN_BATCH, 'IN-LN-BN'), (BN_BATCH, 'IN-LN-BN-GN')])
 @pytest.mark.parametrize('dtype,param_dtype', [(torch.float64, None), (torch.float32, None),
                                                (torch.bfloat16, torch.float32)])
-def test_opcheck(monkeypatch, which, softmax, mode, dtype, param_dtype):
-    monkeypatch.setattr(kernels, 'USE_COMPILED_KERNEL', which != 'generic-ATen')
-    op, backward_op = ((torch.ops.sn_mm.switchable_norm, torch.ops.sn_mm.switchable_norm_backward)
-                       if which == 'native' else
-                       (torch.ops.sn_mm.switchable_norm_generic,
-                        torch.ops.sn_mm.switchable_norm_generic_backward))
-    op, backward_op = op.default, backward_op.default
-    args = _op_args(mode, dtype, param_dtype, softmax=softmax)
+def test_opcheck(device, softmax, per_sample, mode, pool, dtype, param_dtype):
+    """One op name per computation: its kernel on this device, fake kernel and autograd."""
+    op = torch.ops.sn_mm.switchable_norm.default
+    backward_op = torch.ops.sn_mm.switchable_norm_backward.default
+    args = _op_args(mode, dtype, param_dtype, softmax=softmax, pool=POOLS[pool],
+                    per_sample=per_sample, device=device)
     torch.library.opcheck(op, args)
     # the backward op on its own (schema, fake kernel, aliasing, dynamic shapes)
     y, mean_in, var_in, bn_mean, bn_var, count = op(*args)
     x, weight, _, a, b = (t.detach() for t in args[:5])
     bwd_args = (torch.randn_like(y), x, mean_in, var_in, weight, a, b, bn_mean, bn_var, count,
-                mode, 1e-5, True, 0, True, softmax)
+                *args[7:12], 0, True, softmax)
     torch.library.opcheck(backward_op, bwd_args,
                           test_utils=('test_schema', 'test_faketensor',
                                       'test_aot_dispatch_dynamic'))
@@ -116,8 +125,8 @@ def test_dynamo_sees_no_graph_break(training):
     assert torch._dynamo.explain(sync)(torch.randn(2, 3, 4, 4)).graph_break_count == 0
 
 
-def test_compile_sees_one_op_per_layer():
-    """Dynamo keeps SN as the sn_mm op (one node per layer), not its internals."""
+def test_compile_traces_sn_into_aten_ops():
+    """Under torch.compile SN decomposes into ATen ops (inductor fuses them), no opaque op."""
     torch._dynamo.reset()
     graphs = []
 
@@ -128,7 +137,8 @@ def test_compile_sees_one_op_per_layer():
     model = TwoLayer().train()
     torch.compile(model, backend=backend, fullgraph=True)(torch.randn(2, 3, 6, 6))
     targets = [str(n.target) for n in graphs[0].graph.nodes if n.op == 'call_function']
-    assert sum(t.startswith('sn_mm.switchable_norm') for t in targets) == 2, targets
+    assert not any('sn_mm' in t for t in targets), targets
+    assert any('rsqrt' in t for t in targets), targets
 
 
 def test_export_and_jit_trace_match_eager():
@@ -211,7 +221,7 @@ def test_autocast_keeps_float32_statistics_and_saves_no_float32_copy(dtype):
 
 def test_autocast_makes_no_full_size_float32_allocation():
     """With the compiled kernels no float32 buffer as large as the input is allocated."""
-    if kernels.compiled_kernel is None:
+    if functional.extension is None:
         pytest.skip('compiled kernels not built')
     layer = SwitchableNorm(32).train()
     x = torch.randn(2, 32, 64, 64).bfloat16().requires_grad_()
@@ -260,7 +270,9 @@ def test_empty_batch_under_compile():
 
 @pytest.mark.parametrize('use_kernel', [True, False])
 def test_output_is_not_a_view_so_inplace_ops_work(monkeypatch, use_kernel):
-    monkeypatch.setattr(kernels, 'USE_COMPILED_KERNEL', use_kernel)
+    if not use_kernel:
+        monkeypatch.setattr(functional, 'extension', None)
+        monkeypatch.setattr(functional, '_warned_reference', True)
     layer = SwitchableNorm(4)
     x = torch.randn(2, 4, 3, 3, requires_grad=True)
     y = layer(x)

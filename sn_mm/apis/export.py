@@ -15,7 +15,7 @@ The input ``x`` is the batch after the model's data preprocessor (mean/std norma
 padded), ``(batch, 3, H, W)``, float32; the graph has a static shape.
 
 SN layers export in eval mode (running statistics for the BN branch) as plain ONNX ops:
-while exporting, SN traces :func:`sn_mm.ops.functional.composite_switchable_norm` instead
+while exporting, SN traces its torch reference (:mod:`sn_mm.ops.reference`) instead
 of its custom op. SyncSN is reverted to SN first (and SyncBN to BN, as mmengine's Runner
 does outside a distributed run): in eval mode they compute the same.
 

@@ -29,8 +29,8 @@ from torch import nn
 
 from sn_mm.ops import SwitchableNorm
 from sn_mm.ops.fixed_norms import SNInstanceNorm, BesselLayerNorm, FixedMixtureNorm
+from sn_mm.ops.pool import OFFICIAL_POOLS
 
-BRANCHES = ('IN', 'LN', 'BN')
 
 
 @dataclass
@@ -82,21 +82,28 @@ def spec_of(layer: SwitchableNorm, tol: float = 0.0) -> Tuple[dict, Tuple, Tuple
     mean_w, var_w = (tuple(float(v) for v in w.double().cpu()) for w in layer.importance())
     c, eps, mode = layer.num_features, layer.eps, layer.in_variance
     m, v = choice_of(mean_w, tol), choice_of(var_w, tol)
+    pool = layer.pool
     if m is not None and m == v:
-        if BRANCHES[m] == 'BN':
+        if pool[m] == 'BN':
             return dict(type='BatchNorm2d', num_features=c, eps=eps), mean_w, var_w
-        if BRANCHES[m] == 'IN':
+        if pool[m] == 'IN':
             return dict(type='SNInstanceNorm', num_channels=c, eps=eps, in_variance=mode), \
                 mean_w, var_w
-        if mode == 'biased':
-            return dict(type='GroupNorm', num_groups=1, num_channels=c, eps=eps), mean_w, var_w
-        return dict(type='BesselLayerNorm', num_features=c, eps=eps), mean_w, var_w
+        if mode == 'biased':  # LN is GroupNorm(1, C); GN is GroupNorm(G, C)
+            groups = 1 if pool[m] == 'LN' else layer.num_groups
+            return dict(type='GroupNorm', num_groups=groups, num_channels=c, eps=eps), \
+                mean_w, var_w
+        if pool[m] == 'LN':
+            return dict(type='BesselLayerNorm', num_features=c, eps=eps), mean_w, var_w
 
     def fixed(w, k):
         return [1.0 if i == k else 0.0 for i in range(len(w))] if k is not None else list(w)
 
-    return dict(type='FixedMixtureNorm', num_features=c, mean_weights=fixed(mean_w, m),
-                var_weights=fixed(var_w, v), eps=eps, in_variance=mode), mean_w, var_w
+    spec = dict(type='FixedMixtureNorm', num_features=c, mean_weights=fixed(mean_w, m),
+                var_weights=fixed(var_w, v), eps=eps, in_variance=mode)
+    if pool not in OFFICIAL_POOLS:
+        spec.update(branches=list(pool), num_groups=layer.num_groups)
+    return spec, mean_w, var_w
 
 
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {

@@ -30,20 +30,15 @@ every input size. They are inference layers: the BN term always uses the running
 statistics, also in ``train()`` mode, and nothing is updated.
 """
 import math
-from typing import Sequence
+from typing import Optional, Sequence
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-BRANCHES = ('IN', 'LN', 'BN')
-IN_VARIANCE_MODES = ('unbiased', 'biased')
-
-
-def bessel_factor(x: torch.Tensor, in_variance: str) -> float:
-    """``f = L / (L - 1)`` (``'unbiased'``, ``L > 1``), else 1; ``L`` = spatial size of ``x``."""
-    length = math.prod(x.shape[2:])
-    return length / (length - 1) if in_variance == 'unbiased' and length > 1 else 1.0
+from sn_mm.ops import reference
+from sn_mm.ops.pool import DEFAULT_POOL, check_groups, resolve_pool
+from sn_mm.ops.switchable_norm import IN_VARIANCE_MODES
 
 
 def _check(x: torch.Tensor, num_features: int, owner: str) -> None:
@@ -79,7 +74,7 @@ class SNInstanceNorm(nn.GroupNorm):
         _check(x, self.num_channels, type(self).__name__)
         if math.prod(x.shape[2:]) == 1:
             return _affine(torch.zeros_like(x), self.weight, self.bias)
-        f = bessel_factor(x, self.in_variance)
+        f = reference.bessel_factor(math.prod(x.shape[2:]), self.in_variance == 'unbiased')
         if f == 1.0:
             return F.group_norm(x, self.num_groups, self.weight, self.bias, self.eps)
         # (x - mu) / sqrt(f v + eps) = (x - mu) / sqrt(v + eps / f) / sqrt(f): one fused call
@@ -95,38 +90,51 @@ class FixedMixtureNorm(nn.Module):
 
     Args:
         num_features: channels ``C``.
-        mean_weights, var_weights: 3 ([IN, LN, BN]) or 2 ([IN, LN]) numbers each, >= 0,
-            summing to 1. Which entries are non-zero is structural: only the branches
-            used are computed.
+        mean_weights, var_weights: one number per branch of ``branches``, >= 0, summing
+            to 1. Which entries are non-zero is structural: only the branches used are
+            computed.
         eps, in_variance: as the SN layer's.
+        branches: the pool the weights refer to (names of :mod:`sn_mm.ops.pool`; default
+            the first ``len(mean_weights)`` of ``('IN', 'LN', 'BN')``).
+        num_groups: groups of a ``'GN'`` branch.
 
     Parameters ``weight``, ``bias`` (C,); buffers ``mean_weights``, ``var_weights`` and,
-    when a BN weight is non-zero, ``running_mean``, ``running_var`` (C,).
+    when a BN weight is non-zero, ``running_mean``, ``running_var`` (C,). The math is
+    :func:`sn_mm.ops.reference.mix` over the branches used.
     """
 
     def __init__(self, num_features: int, mean_weights: Sequence[float],
                  var_weights: Sequence[float], eps: float = 1e-5,
-                 in_variance: str = 'unbiased'):
+                 in_variance: str = 'unbiased', branches: Optional[Sequence[str]] = None,
+                 num_groups: int = 1):
         super().__init__()
         mean_weights, var_weights = list(map(float, mean_weights)), list(map(float, var_weights))
+        expected = '2 or 3' if branches is None else str(len(branches))
         for name, w in (('mean_weights', mean_weights), ('var_weights', var_weights)):
-            if len(w) not in (2, 3) or min(w) < 0 or abs(sum(w) - 1) > 1e-6:
-                raise ValueError(f'{name} must be 2 or 3 numbers >= 0 summing to 1 '
-                                 f'([IN, LN(, BN)]), got {w}')
+            if str(len(w)) not in expected.split(' or ') or min(w) < 0 \
+                    or abs(sum(w) - 1) > 1e-6:
+                order = '[IN, LN(, BN)]' if branches is None else list(branches)
+                raise ValueError(f'{name} must be {expected} numbers >= 0 summing to 1 '
+                                 f'({order}), got {w}')
         if len(mean_weights) != len(var_weights):
             raise ValueError(f'mean_weights {mean_weights} and var_weights {var_weights} '
                              'must have the same length')
+        if branches is None:
+            branches = DEFAULT_POOL[:len(mean_weights)]
+        pool = resolve_pool(branches, 'BN' in tuple(branches), type(self).__name__)
         if in_variance not in IN_VARIANCE_MODES:
             raise ValueError(f'in_variance must be one of {IN_VARIANCE_MODES}, '
                              f'got {in_variance!r}')
         self.num_features, self.eps, self.in_variance = num_features, float(eps), in_variance
+        self.pool = pool
+        self.num_groups = check_groups(pool, num_features, num_groups, type(self).__name__)
         self.weight = nn.Parameter(torch.ones(num_features))
         self.bias = nn.Parameter(torch.zeros(num_features))
         # float64 first: exact values of the source weights; .to(dtype) casts with the model
         self.register_buffer('mean_weights', torch.tensor(mean_weights, dtype=torch.float64))
         self.register_buffer('var_weights', torch.tensor(var_weights, dtype=torch.float64))
-        both = [m + v for m, v in zip(mean_weights, var_weights)]
-        self.branches = tuple(b for b, s in zip(BRANCHES, both) if s > 0)
+        self._used = [k for k, (m, v) in enumerate(zip(mean_weights, var_weights)) if m + v > 0]
+        self.branches = tuple(pool[k] for k in self._used)
         if 'BN' in self.branches:
             self.register_buffer('running_mean', torch.zeros(num_features))
             self.register_buffer('running_var', torch.ones(num_features))
@@ -134,32 +142,23 @@ class FixedMixtureNorm(nn.Module):
     def extra_repr(self) -> str:
         fmt = lambda w: '[' + ', '.join(f'{v:.4g}' for v in w.tolist()) + ']'  # noqa: E731
         return (f'{self.num_features}, mean={fmt(self.mean_weights)}, '
-                f'var={fmt(self.var_weights)} ([IN, LN, BN]), eps={self.eps}, '
+                f'var={fmt(self.var_weights)} ({list(self.pool)}), eps={self.eps}, '
                 f'in_variance={self.in_variance!r}')
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         _check(x, self.num_features, type(self).__name__)
-        dims = tuple(range(2, x.dim()))
-        # two passes (mean, then the centred squares): on CPU several times faster than
-        # torch.var_mean's Welford reduction over the spatial dimensions
-        mean_in = x.mean(dims, keepdim=True)
-        var_in = (x - mean_in).square_().mean(dims) * bessel_factor(x, self.in_variance)
-        mean_in = mean_in.reshape(x.shape[:2])  # (N, C)
-        mw, vw = self.mean_weights.to(x.dtype), self.var_weights.to(x.dtype)
-        mean = mw[0] * mean_in
-        var = vw[0] * var_in
-        if 'LN' in self.branches:
-            mean_ln = mean_in.mean(1, keepdim=True)
-            var_ln = var_in.mean(1, keepdim=True) + (mean_in - mean_ln).square().mean(1, True)
-            mean = mean + mw[1] * mean_ln
-            var = var + vw[1] * var_ln
-        if 'BN' in self.branches:
-            mean = mean + mw[2] * self.running_mean.to(x.dtype)
-            var = var + vw[2] * self.running_var.to(x.dtype)
-        scale = self.weight.to(x.dtype) * torch.rsqrt(var + self.eps)  # (N, C)
-        shape = x.shape[:2] + (1,) * len(dims)
-        shift = (self.bias - mean * scale).reshape(shape)
-        return torch.addcmul(shift, x, scale.reshape(shape))  # one pass over x
+        mean_in, var_in = reference.instance_moments(x)
+        acc = mean_in.dtype
+        u = var_in * reference.bessel_factor(math.prod(x.shape[2:]),
+                                             self.in_variance == 'unbiased')
+        used = self._used
+        running = (self.running_mean.to(acc), self.running_var.to(acc)) \
+            if 'BN' in self.branches else (None, None)
+        scale, shift = reference.mix(mean_in, u, self.weight.to(acc), self.bias.to(acc),
+                                     self.mean_weights.to(acc)[used],
+                                     self.var_weights.to(acc)[used], self.branches,
+                                     self.num_groups, *running, self.eps)
+        return torch.addcmul(reference.per_row(shift, x), x, reference.per_row(scale, x))
 
 
 class BesselLayerNorm(FixedMixtureNorm):

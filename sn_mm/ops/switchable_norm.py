@@ -8,8 +8,10 @@ learned mixture of Instance-, Layer- and Batch-Norm statistics:
     \qquad k \in \{\mathrm{IN}, \mathrm{LN}, \mathrm{BN}\},
 
 with ``w = softmax(mean_weight)`` and ``w' = softmax(var_weight)`` — two independent
-softmaxes over pre-softmax logits stored in the order **[IN, LN, BN]** (the official
-checkpoints' order), all initialised to 1 (uniform 1/3).
+softmaxes over pre-softmax logits stored in the order of the layer's *pool*, by default
+**[IN, LN, BN]** (the official checkpoints' order), all initialised to 1 (uniform). The
+pool may also hold a GroupNorm branch (``branches=('IN', 'LN', 'BN', 'GN'),
+num_groups=G``); every normalizer it can hold is a row of :mod:`sn_mm.ops.pool`.
 
 Statistics for an input ``x`` of shape ``(N, C, *spatial)`` (``L`` spatial positions):
 
@@ -45,7 +47,7 @@ mode, exactly as ``torch.nn.BatchNorm2d``. Running statistics start at mean 0,
 variance 1 (torch's convention; the official code starts both at 0).
 """
 import math
-from typing import Optional, Tuple
+from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
@@ -54,10 +56,11 @@ from torch import nn
 from . import norm_eval
 from .batch_average import BatchAverage
 from .distributed import group_handle, sync_world_size
+from . import pool as pool_table
 from .functional import BN_BATCH, BN_NONE, BN_RUNNING, BN_SYNC, switchable_norm
 
-IN, LN, BN = 0, 1, 2
-BRANCHES = ('IN', 'LN', 'BN')
+#: The default pool (:data:`sn_mm.ops.pool.DEFAULT_POOL`), the official logits' order.
+BRANCHES = pool_table.DEFAULT_POOL
 IN_VARIANCE_MODES = ('unbiased', 'biased')
 
 
@@ -74,12 +77,16 @@ class SwitchableNorm(nn.Module):
             (:meth:`start_batch_average` / :meth:`finish_batch_average`).
         using_bn: include the BN branch (3 logits); ``False`` gives the official
             ``(8, 1)`` layout: 2 logits [IN, LN] and no running statistics.
+        branches: the pool, names of :mod:`sn_mm.ops.pool` in logit order (default
+            ``('IN', 'LN', 'BN')``, without ``'BN'`` when ``using_bn=False``); it holds
+            ``'BN'`` exactly when ``using_bn`` is True.
+        num_groups: groups of a ``'GN'`` branch (must divide ``num_features``).
         last_gamma: initialise ``weight`` (gamma) to 0 — for the last SN of a residual block.
         in_variance: ``'unbiased'`` (official, default) or ``'biased'`` (paper).
 
-    Parameters: ``weight``, ``bias`` (C,); ``mean_weight``, ``var_weight`` (3,) or (2,),
-    pre-softmax logits in the order [IN, LN, BN]. Buffers: ``running_mean``,
-    ``running_var`` (C,), only when ``using_bn``.
+    Parameters: ``weight``, ``bias`` (C,); ``mean_weight``, ``var_weight`` (K,),
+    pre-softmax logits in the order of ``self.pool`` (default [IN, LN, BN]). Buffers:
+    ``running_mean``, ``running_var`` (C,), only when ``using_bn``.
     """
 
     _abbr_ = 'sn'
@@ -87,14 +94,15 @@ class SwitchableNorm(nn.Module):
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  using_moving_average: bool = True, using_bn: bool = True,
-                 last_gamma: bool = False, in_variance: str = 'unbiased', device=None,
-                 dtype=None, **unknown):
+                 last_gamma: bool = False, in_variance: str = 'unbiased',
+                 branches: Optional[Sequence[str]] = None, num_groups: Optional[int] = None,
+                 device=None, dtype=None, **unknown):
         super().__init__()
         if unknown:
             raise TypeError(
                 f'{type(self).__name__} got unknown argument(s) {sorted(unknown)}; expected '
                 'num_features, eps, momentum, using_moving_average, using_bn, last_gamma, '
-                f'in_variance{self._extra_arg_names()}, device, dtype')
+                f'in_variance, branches, num_groups{self._extra_arg_names()}, device, dtype')
         if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
             raise ValueError(f'num_features must be a positive int, got {num_features!r}')
         if not (isinstance(eps, (int, float)) and eps > 0):
@@ -112,11 +120,15 @@ class SwitchableNorm(nn.Module):
         self.using_bn = bool(using_bn)
         self.last_gamma = bool(last_gamma)
         self.in_variance = in_variance
+        owner = type(self).__name__
+        #: the normalizers mixed, in logit order (names of :mod:`sn_mm.ops.pool`)
+        self.pool = pool_table.resolve_pool(branches, self.using_bn, owner)
+        self.num_groups = pool_table.check_groups(self.pool, num_features, num_groups, owner)
 
         factory = dict(device=device, dtype=dtype)
         self.weight = nn.Parameter(torch.empty(num_features, **factory))
         self.bias = nn.Parameter(torch.empty(num_features, **factory))
-        num_branches = 3 if self.using_bn else 2
+        num_branches = len(self.pool)
         self.mean_weight = nn.Parameter(torch.empty(num_branches, **factory))
         self.var_weight = nn.Parameter(torch.empty(num_branches, **factory))
         if self.using_bn:
@@ -150,16 +162,21 @@ class SwitchableNorm(nn.Module):
             self.var_weight.fill_(1.0)
 
     def extra_repr(self) -> str:
+        pool = '' if self.pool in pool_table.OFFICIAL_POOLS else \
+            f', branches={self.pool!r}, num_groups={self.num_groups}'
         return (f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, '
                 f'using_moving_average={self.using_moving_average}, '
                 f'using_bn={self.using_bn}, last_gamma={self.last_gamma}, '
-                f'in_variance={self.in_variance!r}')
+                f'in_variance={self.in_variance!r}{pool}')
 
     def config(self) -> dict:
         """Constructor arguments (except ``num_features``) that rebuild this layer."""
-        return dict(eps=self.eps, momentum=self.momentum,
-                    using_moving_average=self.using_moving_average, using_bn=self.using_bn,
-                    last_gamma=self.last_gamma, in_variance=self.in_variance)
+        cfg = dict(eps=self.eps, momentum=self.momentum,
+                   using_moving_average=self.using_moving_average, using_bn=self.using_bn,
+                   last_gamma=self.last_gamma, in_variance=self.in_variance)
+        if self.pool not in pool_table.OFFICIAL_POOLS:
+            cfg.update(branches=self.pool, num_groups=self.num_groups)
+        return cfg
 
     def train(self, mode: bool = True):
         """``nn.Module.train``, except that inside a ``norm_eval=True`` owner SN stays in eval.
@@ -183,7 +200,7 @@ class SwitchableNorm(nn.Module):
         return F.softmax(self.mean_weight, 0), F.softmax(self.var_weight, 0)
 
     def importance(self) -> Tuple[torch.Tensor, torch.Tensor]:
-        """(mean, variance) importance weights in the order [IN, LN(, BN)], detached."""
+        """(mean, variance) importance weights in the order of ``self.pool``, detached."""
         with torch.no_grad():
             mean_w, var_w = self.mixture_weights()
         return mean_w.detach(), var_w.detach()
@@ -225,7 +242,8 @@ class SwitchableNorm(nn.Module):
     def _normalize(self, x, mean_w, var_w, bn_mode, group):
         return switchable_norm(x, self.weight, self.bias, mean_w, var_w, self.running_mean,
                                self.running_var, bn_mode, self.eps,
-                               self.in_variance == 'unbiased', group, self._softmax_in_op)
+                               self.in_variance == 'unbiased', group, self._softmax_in_op,
+                               self.pool, self.num_groups)
 
     def _bn_mode(self, x: torch.Tensor) -> Tuple[int, int]:
         """``(bn_mode, group handle)`` of this forward (see :mod:`sn_mm.ops.functional`).
@@ -314,14 +332,20 @@ class SwitchableNorm(nn.Module):
                     state_dict[key] = value.reshape(self.num_features)
         logits = state_dict.get(prefix + 'mean_weight')
         expected = self.mean_weight.numel()
-        if isinstance(logits, torch.Tensor) and logits.numel() != expected \
-                and logits.numel() in (2, 3):
-            file_using_bn = logits.numel() == 3
+        if isinstance(logits, torch.Tensor) and logits.numel() != expected:
+            count = logits.numel()
+            if self.pool in pool_table.OFFICIAL_POOLS and count in (2, 3):
+                file_using_bn = count == 3
+                hint = (f'build it with using_bn={file_using_bn}, e.g. '
+                        f'norm_cfg=dict(type=..., using_bn={file_using_bn})')
+                names = list(pool_table.pool_of_logits(count))
+            else:
+                hint = 'build it with the branches the checkpoint was trained with'
+                names = 'its branches'
             error_msgs.append(
-                f'{prefix}mean_weight has {logits.numel()} importance logits '
-                f'({"[IN, LN, BN]" if file_using_bn else "[IN, LN]"}) but this layer was built '
-                f'with using_bn={self.using_bn} ({expected} logits); build it with '
-                f'using_bn={file_using_bn}, e.g. norm_cfg=dict(type=..., using_bn={file_using_bn})')
+                f'{prefix}mean_weight has {count} importance logits ({names}) but this '
+                f'layer was built with branches={list(self.pool)}, using_bn={self.using_bn} '
+                f'({expected} logits); {hint}')
             return
         super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
                                       missing_keys, unexpected_keys, error_msgs)
@@ -341,7 +365,7 @@ class SyncSwitchableNorm(SwitchableNorm):
     Cost: per layer and iteration, one all-reduce in forward (every rank's row of
     ``2C + 2`` values: sample and value counts, mean, M2) and one of ``2C`` values
     in backward (the gradients w.r.t. the shared BN moments; see
-    :mod:`sn_mm.ops.mixing`). A rank with an empty batch still joins both collectives, so peers
+    :mod:`sn_mm.ops.distributed`). A rank with an empty batch still joins both collectives, so peers
     never hang — as long as its output takes part in its loss (e.g. ``0 * y.sum()``),
     as for torch's SyncBatchNorm.
 
@@ -353,11 +377,12 @@ class SyncSwitchableNorm(SwitchableNorm):
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  using_moving_average: bool = True, using_bn: bool = True,
                  last_gamma: bool = False, in_variance: str = 'unbiased',
+                 branches: Optional[Sequence[str]] = None, num_groups: Optional[int] = None,
                  process_group=None, device=None, dtype=None, **unknown):
         super().__init__(num_features, eps=eps, momentum=momentum,
                          using_moving_average=using_moving_average, using_bn=using_bn,
-                         last_gamma=last_gamma, in_variance=in_variance, device=device,
-                         dtype=dtype, **unknown)
+                         last_gamma=last_gamma, in_variance=in_variance, branches=branches,
+                         num_groups=num_groups, device=device, dtype=dtype, **unknown)
         self.process_group = process_group
 
     @staticmethod

@@ -1,5 +1,5 @@
-// sn_mm CPU kernels for Switchable Normalization (sn_mm/ops/kernels.py calls them; the
-// pure-torch functions beside each call compute the same math).
+// sn_mm's CPU kernel of the Switchable Normalization ops (the other implementation of the
+// same math is sn_mm/ops/reference.py, in torch ops, for every other path).
 //
 // Full-size passes over x viewed as (R, L) rows (R = N*C, contiguous). Inputs may be
 // float64, float32, bfloat16 or float16; statistics and coefficients are float64 for
@@ -14,9 +14,7 @@
 //   grad_sums:         (sum_l g (x - mean[r]), sum_l g) per row in one pass.
 //   input_grad:        grad_x = a[r] g + k[r] x + c[r], written in x's dtype.
 //
-// The (N, C) mixing step, forward and backward, each in one call (mix_forward,
-// mix_backward); the equations are in sn_mm/ops/mixing.py, whose pure-torch functions
-// are the reference for these loops.
+// The (N, C) step, forward and backward, each in one call (mix_forward, mix_backward).
 #include <torch/extension.h>
 #include <torch/library.h>
 #include <ATen/Parallel.h>
@@ -305,20 +303,96 @@ torch::Tensor input_grad(const torch::Tensor& g, const torch::Tensor& x, const t
   return out;
 }
 
-// ------------------------------------------------------------------ (N, C) mixing step
-// Modes of the BN branch (sn_mm/ops/mixing.py, BN_*): 0 none, 1 constant moments given
-// (running statistics, or SyncSN's synchronized batch moments), 2 batch moments of this
-// input, computed here.
-constexpr int64_t kNoBN = 0, kGivenBN = 1, kBatchBN = 2;
+// ------------------------------------------------------------------ the (N, C) step
+// The pool of normalizers (sn_mm/ops/pool.py is the table; these are its codes) and the
+// modes of the BN branch (sn_mm/ops/functional.py, BN_*). Every branch pools the instance
+// moments (mean_in, u) over a set of entries: IN the entry itself, LN every channel of the
+// sample, GN the channels of the entry's group, BN every sample of the channel (given as
+// running statistics or SyncSN's union-batch moments, or computed from this batch). The
+// equations, forward and backward, are in sn_mm/ops/reference.py; these loops compute
+// the same in one call each.
+constexpr int64_t kIN = 0, kLN = 1, kBN = 2, kGN = 3;
+constexpr int64_t kNone = 0, kRunning = 1, kBatch = 2, kSync = 3;
+
+struct Pool {
+  std::vector<int64_t> codes;
+  int64_t groups = 1;  // of a GN branch
+  int64_t bn = -1;     // position of the BN branch, or -1
+  int64_t size() const { return static_cast<int64_t>(codes.size()); }
+};
+
+Pool make_pool(c10::IntArrayRef codes, int64_t groups, int64_t channels, int64_t bn_mode,
+               const char* name) {
+  TORCH_CHECK(bn_mode >= kNone && bn_mode <= kSync, name,
+              ": bn_mode must be 0 (none), 1 (running), 2 (batch) or 3 (sync), got ", bn_mode);
+  Pool p;
+  p.codes = codes.vec();
+  p.groups = groups;
+  TORCH_CHECK(!p.codes.empty(), name, ": the pool of normalizers is empty");
+  for (int64_t k = 0; k < p.size(); ++k) {
+    const int64_t code = p.codes[k];
+    TORCH_CHECK(code >= kIN && code <= kGN, name, ": unknown normalizer code ", code,
+                " (IN 0, LN 1, BN 2, GN 3)");
+    if (code == kBN) p.bn = k;
+    if (code == kGN) {
+      TORCH_CHECK(groups >= 1 && channels % groups == 0, name, ": num_groups ", groups,
+                  " must divide the ", channels, " channels");
+    }
+  }
+  TORCH_CHECK((p.bn >= 0) == (bn_mode != kNone), name, ": bn_mode ", bn_mode,
+              (p.bn >= 0 ? " is none, but the pool has a BN branch"
+                         : " needs a BN branch in the pool"));
+  return p;
+}
+
+// Moments of branch `code` for the C channels of one sample: mu[c], v[c].
+template <typename T>
+void sample_branch(int64_t code, int64_t groups, const T* m, const T* u, const T* bm,
+                   const T* bv, int64_t c, T* mu, T* v) {
+  if (code == kIN) {
+    std::copy(m, m + c, mu);
+    std::copy(u, u + c, v);
+    return;
+  }
+  if (code == kBN) {
+    std::copy(bm, bm + c, mu);
+    std::copy(bv, bv + c, v);
+    return;
+  }
+  const int64_t g = code == kLN ? 1 : groups, s = c / g;
+  for (int64_t q = 0; q < g; ++q) {
+    const int64_t lo = q * s, hi = lo + s;
+    double sum = 0;
+    for (int64_t j = lo; j < hi; ++j) sum += m[j];
+    const double mean = sum / s;
+    double sv = 0;
+    for (int64_t j = lo; j < hi; ++j) {
+      const double d = double(m[j]) - mean;
+      sv += double(u[j]) + d * d;
+    }
+    const T mt = static_cast<T>(mean), vt = static_cast<T>(sv / s);
+    std::fill(mu + lo, mu + hi, mt);
+    std::fill(v + lo, v + hi, vt);
+  }
+}
+
+// mean = sum_k a_k mu_k (the first two terms in one expression), likewise the variance.
+template <typename T>
+inline T mixed(const T* w, const T* values, int64_t k, int64_t c, int64_t j) {
+  T out = k > 1 ? w[0] * values[j] + w[1] * values[c + j] : w[0] * values[j];
+  for (int64_t i = 2; i < k; ++i) out += w[i] * values[i * c + j];
+  return out;
+}
 
 template <typename T>
 std::vector<torch::Tensor> mix_forward_impl(const torch::Tensor& mean_in, const torch::Tensor& u,
                                             const torch::Tensor& weight, const torch::Tensor& bias,
                                             const torch::Tensor& a, const torch::Tensor& b,
                                             const torch::Tensor& bn_mean_in,
-                                            const torch::Tensor& bn_var_in, int64_t mode,
-                                            double eps) {
-  const int64_t n = mean_in.size(0), c = mean_in.size(1);
+                                            const torch::Tensor& bn_var_in, const Pool& pool,
+                                            int64_t mode, double eps) {
+  const int64_t n = mean_in.size(0), c = mean_in.size(1), K = pool.size();
+  const int64_t a_stride = a.dim() == 2 ? K : 0;  // per-sample (N, K) or shared (K,) weights
   const T* mi = mean_in.data_ptr<T>();
   const T* ui = u.data_ptr<T>();
   const T* w = weight.data_ptr<T>();
@@ -328,7 +402,7 @@ std::vector<torch::Tensor> mix_forward_impl(const torch::Tensor& mean_in, const 
   auto opts = mean_in.options();
   auto scale = torch::empty({n, c}, opts), shift = torch::empty({n, c}, opts);
   torch::Tensor bn_mean, bn_var;
-  if (mode == kBatchBN) {
+  if (mode == kBatch) {
     bn_mean = torch::empty({c}, opts);
     bn_var = torch::empty({c}, opts);
     T* bm = bn_mean.data_ptr<T>();
@@ -343,43 +417,33 @@ std::vector<torch::Tensor> mix_forward_impl(const torch::Tensor& mean_in, const 
         sv[j] += double(ui[i * c + j]) + d * d;
       }
     for (int64_t j = 0; j < c; ++j) bv[j] = static_cast<T>(sv[j] / n);
-  } else if (mode == kGivenBN) {
+  } else if (mode != kNone) {
     bn_mean = bn_mean_in.contiguous();
     bn_var = bn_var_in.contiguous();
   } else {
     bn_mean = torch::empty({0}, opts);
     bn_var = torch::empty({0}, opts);
   }
-  const T* bm = mode != kNoBN ? bn_mean.data_ptr<T>() : nullptr;
-  const T* bv = mode != kNoBN ? bn_var.data_ptr<T>() : nullptr;
-  const T a0 = ap[0], a1 = ap[1], b0 = bp[0], b1 = bp[1];
-  const T a2 = mode != kNoBN ? ap[2] : T(0), b2 = mode != kNoBN ? bp[2] : T(0);
+  const T* bm = mode != kNone ? bn_mean.data_ptr<T>() : nullptr;
+  const T* bv = mode != kNone ? bn_var.data_ptr<T>() : nullptr;
   T* sc = scale.data_ptr<T>();
   T* sh = shift.data_ptr<T>();
-  at::parallel_for(0, n, std::max<int64_t>(1, 32768 / std::max<int64_t>(c, 1)),
+  const T e = static_cast<T>(eps);
+  at::parallel_for(0, n, std::max<int64_t>(1, 32768 / std::max<int64_t>(c * K, 1)),
                    [&](int64_t begin, int64_t end) {
+    std::vector<T> mu(K * c), v(K * c);
     for (int64_t i = begin; i < end; ++i) {
-      const T* mrow = mi + i * c;
-      const T* urow = ui + i * c;
-      double s_mean = 0;
-      for (int64_t j = 0; j < c; ++j) s_mean += mrow[j];
-      const double mean_ln = s_mean / c;
-      double s_var = 0;
-      for (int64_t j = 0; j < c; ++j) {
-        const double d = double(mrow[j]) - mean_ln;
-        s_var += double(urow[j]) + d * d;
-      }
-      const T m_ln = static_cast<T>(mean_ln), v_ln = static_cast<T>(s_var / c);
+      for (int64_t k = 0; k < K; ++k)
+        sample_branch<T>(pool.codes[k], pool.groups, mi + i * c, ui + i * c, bm, bv, c,
+                         mu.data() + k * c, v.data() + k * c);
+      const T* ak = ap + i * a_stride;
+      const T* bk = bp + i * a_stride;
       T* srow = sc + i * c;
       T* hrow = sh + i * c;
       for (int64_t j = 0; j < c; ++j) {
-        T mean = a0 * mrow[j] + a1 * m_ln;
-        T var = b0 * urow[j] + b1 * v_ln;
-        if (bm != nullptr) {
-          mean += a2 * bm[j];
-          var += b2 * bv[j];
-        }
-        const T r = T(1) / std::sqrt(var + static_cast<T>(eps));
+        const T mean = mixed(ak, mu.data(), K, c, j);
+        const T var = mixed(bk, v.data(), K, c, j);
+        const T r = T(1) / std::sqrt(var + e);
         const T s = w[j] * r;
         srow[j] = s;
         hrow[j] = bi[j] - mean * s;
@@ -391,54 +455,56 @@ std::vector<torch::Tensor> mix_forward_impl(const torch::Tensor& mean_in, const 
 
 void check_mix(const torch::Tensor& mean_in, const torch::Tensor& u, const torch::Tensor& weight,
                const torch::Tensor& bias, const torch::Tensor& a, const torch::Tensor& b,
-               int64_t mode) {
-  TORCH_CHECK(mode == kNoBN || mode == kGivenBN || mode == kBatchBN,
-              "mix: mode must be 0, 1 or 2, got ", mode);
+               const Pool& pool) {
   TORCH_CHECK(mean_in.dim() == 2 && u.sizes() == mean_in.sizes(),
               "mix: mean_in and u must be (N, C), got ", mean_in.sizes(), " and ", u.sizes());
   const auto t = mean_in.scalar_type();
-  const int64_t c = mean_in.size(1), k = mode == kNoBN ? 2 : 3;
+  const int64_t n = mean_in.size(0), c = mean_in.size(1), K = pool.size();
   for (const auto* p : {&mean_in, &u, &weight, &bias, &a, &b}) {
     TORCH_CHECK(p->device().is_cpu() && p->scalar_type() == t && p->is_contiguous(),
                 "mix: every tensor must be a contiguous CPU tensor of dtype ", t);
   }
   TORCH_CHECK(weight.numel() == c && bias.numel() == c, "mix: weight and bias need ", c,
               " elements");
-  TORCH_CHECK(a.numel() == k && b.numel() == k, "mix: mode ", mode, " needs ", k,
-              " importance weights, got ", a.numel(), " and ", b.numel());
+  const bool shared = a.dim() == 1 && b.dim() == 1 && a.size(0) == K && b.size(0) == K;
+  const bool per_sample = a.dim() == 2 && b.dim() == 2 && a.size(0) == n && a.size(1) == K &&
+                          b.sizes() == a.sizes();
+  TORCH_CHECK(shared || per_sample, "mix: a pool of ", K, " normalizers needs importance "
+              "weights of shape (", K, ",) or (N, ", K, ") = (", n, ", ", K, "), got ",
+              a.sizes(), " and ", b.sizes());
 }
 
 std::vector<torch::Tensor> mix_forward(const torch::Tensor& mean_in, const torch::Tensor& u,
                                        const torch::Tensor& weight, const torch::Tensor& bias,
                                        const torch::Tensor& a, const torch::Tensor& b,
                                        const torch::Tensor& bn_mean, const torch::Tensor& bn_var,
-                                       int64_t mode, double eps) {
-  check_mix(mean_in, u, weight, bias, a, b, mode);
-  TORCH_CHECK(mode != kBatchBN || mean_in.size(0) > 0, "mix_forward: batch moments of an empty batch");
+                                       const Pool& pool, int64_t mode, double eps) {
+  check_mix(mean_in, u, weight, bias, a, b, pool);
+  TORCH_CHECK(mode != kBatch || mean_in.size(0) > 0, "mix_forward: batch moments of an empty batch");
   std::vector<torch::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(mean_in.scalar_type(), "mix_forward", [&] {
-    out = mix_forward_impl<scalar_t>(mean_in, u, weight, bias, a, b, bn_mean, bn_var, mode, eps);
+    out = mix_forward_impl<scalar_t>(mean_in, u, weight, bias, a, b, bn_mean, bn_var, pool,
+                                     mode, eps);
   });
   return out;
 }
 
 // Backward of mix_forward given S = dL/dscale, T = dL/dshift. Returns
 // (scale, grad_mean_in, grad_u, grad_weight, grad_bias, grad_a, grad_b, g_mean_bn, g_var_bn)
-// where g_*_bn = (a_BN sum_n dmu, b_BN sum_n dsigma2) are the (C,) gradients w.r.t. the
-// BN moments. In mode 2 their contribution to grad_mean_in / grad_u (over count = N
-// samples) is already added; in mode 1 with `count > 0` (SyncSN: the caller has summed
-// g_*_bn over every rank and calls add_bn_terms) nothing is added here.
+// where g_*_bn = (sum_n a_BN dmu, sum_n b_BN dsigma2) are the (C,) gradients w.r.t. the
+// BN moments. With batch moments (kBatch) their terms are already added to grad_mean_in /
+// grad_u; for SyncSN the caller sums them over the ranks and adds them (add_bn_grad).
 template <typename T>
 std::vector<torch::Tensor> mix_backward_impl(const torch::Tensor& grad_scale,
                                              const torch::Tensor& grad_shift,
                                              const torch::Tensor& mean_in, const torch::Tensor& u,
                                              const torch::Tensor& weight, const torch::Tensor& a,
                                              const torch::Tensor& b, const torch::Tensor& bn_mean,
-                                             const torch::Tensor& bn_var, int64_t mode,
-                                             double eps) {
-  const int64_t n = mean_in.size(0), c = mean_in.size(1);
-  const bool has_bn = mode != kNoBN;
-  const int64_t k = has_bn ? 3 : 2;
+                                             const torch::Tensor& bn_var, const Pool& pool,
+                                             int64_t mode, double eps) {
+  const int64_t n = mean_in.size(0), c = mean_in.size(1), K = pool.size();
+  const int64_t a_stride = a.dim() == 2 ? K : 0;
+  const bool has_bn = mode != kNone;
   const T* S = grad_scale.data_ptr<T>();
   const T* Tg = grad_shift.data_ptr<T>();
   const T* mi = mean_in.data_ptr<T>();
@@ -452,69 +518,81 @@ std::vector<torch::Tensor> mix_backward_impl(const torch::Tensor& grad_scale,
   auto scale = torch::empty({n, c}, opts), g_mean_in = torch::empty({n, c}, opts),
        g_u = torch::empty({n, c}, opts);
   auto g_weight = torch::zeros({c}, opts), g_bias = torch::zeros({c}, opts);
-  auto g_a = torch::zeros({k}, opts), g_b = torch::zeros({k}, opts);
+  auto g_a = torch::zeros(a.sizes(), opts), g_b = torch::zeros(b.sizes(), opts);
   auto g_mbn = torch::zeros({has_bn ? c : 0}, opts), g_vbn = torch::zeros({has_bn ? c : 0}, opts);
   T* sc = scale.data_ptr<T>();
   T* gm_out = g_mean_in.data_ptr<T>();
   T* gu_out = g_u.data_ptr<T>();
-  const T a0 = ap[0], a1 = ap[1], b0 = bp[0], b1 = bp[1];
-  const T a2 = has_bn ? ap[2] : T(0), b2 = has_bn ? bp[2] : T(0);
-  const T inv_c = T(1) / T(c);
+  const T e = static_cast<T>(eps);
   std::vector<double> gw(c, 0.0), gb(c, 0.0), smu(c, 0.0), svar(c, 0.0);
-  double ga0 = 0, ga1 = 0, gb0 = 0, gb1 = 0;
-  std::vector<T> mean_row(c), gm(c), gv(c);
+  std::vector<double> ga(a.numel(), 0.0), gbw(b.numel(), 0.0);
+  std::vector<T> mu(K * c), v(K * c), gm(c), gv(c);
   for (int64_t i = 0; i < n; ++i) {
     const T* mrow = mi + i * c;
     const T* urow = ui + i * c;
     const T* Srow = S + i * c;
     const T* Trow = Tg + i * c;
-    double s_mean = 0;
-    for (int64_t j = 0; j < c; ++j) s_mean += mrow[j];
-    const T m_ln = static_cast<T>(s_mean / c);
-    double s_var = 0;
-    for (int64_t j = 0; j < c; ++j) {
-      const double d = double(mrow[j]) - double(m_ln);
-      s_var += double(urow[j]) + d * d;
-    }
-    const T v_ln = static_cast<T>(s_var / c);
-    double gm_ln = 0, gv_ln = 0, ga0_row = 0, gb0_row = 0;
+    const T* ak = ap + i * a_stride;
+    const T* bk = bp + i * a_stride;
+    for (int64_t k = 0; k < K; ++k)
+      sample_branch<T>(pool.codes[k], pool.groups, mrow, urow, bm, bv, c, mu.data() + k * c,
+                       v.data() + k * c);
     T* srow = sc + i * c;
     for (int64_t j = 0; j < c; ++j) {
-      T mean = a0 * mrow[j] + a1 * m_ln;
-      T var = b0 * urow[j] + b1 * v_ln;
-      if (has_bn) {
-        mean += a2 * bm[j];
-        var += b2 * bv[j];
-      }
-      const T r = T(1) / std::sqrt(var + static_cast<T>(eps));
+      const T mean = mixed(ak, mu.data(), K, c, j);
+      const T var = mixed(bk, v.data(), K, c, j);
+      const T r = T(1) / std::sqrt(var + e);
       const T s = w[j] * r;
       srow[j] = s;
       const T D = Srow[j] - mean * Trow[j];
       gb[j] += Trow[j];
       gw[j] += D * r;
-      const T dmu = -s * Trow[j];
-      const T dvar = T(-0.5) * D * s * r * r;
-      gm[j] = dmu;
-      gv[j] = dvar;
-      gm_ln += dmu;
-      gv_ln += dvar;
-      ga0_row += dmu * mrow[j];
-      gb0_row += dvar * urow[j];
-      if (has_bn) {
-        smu[j] += dmu;
-        svar[j] += dvar;
-      }
+      gm[j] = -s * Trow[j];
+      gv[j] = T(-0.5) * D * s * r * r;
     }
-    ga0 += ga0_row;
-    gb0 += gb0_row;
-    ga1 += gm_ln * m_ln;
-    gb1 += gv_ln * v_ln;
-    const T gml = static_cast<T>(gm_ln), gvl = static_cast<T>(gv_ln);
     T* gmo = gm_out + i * c;
     T* guo = gu_out + i * c;
-    for (int64_t j = 0; j < c; ++j) {
-      gmo[j] = a0 * gm[j] + a1 * inv_c * gml + T(2) * b1 * inv_c * gvl * (mrow[j] - m_ln);
-      guo[j] = b0 * gv[j] + b1 * inv_c * gvl;
+    std::fill(gmo, gmo + c, T(0));
+    std::fill(guo, guo + c, T(0));
+    for (int64_t k = 0; k < K; ++k) {
+      const T* muk = mu.data() + k * c;
+      const T* vk = v.data() + k * c;
+      double da = 0, db = 0;
+      for (int64_t j = 0; j < c; ++j) {
+        da += double(gm[j]) * double(muk[j]);
+        db += double(gv[j]) * double(vk[j]);
+      }
+      ga[i * a_stride + k] += da;
+      gbw[i * a_stride + k] += db;
+      const int64_t code = pool.codes[k];
+      const T wa = ak[k], wb = bk[k];
+      if (code == kIN) {
+        for (int64_t j = 0; j < c; ++j) {
+          gmo[j] += wa * gm[j];
+          guo[j] += wb * gv[j];
+        }
+      } else if (code == kBN) {
+        for (int64_t j = 0; j < c; ++j) {
+          smu[j] += double(wa * gm[j]);
+          svar[j] += double(wb * gv[j]);
+        }
+      } else {  // LN, GN: the pooled entries are the channels of a group of this sample
+        const int64_t g = code == kLN ? 1 : pool.groups, s = c / g;
+        const T inv_s = T(1) / T(s);
+        for (int64_t q = 0; q < g; ++q) {
+          const int64_t lo = q * s, hi = lo + s;
+          double sm = 0, sv = 0;
+          for (int64_t j = lo; j < hi; ++j) {
+            sm += gm[j];
+            sv += gv[j];
+          }
+          const T gml = static_cast<T>(sm) * wa * inv_s, gvl = static_cast<T>(sv) * wb * inv_s;
+          for (int64_t j = lo; j < hi; ++j) {
+            gmo[j] += gml + T(2) * gvl * (mrow[j] - muk[j]);
+            guo[j] += gvl;
+          }
+        }
+      }
     }
   }
   T* gwp = g_weight.data_ptr<T>();
@@ -525,23 +603,18 @@ std::vector<torch::Tensor> mix_backward_impl(const torch::Tensor& grad_scale,
   }
   T* gap = g_a.data_ptr<T>();
   T* gbb = g_b.data_ptr<T>();
-  gap[0] = static_cast<T>(ga0);
-  gap[1] = static_cast<T>(ga1);
-  gbb[0] = static_cast<T>(gb0);
-  gbb[1] = static_cast<T>(gb1);
+  for (int64_t i = 0; i < a.numel(); ++i) {
+    gap[i] = static_cast<T>(ga[i]);
+    gbb[i] = static_cast<T>(gbw[i]);
+  }
   if (has_bn) {
-    double ga2 = 0, gb2 = 0;
     T* gmb = g_mbn.data_ptr<T>();
     T* gvb = g_vbn.data_ptr<T>();
     for (int64_t j = 0; j < c; ++j) {
-      ga2 += smu[j] * double(bm[j]);
-      gb2 += svar[j] * double(bv[j]);
-      gmb[j] = static_cast<T>(smu[j]) * a2;
-      gvb[j] = static_cast<T>(svar[j]) * b2;
+      gmb[j] = static_cast<T>(smu[j]);
+      gvb[j] = static_cast<T>(svar[j]);
     }
-    gap[2] = static_cast<T>(ga2);
-    gbb[2] = static_cast<T>(gb2);
-    if (mode == kBatchBN) {  // batch moments of these n samples: flow back into them
+    if (mode == kBatch) {  // batch moments of these n samples: flow back into them
       const T inv_n = T(1) / T(n);
       for (int64_t i = 0; i < n; ++i) {
         T* gmo = gm_out + i * c;
@@ -563,14 +636,15 @@ std::vector<torch::Tensor> mix_backward(const torch::Tensor& grad_scale,
                                         const torch::Tensor& mean_in, const torch::Tensor& u,
                                         const torch::Tensor& weight, const torch::Tensor& a,
                                         const torch::Tensor& b, const torch::Tensor& bn_mean,
-                                        const torch::Tensor& bn_var, int64_t mode, double eps) {
-  check_mix(mean_in, u, weight, weight, a, b, mode);
+                                        const torch::Tensor& bn_var, const Pool& pool,
+                                        int64_t mode, double eps) {
+  check_mix(mean_in, u, weight, weight, a, b, pool);
   TORCH_CHECK(grad_scale.sizes() == mean_in.sizes() && grad_shift.sizes() == mean_in.sizes() &&
                   grad_scale.scalar_type() == mean_in.scalar_type() &&
                   grad_shift.scalar_type() == mean_in.scalar_type() &&
                   grad_scale.is_contiguous() && grad_shift.is_contiguous(),
               "mix_backward: grad_scale and grad_shift must be contiguous (N, C) tensors like mean_in");
-  if (mode != kNoBN) {
+  if (mode != kNone) {
     TORCH_CHECK(bn_mean.numel() == mean_in.size(1) && bn_var.numel() == mean_in.size(1) &&
                     bn_mean.scalar_type() == mean_in.scalar_type() &&
                     bn_var.scalar_type() == mean_in.scalar_type() && bn_mean.is_contiguous() &&
@@ -580,32 +654,36 @@ std::vector<torch::Tensor> mix_backward(const torch::Tensor& grad_scale,
   std::vector<torch::Tensor> out;
   AT_DISPATCH_FLOATING_TYPES(mean_in.scalar_type(), "mix_backward", [&] {
     out = mix_backward_impl<scalar_t>(grad_scale, grad_shift, mean_in, u, weight, a, b, bn_mean,
-                                      bn_var, mode, eps);
+                                      bn_var, pool, mode, eps);
   });
   return out;
 }
 
 // ------------------------------------------------------------------ the ops
-// sn_mm::switchable_norm and sn_mm::switchable_norm_backward: schemas, CPU kernels and
-// the autograd kernel (the Python side registers their fake kernels, and the device-
-// generic twins sn_mm::switchable_norm_generic[_backward] that run on any device and
-// for SyncSN; sn_mm/ops/functional.py documents the math). bn_mode: 0 none, 1 running
-// statistics, 2 batch statistics (3, SyncSN, exists only in the generic op).
+// sn_mm::switchable_norm and sn_mm::switchable_norm_backward: schemas, CPU kernels and the
+// one autograd kernel. sn_mm/ops/functional.py registers their fake kernels and their
+// kernels for other devices (sn_mm/ops/reference.py, or Triton on CUDA), and documents
+// the arguments. SyncSN (bn_mode 3) calls the two collectives, themselves ops
+// (sn_mm::sync_batch_moments, sn_mm::sync_bn_grad, sn_mm/ops/distributed.py), through
+// the dispatcher: one in forward, one in backward.
 using torch::Tensor;
 
-// Softmax of a (K,) logit vector (K = 2 or 3) and its backward, p * (g - <p, g>).
+// Softmax over the last dimension of (K,) or (N, K) logits, and its backward
+// p * (g - <p, g>) per row.
 Tensor small_softmax(const Tensor& logits) {
   auto l = logits.contiguous();
   auto p = torch::empty_like(l);
   AT_DISPATCH_FLOATING_TYPES(l.scalar_type(), "small_softmax", [&] {
-    const scalar_t* z = l.data_ptr<scalar_t>();
-    scalar_t* out = p.data_ptr<scalar_t>();
-    const int64_t k = l.numel();
-    scalar_t m = z[0];
-    for (int64_t i = 1; i < k; ++i) m = std::max(m, z[i]);
-    scalar_t total = 0;
-    for (int64_t i = 0; i < k; ++i) total += (out[i] = std::exp(z[i] - m));
-    for (int64_t i = 0; i < k; ++i) out[i] /= total;
+    const int64_t k = l.size(-1), rows = k > 0 ? l.numel() / k : 0;
+    for (int64_t row = 0; row < rows; ++row) {
+      const scalar_t* z = l.data_ptr<scalar_t>() + row * k;
+      scalar_t* out = p.data_ptr<scalar_t>() + row * k;
+      scalar_t m = z[0];
+      for (int64_t i = 1; i < k; ++i) m = std::max(m, z[i]);
+      scalar_t total = 0;
+      for (int64_t i = 0; i < k; ++i) total += (out[i] = std::exp(z[i] - m));
+      for (int64_t i = 0; i < k; ++i) out[i] /= total;
+    }
   });
   return p;
 }
@@ -614,13 +692,15 @@ Tensor small_softmax_backward(const Tensor& p, const Tensor& grad_p) {
   auto g = grad_p.contiguous();
   auto out = torch::empty_like(p);
   AT_DISPATCH_FLOATING_TYPES(p.scalar_type(), "small_softmax_backward", [&] {
-    const scalar_t* pp = p.data_ptr<scalar_t>();
-    const scalar_t* gg = g.data_ptr<scalar_t>();
-    scalar_t* o = out.data_ptr<scalar_t>();
-    const int64_t k = p.numel();
-    scalar_t dot = 0;
-    for (int64_t i = 0; i < k; ++i) dot += pp[i] * gg[i];
-    for (int64_t i = 0; i < k; ++i) o[i] = pp[i] * (gg[i] - dot);
+    const int64_t k = p.size(-1), rows = k > 0 ? p.numel() / k : 0;
+    for (int64_t row = 0; row < rows; ++row) {
+      const scalar_t* pp = p.data_ptr<scalar_t>() + row * k;
+      const scalar_t* gg = g.data_ptr<scalar_t>() + row * k;
+      scalar_t* o = out.data_ptr<scalar_t>() + row * k;
+      scalar_t dot = 0;
+      for (int64_t i = 0; i < k; ++i) dot += pp[i] * gg[i];
+      for (int64_t i = 0; i < k; ++i) o[i] = pp[i] * (gg[i] - dot);
+    }
   });
   return out;
 }
@@ -629,16 +709,21 @@ double bessel_factor(int64_t length, bool unbiased) {
   return unbiased && length > 1 ? double(length) / double(length - 1) : 1.0;
 }
 
+int64_t spatial_length(const Tensor& x) {
+  int64_t length = 1;
+  for (int64_t d = 2; d < x.dim(); ++d) length *= x.size(d);
+  return length;
+}
+
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sn_forward_cpu(
     const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& mean_weights,
     const Tensor& var_weights, const std::optional<Tensor>& running_mean,
-    const std::optional<Tensor>& running_var, int64_t bn_mode, double eps, bool unbiased,
-    int64_t group, bool softmax) {
-  TORCH_CHECK(bn_mode >= 0 && bn_mode <= 2, "sn_mm::switchable_norm: bn_mode must be 0, 1 or 2 "
-              "(SyncSN's mode 3 runs in sn_mm::switchable_norm_generic), got ", bn_mode);
+    const std::optional<Tensor>& running_var, c10::IntArrayRef pool_codes, int64_t num_groups,
+    int64_t bn_mode, double eps, bool unbiased, int64_t group, bool softmax) {
   TORCH_CHECK(x.dim() >= 3, "sn_mm::switchable_norm: x must be (N, C, *spatial), got ", x.sizes());
   const int64_t n = x.size(0), c = x.size(1);
-  const int64_t length = c > 0 && n > 0 ? x.numel() / (n * c) : 1;
+  const Pool pool = make_pool(pool_codes, num_groups, c, bn_mode, "sn_mm::switchable_norm");
+  const int64_t length = spatial_length(x);
   const auto acc = acc_type(x.scalar_type());
   auto opts = x.options().dtype(acc);
   Tensor mean_in, var_in;
@@ -659,35 +744,41 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sn_forward_cpu(
   }
   Tensor bn_mean = torch::empty({0}, opts), bn_var = torch::empty({0}, opts);
   auto count = torch::zeros({2}, opts);
-  if (bn_mode == kGivenBN) {
+  if (bn_mode == kRunning) {
     TORCH_CHECK(running_mean.has_value() && running_var.has_value(),
-                "sn_mm::switchable_norm: bn_mode 1 needs running_mean and running_var");
+                "sn_mm::switchable_norm: bn_mode 1 (running) needs running_mean and running_var");
     bn_mean = running_mean->to(acc).clone();
     bn_var = running_var->to(acc).clone();
-  } else if (bn_mode == kBatchBN) {
+  } else if (bn_mode == kBatch) {
     TORCH_CHECK(n > 0, "sn_mm::switchable_norm: batch statistics (bn_mode 2) of an empty batch");
     count = torch::empty({2}, opts);
     AT_DISPATCH_FLOATING_TYPES(acc, "count", [&] {
       count.data_ptr<scalar_t>()[0] = scalar_t(n);
       count.data_ptr<scalar_t>()[1] = scalar_t(n * length);
     });
+  } else if (bn_mode == kSync) {  // the one forward collective
+    static auto sync = c10::Dispatcher::singleton()
+                           .findSchemaOrThrow("sn_mm::sync_batch_moments", "")
+                           .typed<std::tuple<Tensor, Tensor, Tensor>(const Tensor&, const Tensor&,
+                                                                     int64_t, int64_t)>();
+    std::tie(bn_mean, bn_var, count) = sync.call(mean_in, u, length, group);
   }
-  auto mix = mix_forward(mean_in, u, w, b, a, bb, bn_mean, bn_var, bn_mode, eps);
+  auto mix = mix_forward(mean_in, u, w, b, a, bb, bn_mean, bn_var, pool, bn_mode, eps);
   Tensor y = x.numel() == 0 ? torch::empty_like(x, at::MemoryFormat::Contiguous)
                             : affine(x, mix[0], mix[1]);
-  if (bn_mode == kGivenBN) return {y, mean_in, var_in, bn_mean, bn_var, count};
   return {y, mean_in, var_in, mix[2], mix[3], count};
 }
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sn_backward_cpu(
     const Tensor& grad_y, const Tensor& x, const Tensor& mean_in, const Tensor& var_in,
     const Tensor& weight, const Tensor& mean_weights, const Tensor& var_weights,
-    const Tensor& bn_mean, const Tensor& bn_var, const Tensor& bn_count, int64_t bn_mode,
-    double eps, bool unbiased, int64_t group, bool need_input_grad, bool softmax) {
-  TORCH_CHECK(bn_mode >= 0 && bn_mode <= 2, "sn_mm::switchable_norm_backward: bn_mode must be "
-              "0, 1 or 2, got ", bn_mode);
+    const Tensor& bn_mean, const Tensor& bn_var, const Tensor& bn_count,
+    c10::IntArrayRef pool_codes, int64_t num_groups, int64_t bn_mode, double eps, bool unbiased,
+    int64_t group, bool need_input_grad, bool softmax) {
   const int64_t n = x.size(0), c = x.size(1);
-  const int64_t length = c > 0 && n > 0 ? x.numel() / (n * c) : 1;
+  const Pool pool = make_pool(pool_codes, num_groups, c, bn_mode,
+                              "sn_mm::switchable_norm_backward");
+  const int64_t length = spatial_length(x);
   const auto acc = mean_in.scalar_type();
   const double factor = bessel_factor(length, unbiased);
   auto g = grad_y.scalar_type() == x.scalar_type() ? grad_y : grad_y.to(x.scalar_type());
@@ -723,8 +814,30 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sn_backward_cpu(
     a = small_softmax(a);
     bb = small_softmax(bb);
   }
-  auto mix = mix_backward(grad_scale, grad_shift, mean_c, u, w, a, bb,
-                          bn_mean.contiguous(), bn_var.contiguous(), bn_mode, eps);
+  auto mix = mix_backward(grad_scale, grad_shift, mean_c, u, w, a, bb, bn_mean.contiguous(),
+                          bn_var.contiguous(), pool, bn_mode, eps);
+  if (bn_mode == kSync) {  // the one backward collective, then the union-batch terms
+    static auto sync = c10::Dispatcher::singleton()
+                           .findSchemaOrThrow("sn_mm::sync_bn_grad", "")
+                           .typed<std::tuple<Tensor, Tensor>(const Tensor&, const Tensor&,
+                                                             int64_t)>();
+    auto [g_mean_bn, g_var_bn] = sync.call(mix[7], mix[8], group);
+    AT_DISPATCH_FLOATING_TYPES(acc, "sn_sync_terms", [&] {
+      const scalar_t total = bn_count.to(acc).contiguous().data_ptr<scalar_t>()[0];
+      const scalar_t* gmb = g_mean_bn.contiguous().data_ptr<scalar_t>();
+      const scalar_t* gvb = g_var_bn.contiguous().data_ptr<scalar_t>();
+      const scalar_t* bm = bn_mean.contiguous().data_ptr<scalar_t>();
+      const scalar_t* m = mean_c.data_ptr<scalar_t>();
+      scalar_t* gmo = mix[1].data_ptr<scalar_t>();
+      scalar_t* guo = mix[2].data_ptr<scalar_t>();
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < c; ++j) {
+          const scalar_t tv = gvb[j] * scalar_t(2) / total;
+          gmo[i * c + j] += gmb[j] / total + (m[i * c + j] - bm[j]) * tv;
+          guo[i * c + j] += tv * scalar_t(0.5);
+        }
+    });
+  }
   Tensor grad_x = torch::empty({0}, x.options());
   if (need_input_grad && x.numel() > 0) {
     // dx = scale g + k x + c with k = 2 f g_u / L, c = g_mu / L - mean k (in place)
@@ -756,16 +869,19 @@ class SwitchableNormFunction : public torch::autograd::Function<SwitchableNormFu
       torch::autograd::AutogradContext* ctx, const Tensor& x, const Tensor& weight,
       const Tensor& bias, const Tensor& mean_weights, const Tensor& var_weights,
       const std::optional<Tensor>& running_mean, const std::optional<Tensor>& running_var,
-      int64_t bn_mode, double eps, bool unbiased, int64_t group, bool softmax) {
+      c10::IntArrayRef pool, int64_t num_groups, int64_t bn_mode, double eps, bool unbiased,
+      int64_t group, bool softmax) {
     at::AutoDispatchBelowADInplaceOrView guard;
     static auto op = c10::Dispatcher::singleton()
                          .findSchemaOrThrow("sn_mm::switchable_norm", "")
                          .typed<decltype(sn_forward_cpu)>();
     auto [y, mean_in, var_in, bn_mean, bn_var, count] =
-        op.call(x, weight, bias, mean_weights, var_weights, running_mean, running_var, bn_mode,
-                eps, unbiased, group, softmax);
+        op.call(x, weight, bias, mean_weights, var_weights, running_mean, running_var, pool,
+                num_groups, bn_mode, eps, unbiased, group, softmax);
     ctx->save_for_backward({x, mean_in, var_in, weight, mean_weights, var_weights, bn_mean,
                             bn_var, count});
+    ctx->saved_data["pool"] = pool.vec();
+    ctx->saved_data["num_groups"] = num_groups;
     ctx->saved_data["bn_mode"] = bn_mode;
     ctx->saved_data["eps"] = eps;
     ctx->saved_data["unbiased"] = unbiased;
@@ -788,24 +904,26 @@ class SwitchableNormFunction : public torch::autograd::Function<SwitchableNormFu
     const auto& x = saved[0];
     Tensor grad_y = grads[0].defined() ? grads[0] : torch::zeros_like(x);
     const bool need_x = ctx->needs_input_grad(0);
+    const auto pool = ctx->saved_data["pool"].toIntVector();
     auto [gx, gw, gb, ga, gv] =
         op.call(grad_y, x, saved[1], saved[2], saved[3], saved[4], saved[5], saved[6],
-                saved[7], saved[8], ctx->saved_data["bn_mode"].toInt(),
-                ctx->saved_data["eps"].toDouble(), ctx->saved_data["unbiased"].toBool(),
-                ctx->saved_data["group"].toInt(), need_x, ctx->saved_data["softmax"].toBool());
+                saved[7], saved[8], pool, ctx->saved_data["num_groups"].toInt(),
+                ctx->saved_data["bn_mode"].toInt(), ctx->saved_data["eps"].toDouble(),
+                ctx->saved_data["unbiased"].toBool(), ctx->saved_data["group"].toInt(), need_x,
+                ctx->saved_data["softmax"].toBool());
     return {need_x ? gx : Tensor(), gw, gb, ga, gv, Tensor(), Tensor(), Tensor(), Tensor(),
-            Tensor(), Tensor(), Tensor()};
+            Tensor(), Tensor(), Tensor(), Tensor(), Tensor()};
   }
 };
 
 std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sn_forward_autograd(
     const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& mean_weights,
     const Tensor& var_weights, const std::optional<Tensor>& running_mean,
-    const std::optional<Tensor>& running_var, int64_t bn_mode, double eps, bool unbiased,
-    int64_t group, bool softmax) {
+    const std::optional<Tensor>& running_var, c10::IntArrayRef pool, int64_t num_groups,
+    int64_t bn_mode, double eps, bool unbiased, int64_t group, bool softmax) {
   auto out = SwitchableNormFunction::apply(x, weight, bias, mean_weights, var_weights,
-                                           running_mean, running_var, bn_mode, eps, unbiased,
-                                           group, softmax);
+                                           running_mean, running_var, pool, num_groups, bn_mode,
+                                           eps, unbiased, group, softmax);
   return {out[0], out[1], out[2], out[3], out[4], out[5]};
 }
 
@@ -822,13 +940,13 @@ int64_t parallel_threads() {
 
 TORCH_LIBRARY(sn_mm, m) {
   m.def("switchable_norm(Tensor x, Tensor weight, Tensor bias, Tensor mean_weights, "
-        "Tensor var_weights, Tensor? running_mean, Tensor? running_var, int bn_mode, "
-        "float eps, bool unbiased, int group, bool softmax) "
+        "Tensor var_weights, Tensor? running_mean, Tensor? running_var, int[] pool, "
+        "int num_groups, int bn_mode, float eps, bool unbiased, int group, bool softmax) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor, Tensor)");
   m.def("switchable_norm_backward(Tensor grad_y, Tensor x, Tensor mean_in, Tensor var_in, "
         "Tensor weight, Tensor mean_weights, Tensor var_weights, Tensor bn_mean, Tensor bn_var, "
-        "Tensor bn_count, int bn_mode, float eps, bool unbiased, int group, bool input_grad, "
-        "bool softmax) "
+        "Tensor bn_count, int[] pool, int num_groups, int bn_mode, float eps, bool unbiased, "
+        "int group, bool input_grad, bool softmax) "
         "-> (Tensor, Tensor, Tensor, Tensor, Tensor)");
 }
 
@@ -844,13 +962,4 @@ TORCH_LIBRARY_IMPL(sn_mm, Autograd, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("parallel_threads", &parallel_threads,
         "threads the kernels' parallel loops use (1 when built without OpenMP)");
-  m.def("instance_moments", &instance_moments,
-        "per-row (mean, biased variance) of an (R, L) tensor, in the accumulation dtype");
-  m.def("affine", &affine, "y = scale[r] * x + shift[r] per row of an (R, L) tensor");
-  m.def("grad_sums", &grad_sums, "(sum_l g (x - mean[r]), sum_l g) per row");
-  m.def("input_grad", &input_grad, "grad_x = a[r] g + k[r] x + c[r] per row");
-  // the name of input_grad in sn_mm <= 0.3 (a checkout of that code finds it here)
-  m.def("fused_input_grad", &input_grad, "alias of input_grad");
-  m.def("mix_forward", &mix_forward, "SN's (N, C) mixing step: (scale, shift, bn_mean, bn_var)");
-  m.def("mix_backward", &mix_backward, "backward of mix_forward");
 }
