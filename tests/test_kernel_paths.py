@@ -175,3 +175,28 @@ def test_paths_agree(monkeypatch, dtype):
     tol = dict(rtol=1e-5, atol=1e-5) if dtype == torch.float32 else dict(rtol=2e-2, atol=2e-2)
     for a, b in zip(*results):
         assert_close(a, b, **tol)
+
+
+@pytest.mark.parametrize('dtype', ALL_DTYPES)
+@pytest.mark.parametrize('shape', [(2, 70, 9, 11), (1, 130, 4, 4), (3, 5, 1, 1), (2, 6, 3, 4, 5)])
+def test_channels_last_keeps_its_layout_and_values(dtype, shape):
+    """SN keeps a channels_last input's memory format, as BatchNorm2d does, with equal results."""
+    channels_last = torch.channels_last if len(shape) == 4 else torch.channels_last_3d
+    gen = torch.Generator().manual_seed(len(shape))
+    x = (torch.randn(shape, generator=gen, dtype=torch.float64) * 2 + 1).to(dtype)
+    grad = torch.randn(shape, generator=gen, dtype=torch.float64).to(dtype)
+    layer = SwitchableNorm(shape[1]).to(torch.float64 if dtype == torch.float64 else torch.float32)
+    results = []
+    for fmt in (torch.contiguous_format, channels_last):
+        xi = x.clone().contiguous(memory_format=fmt).requires_grad_()
+        y = layer(xi)
+        y.backward(grad.contiguous(memory_format=fmt))
+        assert y.is_contiguous(memory_format=fmt) and xi.grad.is_contiguous(memory_format=fmt)
+        results.append([y, xi.grad] + [p.grad.clone() for p in layer.parameters()])
+        layer.zero_grad()
+    tol = dict(rtol=1e-12, atol=1e-12) if dtype == torch.float64 else dict(rtol=1e-5, atol=1e-5)
+    for a, b in zip(*results):
+        assert_close(a.float() if dtype in (torch.bfloat16, torch.float16) else a,
+                     b.float() if dtype in (torch.bfloat16, torch.float16) else b,
+                     **(tol if dtype not in (torch.bfloat16, torch.float16)
+                        else dict(rtol=1e-2, atol=1e-2)))

@@ -88,12 +88,23 @@ def _reference_backward(grad_y, x, mean_in, var_in, weight, mean_weights, var_we
     return (grad_x, *grads)
 
 
+def memory_format(x: Tensor) -> torch.memory_format:
+    """The layout of the op's outputs: channels_last for a channels_last input, else contiguous."""
+    if not x.is_contiguous():
+        if x.dim() == 4 and x.is_contiguous(memory_format=torch.channels_last):
+            return torch.channels_last
+        if x.dim() == 5 and x.is_contiguous(memory_format=torch.channels_last_3d):
+            return torch.channels_last_3d
+    return torch.contiguous_format
+
+
 def _fake_forward(x, weight, bias, mean_weights, var_weights, running_mean, running_var, pool,
                   num_groups, bn_mode, eps, unbiased, group, softmax):
     n, c = x.shape[0], x.shape[1]
     acc = reference.accumulation_dtype(x.dtype)
     bn = c if bn_mode != BN_NONE else 0
-    return (torch.empty_like(x), x.new_empty((n, c), dtype=acc), x.new_empty((n, c), dtype=acc),
+    return (torch.empty_like(x, memory_format=memory_format(x)),
+            x.new_empty((n, c), dtype=acc), x.new_empty((n, c), dtype=acc),
             x.new_empty((bn,), dtype=acc), x.new_empty((bn,), dtype=acc),
             x.new_empty((2,), dtype=acc))
 
@@ -101,7 +112,8 @@ def _fake_forward(x, weight, bias, mean_weights, var_weights, running_mean, runn
 def _fake_backward(grad_y, x, mean_in, var_in, weight, mean_weights, var_weights, bn_mean,
                    bn_var, bn_count, pool, num_groups, bn_mode, eps, unbiased, group, input_grad,
                    softmax):
-    grad_x = torch.empty_like(x) if input_grad else x.new_empty(0)
+    grad_x = torch.empty_like(x, memory_format=memory_format(x)) if input_grad \
+        else x.new_empty(0)
     return (grad_x, weight.new_empty(weight.shape), weight.new_empty(weight.shape),
             mean_weights.new_empty(mean_weights.shape), var_weights.new_empty(var_weights.shape))
 

@@ -303,6 +303,226 @@ torch::Tensor input_grad(const torch::Tensor& g, const torch::Tensor& x, const t
   return out;
 }
 
+// ------------------------------------------------------------------ channels_last
+// The same four passes over an (N, C, *spatial) input stored channels_last, that is as
+// (N, L, C) memory: reductions over l for each (n, c) run over a tile of kTile channels
+// at a time (vectorized across channels), elementwise passes over (n, l) rows of C. The
+// output keeps the input's memory format, as BatchNorm2d's does; no layout copy is made.
+constexpr int64_t kTile = 64;
+
+bool is_channels_last(const torch::Tensor& x) {
+  if (x.is_contiguous()) return false;
+  if (x.dim() == 4) return x.is_contiguous(at::MemoryFormat::ChannelsLast);
+  if (x.dim() == 5) return x.is_contiguous(at::MemoryFormat::ChannelsLast3d);
+  return false;
+}
+
+at::MemoryFormat format_of(const torch::Tensor& x) {
+  if (!is_channels_last(x)) return at::MemoryFormat::Contiguous;
+  return x.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d;
+}
+
+// Per-(n, c) sums over l of f(x[n, l, c]) for the channels [c0, c1) of sample n.
+template <typename scalar_t>
+SN_MULTIVERSION void nlc_tile_moments(const scalar_t* __restrict__ x, int64_t length,
+                                      int64_t c, int64_t c0, int64_t c1,
+                                      acc_t<scalar_t>* mean, acc_t<scalar_t>* var) {
+  using opmath = acc_t<scalar_t>;
+  const int64_t w = c1 - c0;
+  opmath part[kTile], part2[kTile];
+  double sum[kTile], sq[kTile], dv[kTile];
+  const int64_t rows = std::max<int64_t>(1, kBlock / kTile);
+  for (int64_t j = 0; j < w; ++j) sum[j] = sq[j] = dv[j] = 0;
+  for (int64_t s = 0; s < length; s += rows) {
+    const int64_t e = std::min(s + rows, length);
+    for (int64_t j = 0; j < w; ++j) part[j] = 0;
+    for (int64_t l = s; l < e; ++l) {
+      const scalar_t* xr = x + l * c + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) part[j] += Elem<scalar_t>::load(xr, j);
+    }
+    for (int64_t j = 0; j < w; ++j) sum[j] += part[j];
+  }
+  opmath m[kTile];
+  for (int64_t j = 0; j < w; ++j) m[j] = static_cast<opmath>(sum[j] / length);
+  for (int64_t s = 0; s < length; s += rows) {
+    const int64_t e = std::min(s + rows, length);
+    for (int64_t j = 0; j < w; ++j) part[j] = part2[j] = 0;
+    for (int64_t l = s; l < e; ++l) {
+      const scalar_t* xr = x + l * c + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) {
+        const opmath d = Elem<scalar_t>::load(xr, j) - m[j];
+        part[j] += d * d;
+        part2[j] += d;
+      }
+    }
+    for (int64_t j = 0; j < w; ++j) {
+      sq[j] += part[j];
+      dv[j] += part2[j];
+    }
+  }
+  for (int64_t j = 0; j < w; ++j) {
+    mean[c0 + j] = static_cast<opmath>(sum[j] / length + dv[j] / length);
+    var[c0 + j] = static_cast<opmath>(
+        std::max(0.0, (sq[j] - dv[j] * dv[j] / length) / length));
+  }
+}
+
+std::vector<torch::Tensor> nlc_moments(const torch::Tensor& x) {
+  const int64_t n = x.size(0), c = x.size(1), length = x.numel() / std::max<int64_t>(n * c, 1);
+  auto opts = x.options().dtype(acc_type(x.scalar_type()));
+  auto mean = torch::empty({n, c}, opts), var = torch::empty({n, c}, opts);
+  const int64_t tiles = (c + kTile - 1) / kTile;
+  SN_DISPATCH(x.scalar_type(), "nlc_moments", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    auto* mp = mean.data_ptr<acc_t<scalar_t>>();
+    auto* vp = var.data_ptr<acc_t<scalar_t>>();
+    at::parallel_for(0, n * tiles, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t i = t / tiles, c0 = (t % tiles) * kTile, c1 = std::min(c0 + kTile, c);
+        nlc_tile_moments<scalar_t>(xp + i * length * c, length, c, c0, c1, mp + i * c,
+                                   vp + i * c);
+      }
+    });
+  });
+  return {mean, var};
+}
+
+template <typename scalar_t>
+SN_MULTIVERSION void nlc_rows_affine(const scalar_t* __restrict__ x, const acc_t<scalar_t>* scale,
+                                     const acc_t<scalar_t>* shift, scalar_t* __restrict__ out,
+                                     int64_t begin, int64_t end, int64_t length, int64_t c) {
+  using opmath = acc_t<scalar_t>;
+  for (int64_t r = begin; r < end; ++r) {
+    const opmath* a = scale + (r / length) * c;
+    const opmath* b = shift + (r / length) * c;
+    const scalar_t* xr = x + r * c;
+    scalar_t* outr = out + r * c;
+#pragma omp simd
+    for (int64_t j = 0; j < c; ++j) {
+      Elem<scalar_t>::store(outr, j, a[j] * Elem<scalar_t>::load(xr, j) + b[j]);
+    }
+  }
+}
+
+torch::Tensor nlc_affine(const torch::Tensor& x, const torch::Tensor& scale,
+                         const torch::Tensor& shift) {
+  const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
+  auto out = torch::empty_like(x);  // keeps channels_last
+  SN_DISPATCH(x.scalar_type(), "nlc_affine", [&] {
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const auto* sp = scale.data_ptr<acc_t<scalar_t>>();
+    const auto* bp = shift.data_ptr<acc_t<scalar_t>>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, n * length, row_grain(c), [&](int64_t begin, int64_t end) {
+      nlc_rows_affine<scalar_t>(xp, sp, bp, op, begin, end, length, c);
+    });
+  });
+  return out;
+}
+
+template <typename scalar_t>
+SN_MULTIVERSION void nlc_tile_grad_sums(const scalar_t* __restrict__ g,
+                                        const scalar_t* __restrict__ x, int64_t length, int64_t c,
+                                        int64_t c0, int64_t c1, const acc_t<scalar_t>* mean,
+                                        acc_t<scalar_t>* dot, acc_t<scalar_t>* total) {
+  using opmath = acc_t<scalar_t>;
+  const int64_t w = c1 - c0;
+  opmath pd[kTile], pg[kTile], m[kTile];
+  double sd[kTile], sg[kTile];
+  const int64_t rows = std::max<int64_t>(1, kBlock / kTile);
+  for (int64_t j = 0; j < w; ++j) {
+    sd[j] = sg[j] = 0;
+    m[j] = mean[c0 + j];
+  }
+  for (int64_t s = 0; s < length; s += rows) {
+    const int64_t e = std::min(s + rows, length);
+    for (int64_t j = 0; j < w; ++j) pd[j] = pg[j] = 0;
+    for (int64_t l = s; l < e; ++l) {
+      const scalar_t* gr = g + l * c + c0;
+      const scalar_t* xr = x + l * c + c0;
+#pragma omp simd
+      for (int64_t j = 0; j < w; ++j) {
+        const opmath gv = Elem<scalar_t>::load(gr, j);
+        pd[j] += gv * (Elem<scalar_t>::load(xr, j) - m[j]);
+        pg[j] += gv;
+      }
+    }
+    for (int64_t j = 0; j < w; ++j) {
+      sd[j] += pd[j];
+      sg[j] += pg[j];
+    }
+  }
+  for (int64_t j = 0; j < w; ++j) {
+    dot[c0 + j] = static_cast<opmath>(sd[j]);
+    total[c0 + j] = static_cast<opmath>(sg[j]);
+  }
+}
+
+std::vector<torch::Tensor> nlc_grad_sums(const torch::Tensor& g, const torch::Tensor& x,
+                                         const torch::Tensor& mean) {
+  const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
+  auto dot = torch::empty({n, c}, mean.options()), total = torch::empty({n, c}, mean.options());
+  const int64_t tiles = (c + kTile - 1) / kTile;
+  SN_DISPATCH(x.scalar_type(), "nlc_grad_sums", [&] {
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const auto* mp = mean.data_ptr<acc_t<scalar_t>>();
+    auto* dp = dot.data_ptr<acc_t<scalar_t>>();
+    auto* tp = total.data_ptr<acc_t<scalar_t>>();
+    at::parallel_for(0, n * tiles, 1, [&](int64_t begin, int64_t end) {
+      for (int64_t t = begin; t < end; ++t) {
+        const int64_t i = t / tiles, c0 = (t % tiles) * kTile, c1 = std::min(c0 + kTile, c);
+        nlc_tile_grad_sums<scalar_t>(gp + i * length * c, xp + i * length * c, length, c, c0,
+                                     c1, mp + i * c, dp + i * c, tp + i * c);
+      }
+    });
+  });
+  return {dot, total};
+}
+
+template <typename scalar_t>
+SN_MULTIVERSION void nlc_rows_input_grad(const scalar_t* __restrict__ g,
+                                         const scalar_t* __restrict__ x,
+                                         const acc_t<scalar_t>* a, const acc_t<scalar_t>* k,
+                                         const acc_t<scalar_t>* cc, scalar_t* __restrict__ out,
+                                         int64_t begin, int64_t end, int64_t length, int64_t c) {
+  using opmath = acc_t<scalar_t>;
+  for (int64_t r = begin; r < end; ++r) {
+    const int64_t off = (r / length) * c;
+    const opmath* ar = a + off;
+    const opmath* kr = k + off;
+    const opmath* cr = cc + off;
+    const scalar_t* gr = g + r * c;
+    const scalar_t* xr = x + r * c;
+    scalar_t* outr = out + r * c;
+#pragma omp simd
+    for (int64_t j = 0; j < c; ++j) {
+      Elem<scalar_t>::store(outr, j, ar[j] * Elem<scalar_t>::load(gr, j) +
+                                         kr[j] * Elem<scalar_t>::load(xr, j) + cr[j]);
+    }
+  }
+}
+
+torch::Tensor nlc_input_grad(const torch::Tensor& g, const torch::Tensor& x, const torch::Tensor& a,
+                             const torch::Tensor& k, const torch::Tensor& cc) {
+  const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
+  auto out = torch::empty_like(x);
+  SN_DISPATCH(x.scalar_type(), "nlc_input_grad", [&] {
+    const scalar_t* gp = g.data_ptr<scalar_t>();
+    const scalar_t* xp = x.data_ptr<scalar_t>();
+    const auto* ap = a.data_ptr<acc_t<scalar_t>>();
+    const auto* kp = k.data_ptr<acc_t<scalar_t>>();
+    const auto* cp = cc.data_ptr<acc_t<scalar_t>>();
+    scalar_t* op = out.data_ptr<scalar_t>();
+    at::parallel_for(0, n * length, row_grain(c), [&](int64_t begin, int64_t end) {
+      nlc_rows_input_grad<scalar_t>(gp, xp, ap, kp, cp, op, begin, end, length, c);
+    });
+  });
+  return out;
+}
+
 // ------------------------------------------------------------------ the (N, C) step
 // The pool of normalizers (sn_mm/ops/pool.py is the table; these are its codes) and the
 // modes of the BN branch (sn_mm/ops/functional.py, BN_*). Every branch pools the instance
@@ -730,6 +950,10 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sn_forward_cpu(
   if (x.numel() == 0) {
     mean_in = torch::zeros({n, c}, opts);
     var_in = torch::zeros({n, c}, opts);
+  } else if (is_channels_last(x)) {
+    auto moments = nlc_moments(x);
+    mean_in = moments[0];
+    var_in = moments[1];
   } else {
     auto moments = instance_moments(x.reshape({n * c, length}));
     mean_in = moments[0].view({n, c});
@@ -764,8 +988,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sn_forward_cpu(
     std::tie(bn_mean, bn_var, count) = sync.call(mean_in, u, length, group);
   }
   auto mix = mix_forward(mean_in, u, w, b, a, bb, bn_mean, bn_var, pool, bn_mode, eps);
-  Tensor y = x.numel() == 0 ? torch::empty_like(x, at::MemoryFormat::Contiguous)
-                            : affine(x, mix[0], mix[1]);
+  Tensor y = x.numel() == 0  ? torch::empty_like(x)
+             : is_channels_last(x) ? nlc_affine(x, mix[0], mix[1])
+                                   : affine(x, mix[0], mix[1]);
   return {y, mean_in, var_in, mix[2], mix[3], count};
 }
 
@@ -781,11 +1006,17 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sn_backward_cpu(
   const int64_t length = spatial_length(x);
   const auto acc = mean_in.scalar_type();
   const double factor = bessel_factor(length, unbiased);
-  auto g = grad_y.scalar_type() == x.scalar_type() ? grad_y : grad_y.to(x.scalar_type());
+  // g in x's dtype and memory format (a copy only when the incoming gradient differs)
+  auto g = grad_y.to(x.scalar_type()).contiguous(format_of(x));
+  const bool nlc = is_channels_last(x);
   Tensor dot, grad_shift;
   if (x.numel() == 0) {
     dot = torch::zeros({n, c}, mean_in.options());
     grad_shift = torch::zeros({n, c}, mean_in.options());
+  } else if (nlc) {
+    auto sums = nlc_grad_sums(g, x, mean_in.contiguous());
+    dot = sums[0];
+    grad_shift = sums[1];
   } else {
     auto sums = grad_sums(g.reshape({n * c, length}), x.reshape({n * c, length}),
                           mean_in.reshape({-1}).contiguous());
@@ -853,9 +1084,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sn_backward_cpu(
         cp[i] = cp[i] * inv_l - m[i] * kp[i];
       }
     });
-    grad_x = input_grad(g, x, mix[0], k, cst);
+    grad_x = nlc ? nlc_input_grad(g, x, mix[0], k, cst) : input_grad(g, x, mix[0], k, cst);
   } else if (need_input_grad) {
-    grad_x = torch::empty_like(x, at::MemoryFormat::Contiguous);
+    grad_x = torch::empty_like(x);
   }
   auto grad_a = softmax ? small_softmax_backward(a, mix[5]) : mix[5];
   auto grad_b = softmax ? small_softmax_backward(bb, mix[6]) : mix[6];
