@@ -30,6 +30,7 @@ from torch import nn
 
 ROOT = os.path.abspath(os.path.join(os.path.dirname(__file__), '..'))
 sys.path.insert(0, ROOT)
+from sn_mm.benchmark import saved_bytes as measure_saved_bytes  # noqa: E402
 from sn_mm.ops import SwitchableNorm, SyncSwitchableNorm, functional  # noqa: E402
 from tests.reference import reference_sn  # noqa: E402  (the literal autograd formulation)
 
@@ -82,24 +83,8 @@ def fwd_bwd(layer, x, grad):
 
 
 def saved_bytes(layer, x):
-    storages = {}
-
-    def pack(t):
-        try:
-            storage = t.untyped_storage()
-            storages[storage.data_ptr()] = storage.nbytes()
-        except RuntimeError:
-            pass
-        return t
-
-    with torch.autograd.graph.saved_tensors_hooks(pack, lambda t: t):
-        if AUTOCAST is None:
-            y = layer(x)
-        else:
-            with torch.autocast(AUTOCAST[0], dtype=AUTOCAST[1]):
-                y = layer(x)
-    del y
-    return sum(storages.values())
+    """Bytes ``layer(x)`` saves for backward (unique storages), under ``AUTOCAST``."""
+    return measure_saved_bytes(layer, x, AUTOCAST)
 
 
 def peak_bytes(name, shape):

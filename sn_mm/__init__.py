@@ -4,12 +4,11 @@
 effects, and no others:
 
 - registers the ``torch.ops.sn_mm`` custom ops (``sn_mm.ops.functional``);
-- registers ``SN``, ``SyncSN`` and the sparse ``SSN``, ``SyncSSN`` in mmengine's root
-  ``MODELS`` (``sn_mm.registry``), so mmcv's ``build_norm_layer`` finds them from every
-  scope (mmdet, mmseg), and ``FixedNormModel``, the builder of converted models
-  (``sn_mm.deploy``);
-- registers the engine pieces in the root registries (``sn_mm.engine``): the optimizer
-  constructor ``SNOptimWrapperConstructor`` and the hooks ``SNRatioHook``,
+- registers, in mmengine's root registries, everything listed in :mod:`sn_mm.registry`
+  (the one place where sn_mm adds names): ``SN``, ``SyncSN`` and the sparse ``SSN``,
+  ``SyncSSN`` in ``MODELS`` (so mmcv's ``build_norm_layer`` finds them from every scope:
+  mmdet, mmseg), ``FixedNormModel`` (the builder of converted models, ``sn_mm.deploy.mm``),
+  the optimizer constructor ``SNOptimWrapperConstructor`` and the hooks ``SNRatioHook``,
   ``SNBatchAverageHook``, ``SSNRadiusHook``;
 - replaces the mmengine components listed in :mod:`sn_mm.compat` (safe checkpoint
   loaders where torch needs them, and ``'Pretrained'`` with an SN ``using_bn`` check).
@@ -17,7 +16,8 @@ effects, and no others:
 It installs no global hook: models without SN build and run exactly as without the
 import (``torch.compile`` included). Without mmengine installed only the pure-torch core
 (``sn_mm.ops``: the layers and the custom ops) is imported, e.g. on a GPU machine with
-torch alone.
+torch alone; ``sn_mm.ops`` and ``sn_mm.deploy`` (:func:`sn_mm.deploy.to_fixed_norms`)
+import no mm* package either way.
 """
 import importlib.util
 
@@ -26,9 +26,7 @@ from .ops import (SparseSwitchableNorm, SwitchableNorm, SyncSparseSwitchableNorm
 from .version import __version__  # noqa: F401
 
 if importlib.util.find_spec('mmengine') is not None:
-    from . import engine  # noqa: F401  (registration side effects)
-    from . import registry  # noqa: F401  (registration side effect)
-    from . import deploy  # noqa: F401  (registers FixedNormModel, the converted-model builder)
+    from . import registry  # noqa: F401  (every registration: sn_mm/registry.py)
     from . import compat
 
     compat.install()

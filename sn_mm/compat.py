@@ -1,7 +1,7 @@
 """Every override of an OpenMMLab component that ``import sn_mm`` makes, in one place.
 
-Besides *adding* names to mmengine's root registries (``SN``, ``SyncSN``, the optimizer
-constructor and the hooks: ``sn_mm.registry`` and ``sn_mm.engine``), ``import sn_mm``
+Besides *adding* names to mmengine's root registries (the layers, ``FixedNormModel``, the
+optimizer constructor and the hooks: all in :mod:`sn_mm.registry`), ``import sn_mm``
 calls :func:`install`, which *replaces* two mmengine components, and nothing else:
 
 1. **Checkpoint loaders** (``mmengine.runner.CheckpointLoader``, every scheme it knows:

@@ -11,7 +11,7 @@ import torch
 
 from sn_mm.datasets import coco_demo
 from sn_mm.engine.checkpoint import safe_load
-from tests.test_det_end_to_end import tiny_demo_config
+from tests.e2e_util import tiny_demo_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SSN_DET = osp.join(ROOT, 'configs', 'mask_rcnn_demo', 'mask-rcnn_r18_fpn_ssn-all_coco-demo.py')

@@ -21,34 +21,10 @@ import numpy as np
 import pytest
 
 from sn_mm.datasets import coco_demo
+from tests.e2e_util import tiny_demo_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 SN_DEMO = osp.join(ROOT, 'configs', 'mask_rcnn_demo', 'mask-rcnn_r18_fpn_sn-all_coco-demo.py')
-
-
-def tiny_demo_config(path: str, base: str, data_root: str, max_iters: int = 3,
-                     extra: str = '') -> str:
-    """A config file inheriting ``base`` that trains ``max_iters`` iterations on
-    ``data_root`` with in-process data loading and a checkpoint at the end."""
-    data_root = data_root.rstrip('/') + '/'
-    text = f'''
-_base_ = {base!r}
-data_root = {data_root!r}
-train_dataloader = dict(num_workers=0, persistent_workers=False,
-                        dataset=dict(data_root=data_root))
-val_dataloader = dict(num_workers=0, persistent_workers=False,
-                      dataset=dict(data_root=data_root))
-test_dataloader = val_dataloader
-val_evaluator = dict(ann_file=data_root + 'annotations/instances_val.json')
-test_evaluator = val_evaluator
-train_cfg = dict(max_iters={max_iters}, val_interval=10000)
-default_hooks = dict(logger=dict(interval=1),
-                     checkpoint=dict(interval={max_iters}))
-{extra}
-'''
-    with open(path, 'w') as f:
-        f.write(text)
-    return path
 
 
 def run(cmd, timeout=420):

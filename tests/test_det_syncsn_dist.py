@@ -64,7 +64,7 @@ def _empty_even_images(root: str) -> None:
 def test_syncsn_mask_rcnn_two_gloo_processes(tmp_path):
     import torch
     from sn_mm.datasets import coco_demo
-    from tests.test_det_end_to_end import tiny_demo_config
+    from tests.e2e_util import tiny_demo_config
 
     data = str(tmp_path / 'data')
     coco_demo.make_coco_demo(data, num_train=4, num_val=1, seed=5, max_objects=3)

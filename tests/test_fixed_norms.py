@@ -9,7 +9,7 @@ from torch.testing import assert_close
 
 from sn_mm.deploy.convert import apply_plan, conv_norm_pairs, to_fixed_norms
 from sn_mm.ops import SparseSwitchableNorm, SwitchableNorm
-from sn_mm.ops.fixed_norms import SNInstanceNorm, BesselLayerNorm, FixedMixtureNorm
+from sn_mm.deploy.fixed_norms import SNInstanceNorm, BesselLayerNorm, FixedMixtureNorm
 
 IN, LN, BN = 0, 1, 2
 SHAPES = [(2, 6, 5, 7), (3, 6, 1, 1), (1, 6, 2, 1), (4, 6, 9, 3)]

@@ -97,3 +97,66 @@ def test_mmdet_resnet50_key_names_match_official_checkpoints():
     model.train()
     out = model(torch.randn(2, 3, 64, 64))
     assert [o.shape[1] for o in out] == [256, 512, 1024, 2048]
+
+
+#: What ``import sn_mm`` adds to mmengine's root registries (sn_mm/registry.py), by registry.
+ADDED = {
+    'MODELS': {'SN', 'SyncSN', 'SSN', 'SyncSSN', 'FixedNormModel'},
+    'HOOKS': {'SNRatioHook', 'SNBatchAverageHook', 'SSNRadiusHook'},
+    'OPTIM_WRAPPER_CONSTRUCTORS': {'SNOptimWrapperConstructor'},
+}
+
+_SNAPSHOT = r'''
+import json, sys
+import mmengine.registry as reg
+import mmengine.runner, mmengine.hooks, mmengine.optim, mmengine.model  # their own names
+names = [n for n in dir(reg) if isinstance(getattr(reg, n), reg.Registry)]
+def snapshot():
+    return {n: {k: getattr(v, '__module__', '?') + '.' + getattr(v, '__qualname__', repr(v))
+                for k, v in getattr(reg, n).module_dict.items()} for n in names}
+before = snapshot()
+import sn_mm
+after = snapshot()
+json.dump(dict(before=before, after=after), sys.stdout)
+'''
+
+
+def test_import_sn_mm_adds_exactly_the_registry_module_names():
+    """A fresh process: the root registries before and after ``import sn_mm`` differ by
+    the names of sn_mm/registry.py, and by the two overrides of sn_mm.compat."""
+    import json
+    import os
+    import os.path as osp
+    import subprocess
+    import sys
+
+    root = osp.dirname(osp.dirname(osp.abspath(__file__)))
+    env = dict(os.environ, PYTHONPATH=os.pathsep.join(
+        p for p in (root, os.environ.get('PYTHONPATH')) if p))
+    proc = subprocess.run([sys.executable, '-c', _SNAPSHOT], cwd=root, env=env,
+                          capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    data = json.loads(proc.stdout)
+    before, after = data['before'], data['after']
+    added = {reg: set(after[reg]) - set(before[reg]) for reg in after}
+    assert {reg: names for reg, names in added.items() if names} == ADDED
+    assert all(set(before[reg]) <= set(after[reg]) for reg in before)  # nothing removed
+    replaced = {(reg, name) for reg in before for name in before[reg]
+                if before[reg][name] != after[reg][name]}
+    assert replaced == {('WEIGHT_INITIALIZERS', 'Pretrained')}
+    assert after['WEIGHT_INITIALIZERS']['Pretrained'] == \
+        'sn_mm.engine.pretrained.SNPretrainedInit'
+    assert after['MODELS']['FixedNormModel'] == 'sn_mm.deploy.mm.build_fixed_norm_model'
+
+
+def test_registry_module_is_the_one_place():
+    """No ``register_module`` outside sn_mm/registry.py, except sn_mm/compat.py's overrides
+    (and, until it moves, sn_mm/deploy/mm.py's own FixedNormModel line)."""
+    import os.path as osp
+    import pathlib
+
+    package = pathlib.Path(osp.dirname(sn_mm.__file__))
+    users = sorted(str(p.relative_to(package)) for p in package.rglob('*.py')
+                   if '.register_module(' in p.read_text())
+    assert set(users) <= {'registry.py', 'compat.py', osp.join('deploy', 'mm.py')}, users
+    assert {'registry.py', 'compat.py'} <= set(users)

@@ -2,10 +2,7 @@
 mmseg's CityscapesDataset / ADE20KDataset -> the segmentation demo's training (a few
 iterations, validation) -> evaluation of the saved checkpoint, whose mIoU must equal the
 validation mIoU (sn_mm.apis.seg_demo, what tools/demo_seg.py runs)."""
-import os
 import os.path as osp
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -16,28 +13,11 @@ from sn_mm.apis.seg_demo import train_and_test
 from sn_mm.datasets.seg_demo import (ADE20K_DEMO_CLASSES, CITYSCAPES_CLASSES, IGNORE_INDEX,
                                      ensure_seg_demo, generate_sample, is_generated,
                                      make_seg_demo)
+from tests.e2e_util import SEG_TINY, run_python
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
-TINY = dict(cityscapes=dict(num_train=4, num_val=2, size=(64, 128)),
-            ade20k=dict(num_train=4, num_val=2, size=(80, 96)))
+TINY = SEG_TINY
 ITERS = 3
-
-
-def _run(args, timeout=300):
-    env = dict(os.environ, OMP_NUM_THREADS='1', PYTHONPATH=ROOT)
-    proc = subprocess.run([sys.executable] + args, cwd=ROOT, env=env, capture_output=True,
-                          text=True, timeout=timeout)
-    out = proc.stdout + proc.stderr
-    assert proc.returncode == 0, f'{args[0]} failed ({proc.returncode}):\n{out[-4000:]}'
-    return out
-
-
-def _loader_options(data_root):
-    opts = []
-    for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):
-        opts += [f'{loader}.dataset.data_root={data_root}', f'{loader}.num_workers=0',
-                 f'{loader}.persistent_workers=False']
-    return opts
 
 
 def test_generator_is_deterministic_and_in_the_real_label_spaces():
@@ -101,9 +81,9 @@ def test_train_then_test_the_checkpoint(config, tmp_path):
     layout = 'cityscapes' if 'cityscapes' in config else 'ade20k'
     data_root = str(tmp_path / 'data' / layout)
     tiny = TINY[layout]
-    _run(['tools/make_seg_demo.py', '--layout', layout, '--root', str(tmp_path / 'data'),
-          '--num-train', str(tiny['num_train']), '--num-val', str(tiny['num_val']),
-          '--size', *map(str, tiny['size'])])
+    run_python(['tools/make_seg_demo.py', '--layout', layout, '--root', str(tmp_path / 'data'),
+                '--num-train', str(tiny['num_train']), '--num-val', str(tiny['num_val']),
+                '--size', *map(str, tiny['size'])])
     assert is_generated(data_root, layout, **tiny)
     options = {}
     for loader in ('train_dataloader', 'val_dataloader', 'test_dataloader'):

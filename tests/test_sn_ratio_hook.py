@@ -1,80 +1,17 @@
 """SNRatioHook on a real mmengine Runner: scalars land in the visualizer's scalars.json and
 the message hub, per layer, per stage and overall, at the configured iterations."""
 import glob
-import itertools
 import json
 import os
 
 import pytest
-import torch
-import torch.nn.functional as F
-from mmengine.model import BaseModel
 from mmengine.registry import HOOKS
-from mmengine.runner import Runner
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
 
-import sn_mm.engine.sn_ratio_hook  # noqa: F401  (registers SNRatioHook)
+import sn_mm  # noqa: F401  (registers SNRatioHook: sn_mm/registry.py)
 from sn_mm.analysis import ratios_from_checkpoint
 from sn_mm.engine.sn_ratio_hook import SNRatioHook, ratio_scalars
-from sn_mm.ops import SwitchableNorm
-
-_names = itertools.count()
-
-
-class _Data(Dataset):
-    def __init__(self, length=16):
-        gen = torch.Generator().manual_seed(0)
-        self.x = torch.randn(length, 3, 6, 6, generator=gen) * 2 + 1
-        self.y = torch.randint(0, 2, (length,), generator=gen)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return dict(inputs=self.x[i], labels=self.y[i])
-
-
-class _Block(nn.Module):
-    def __init__(self, c, using_bn=True):
-        super().__init__()
-        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
-        self.sn1 = SwitchableNorm(c, using_bn=using_bn)
-
-    def forward(self, x):
-        return F.relu(self.sn1(self.conv1(x))) + x
-
-
-class TinySNNet(BaseModel):
-    """Stem ``sn1``, ``layer1.0.sn1``, ``layer2.0.sn1`` (the last with 2 logits)."""
-
-    def __init__(self):
-        super().__init__()
-        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
-        self.sn1 = SwitchableNorm(4)
-        self.layer1 = nn.Sequential(_Block(4))
-        self.layer2 = nn.Sequential(_Block(4, using_bn=False))
-        self.fc = nn.Linear(4, 2)
-
-    def forward(self, inputs, labels=None, mode='tensor'):
-        x = F.relu(self.sn1(self.conv1(inputs)))
-        logits = self.fc(self.layer2(self.layer1(x)).mean((2, 3)))
-        if mode == 'loss':
-            return dict(loss=F.cross_entropy(logits, labels))
-        return logits
-
-
-def _runner(work_dir, hook, max_iters=5, checkpoint=None):
-    torch.manual_seed(0)
-    return Runner(
-        model=TinySNNet(), work_dir=str(work_dir), experiment_name=f'snhook_{next(_names)}',
-        train_dataloader=DataLoader(_Data(), batch_size=4, shuffle=False),
-        train_cfg=dict(by_epoch=False, max_iters=max_iters),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=2.0)),
-        default_hooks=dict(checkpoint=checkpoint, logger=dict(type='LoggerHook', interval=100)),
-        custom_hooks=[hook],
-        visualizer=dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')]),
-        default_scope='mmengine')
+from tests.toy_runner import TinySNNet, make_ratio_runner
 
 
 def _read_scalars(work_dir, prefix='sn_ratio'):
@@ -90,8 +27,8 @@ def test_hook_is_registered_in_root_hooks():
 
 
 def test_hook_logs_scalars_on_a_real_runner(tmp_path):
-    runner = _runner(tmp_path, dict(type='SNRatioHook', interval=2),
-                     checkpoint=dict(type='CheckpointHook', interval=5, by_epoch=False))
+    runner = make_ratio_runner(tmp_path, dict(type='SNRatioHook', interval=2),
+                               checkpoint=dict(type='CheckpointHook', interval=5, by_epoch=False))
     runner.train()
     logged = _read_scalars(tmp_path)
     assert [line['step'] for line in logged] == [0, 2, 4, 5]  # start, every 2, last
@@ -133,8 +70,8 @@ def test_hook_logs_scalars_on_a_real_runner(tmp_path):
 
 
 def test_hook_options(tmp_path):
-    runner = _runner(tmp_path, dict(type='SNRatioHook', interval=3, per_layer=False,
-                                    log_start=False, prefix='snr'), max_iters=3)
+    runner = make_ratio_runner(tmp_path, dict(type='SNRatioHook', interval=3, per_layer=False,
+                                              log_start=False, prefix='snr'), max_iters=3)
     runner.train()
     logged = _read_scalars(tmp_path, prefix='snr')
     assert [line['step'] for line in logged] == [3]
@@ -165,15 +102,9 @@ class _TinyBNNet(TinySNNet):
 
 @pytest.mark.parametrize('skip', [True, False])
 def test_model_without_sn_is_skipped_only_when_asked(tmp_path, skip):
-    runner = Runner(
-        model=_TinyBNNet(), work_dir=str(tmp_path), experiment_name=f'snhook_{next(_names)}',
-        train_dataloader=DataLoader(_Data(), batch_size=4, shuffle=False),
-        train_cfg=dict(by_epoch=False, max_iters=2),
-        optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.1)),
-        default_hooks=dict(checkpoint=None, logger=dict(type='LoggerHook', interval=100)),
-        custom_hooks=[dict(type='SNRatioHook', interval=1, skip_without_sn=skip)],
-        visualizer=dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')]),
-        default_scope='mmengine')
+    runner = make_ratio_runner(
+        tmp_path, dict(type='SNRatioHook', interval=1, skip_without_sn=skip), max_iters=2,
+        model=_TinyBNNet(), lr=0.1)
     if not skip:
         with pytest.raises(ValueError, match='no SwitchableNorm layer found'):
             runner.train()
@@ -182,3 +113,17 @@ def test_model_without_sn_is_skipped_only_when_asked(tmp_path, skip):
     files = glob.glob(os.path.join(str(tmp_path), '*', 'vis_data', 'scalars.json'))
     lines = [json.loads(line) for f in files for line in open(f) if line.strip()]
     assert not any(k.startswith('sn_ratio') for line in lines for k in line)
+
+
+CONFIGS = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), 'configs')
+DEMO_CONFIGS = sorted(glob.glob(os.path.join(CONFIGS, 'mask_rcnn_demo', '*.py'))
+                      + glob.glob(os.path.join(CONFIGS, 'seg_demo', '*.py')))
+
+
+@pytest.mark.parametrize('path', DEMO_CONFIGS, ids=os.path.basename)
+def test_every_demo_config_logs_the_share_trajectories(path):
+    """README: every demo logs the share trajectories (configs that replace ``custom_hooks``,
+    like the SSN ones, must keep SNRatioHook)."""
+    from mmengine.config import Config
+    hooks = [h['type'] for h in Config.fromfile(path).get('custom_hooks', [])]
+    assert 'SNRatioHook' in hooks, hooks

@@ -78,8 +78,8 @@ def test_errors_name_the_file(tmp_path):
 
 def test_cli_plots_the_curves_of_a_real_run(tmp_path, capsys):
     """A Runner with SNRatioHook writes scalars.json; --trajectories reads and plots it."""
-    from tests.test_sn_ratio_hook import _runner
-    runner = _runner(tmp_path, dict(type='SNRatioHook', interval=2), max_iters=4)
+    from tests.toy_runner import make_ratio_runner
+    runner = make_ratio_runner(tmp_path, dict(type='SNRatioHook', interval=2), max_iters=4)
     runner.train()
     traj = run_trajectories(str(tmp_path))
     assert list(traj) == ['stem', 'layer1', 'layer2', 'all']

@@ -1,9 +1,15 @@
-"""A tiny SN classifier trained by a real mmengine Runner (shared by checkpoint/hook tests).
+"""Tiny SN classifiers trained by a real mmengine Runner (shared by checkpoint/hook tests).
+
+:func:`make_runner` (``ToySNModel``):
 
 Two conv + SN blocks (one ``'unbiased'``, one ``'biased'`` IN variance), a plain
 BatchNorm (its buffers must survive the batch-average pass) and a linear head, on
 8x8 random images. Validation reports an ``np.float64`` accuracy so that
 ``save_best`` puts a numpy scalar into the message hub, as real metrics do.
+
+:func:`make_ratio_runner` (``TinySNNet``, for the SN-ratio hook and its trajectories): a
+stem ``sn1`` and two stages ``layer1.0.sn1``, ``layer2.0.sn1`` (the last with 2 logits),
+trained with a large learning rate so that the importance shares move.
 """
 import itertools
 
@@ -102,3 +108,64 @@ def make_runner(work_dir, max_iters=6, load_from=None, resume=False, custom_hook
         randomness=dict(seed=seed),
         default_scope='mmengine',
     )
+
+
+class StageData(Dataset):
+    """16 seeded samples ``dict(inputs=(3, 6, 6), labels=int)``."""
+
+    def __init__(self, length=16):
+        gen = torch.Generator().manual_seed(0)
+        self.x = torch.randn(length, 3, 6, 6, generator=gen) * 2 + 1
+        self.y = torch.randint(0, 2, (length,), generator=gen)
+
+    def __len__(self):
+        return len(self.x)
+
+    def __getitem__(self, i):
+        return dict(inputs=self.x[i], labels=self.y[i])
+
+
+class _Block(nn.Module):
+    def __init__(self, c, using_bn=True):
+        super().__init__()
+        self.conv1 = nn.Conv2d(c, c, 3, padding=1)
+        self.sn1 = SwitchableNorm(c, using_bn=using_bn)
+
+    def forward(self, x):
+        return F.relu(self.sn1(self.conv1(x))) + x
+
+
+class TinySNNet(BaseModel):
+    """Stem ``sn1``, ``layer1.0.sn1``, ``layer2.0.sn1`` (the last with 2 logits)."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv1 = nn.Conv2d(3, 4, 3, padding=1)
+        self.sn1 = SwitchableNorm(4)
+        self.layer1 = nn.Sequential(_Block(4))
+        self.layer2 = nn.Sequential(_Block(4, using_bn=False))
+        self.fc = nn.Linear(4, 2)
+
+    def forward(self, inputs, labels=None, mode='tensor'):
+        x = F.relu(self.sn1(self.conv1(inputs)))
+        logits = self.fc(self.layer2(self.layer1(x)).mean((2, 3)))
+        if mode == 'loss':
+            return dict(loss=F.cross_entropy(logits, labels))
+        return logits
+
+
+def make_ratio_runner(work_dir, hook, max_iters=5, checkpoint=None, model=None, lr=2.0):
+    """An iteration-based Runner training ``model`` (default :class:`TinySNNet`) on
+    :class:`StageData` with plain SGD, ``hook`` as its one custom hook, and a local
+    visualizer backend (``vis_data/scalars.json``)."""
+    torch.manual_seed(0)
+    return Runner(
+        model=model if model is not None else TinySNNet(), work_dir=str(work_dir),
+        experiment_name=f'snhook_{next(_names)}',
+        train_dataloader=DataLoader(StageData(), batch_size=4, shuffle=False),
+        train_cfg=dict(by_epoch=False, max_iters=max_iters),
+        optim_wrapper=dict(optimizer=dict(type='SGD', lr=lr)),
+        default_hooks=dict(checkpoint=checkpoint, logger=dict(type='LoggerHook', interval=100)),
+        custom_hooks=[hook],
+        visualizer=dict(type='Visualizer', vis_backends=[dict(type='LocalVisBackend')]),
+        default_scope='mmengine')

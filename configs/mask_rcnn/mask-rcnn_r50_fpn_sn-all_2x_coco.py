@@ -15,7 +15,7 @@ norm_cfg = dict(type='SN', requires_grad=True)
 model = dict(
     backbone=dict(
         norm_cfg=norm_cfg,
-        norm_eval=False,  # True would freeze SN's statistics and logits (sn_mm.engine.norm_eval)
+        norm_eval=False,  # True would freeze SN's statistics and logits (sn_mm.ops.norm_eval)
         init_cfg=dict(type='Pretrained', checkpoint={{_base_.sn_imagenet_checkpoint}})),
     neck=dict(norm_cfg=norm_cfg),
     roi_head=dict(

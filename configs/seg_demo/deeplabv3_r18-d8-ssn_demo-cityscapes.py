@@ -8,4 +8,6 @@ model = dict(
     backbone=dict(norm_cfg=norm_cfg),
     decode_head=dict(norm_cfg=norm_cfg),
     auxiliary_head=dict(norm_cfg=norm_cfg))
-custom_hooks = [dict(type='SSNRadiusHook', log_interval=20)]
+# custom_hooks replaces the base list: keep its SNRatioHook (share trajectories), add the radius
+custom_hooks = [dict(type='SNRatioHook', interval=25, skip_without_sn=True),
+                dict(type='SSNRadiusHook', log_interval=20)]

@@ -1,13 +1,17 @@
 """Deployment: turn trained SN/SSN models into models built only of plain, fixed layers.
 
-- :func:`to_fixed_norms` (pure torch) converts a model and reports, per layer, what it
-  became and the largest output deviation on a batch;
-- :mod:`sn_mm.deploy.mm` (mmengine) converts a checkpoint of an mmdet/mmseg config and
-  writes a checkpoint plus a config that ``tools/test.py`` runs: its model is
+``import sn_mm.deploy`` needs torch only (no mm* package):
+
+- :func:`to_fixed_norms` (:mod:`sn_mm.deploy.convert`) converts a model and reports, per
+  layer, what it became and the largest output deviation on a batch;
+- :mod:`sn_mm.deploy.fixed_norms`: the fixed layers it uses where a one-hot choice has no
+  torch equivalent (IN and LN with SN's Bessel correction, any other fixed mixture);
+- :mod:`sn_mm.deploy.mm` (mmengine; imported by :mod:`sn_mm.registry` and
+  ``tools/deploy_sn.py``, not by this package) converts a checkpoint of an mmdet/mmseg
+  config and writes a checkpoint plus a config that ``tools/test.py`` runs: its model is
   ``dict(type='FixedNormModel', model=<the original model>, layers=..., conv_biases=...)``,
   which builds the original model and gives it the converted structure.
 """
-from . import mm  # noqa: F401  (registers FixedNormModel in the root MODELS)
 from .convert import (Conversion, LayerReport, apply_plan, build_fixed, conv_norm_pairs,
                       fold_bn_into_conv, format_report, plan_of, spec_of, to_fixed_norms)
 

@@ -1,7 +1,7 @@
 """``to_fixed_norms``: turn every SN/SSN layer of a model into plain, fixed layers.
 
 Rules (eval-mode semantics; weights in the order [IN, LN, BN]; see
-:mod:`sn_mm.ops.fixed_norms` for the math):
+:mod:`sn_mm.deploy.fixed_norms` for the math):
 
 - a vector of importance weights *chose* branch ``k`` when ``1 - w_k <= tol``
   (an SSN layer's sparsestmax weights are exactly one-hot; an SN layer's softmax never
@@ -9,11 +9,11 @@ Rules (eval-mode semantics; weights in the order [IN, LN, BN]; see
   much);
 - mean and variance chose the same branch: BN -> ``nn.BatchNorm2d`` (running statistics),
   then folded into the preceding convolution where the model pairs them (see
-  :func:`conv_norm_pairs`); IN -> :class:`~sn_mm.ops.fixed_norms.SNInstanceNorm` (a
+  :func:`conv_norm_pairs`); IN -> :class:`~sn_mm.deploy.fixed_norms.SNInstanceNorm` (a
   ``nn.GroupNorm(C, C)``, Bessel-corrected in ``'unbiased'`` mode); LN ->
   ``nn.GroupNorm(1, C)``, in ``'unbiased'`` mode
-  :class:`~sn_mm.ops.fixed_norms.BesselLayerNorm` (all exact for every input size);
-- anything else -> :class:`~sn_mm.ops.fixed_norms.FixedMixtureNorm` with the chosen
+  :class:`~sn_mm.deploy.fixed_norms.BesselLayerNorm` (all exact for every input size);
+- anything else -> :class:`~sn_mm.deploy.fixed_norms.FixedMixtureNorm` with the chosen
   vectors one-hot and the others at their exact weights (no logits, no softmax).
 
 Every replacement is described by a *spec* (a plain dict), so a model built from the
@@ -28,7 +28,7 @@ import torch
 from torch import nn
 
 from sn_mm.ops import SwitchableNorm
-from sn_mm.ops.fixed_norms import SNInstanceNorm, BesselLayerNorm, FixedMixtureNorm
+from sn_mm.deploy.fixed_norms import SNInstanceNorm, BesselLayerNorm, FixedMixtureNorm
 from sn_mm.ops.pool import OFFICIAL_POOLS
 
 

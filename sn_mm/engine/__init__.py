@@ -1,4 +1,7 @@
-"""Engine pieces for mmengine runners: optimizer constructor, hooks, checkpoint loading."""
+"""Engine pieces for mmengine runners: optimizer constructor, hooks, checkpoint loading.
+
+They are registered in mmengine's root registries by :mod:`sn_mm.registry`.
+"""
 from . import optim  # noqa: F401
 from . import checkpoint  # noqa: F401
 from . import sn_ratio_hook  # noqa: F401

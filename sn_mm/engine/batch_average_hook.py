@@ -39,7 +39,6 @@ from mmengine.dist import all_gather, get_world_size, is_distributed
 from mmengine.hooks import Hook
 from mmengine.logging import print_log
 from mmengine.model import is_model_wrapper
-from mmengine.registry import HOOKS
 from mmengine.runner import EpochBasedTrainLoop
 from torch import nn
 
@@ -166,7 +165,6 @@ def batch_average(model: nn.Module, batches: Iterable, num_batches: int,
     return updated
 
 
-@HOOKS.register_module()
 class SNBatchAverageHook(Hook):
     """Recompute SN running statistics from ``num_batches`` training batches.
 

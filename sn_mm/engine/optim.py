@@ -39,7 +39,6 @@ from typing import List, Optional, Union
 
 from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
-from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
 from ..ops import SwitchableNorm
@@ -54,7 +53,6 @@ def _check_mult(key: str, value) -> None:
         raise ValueError(f'{key} must be a non-negative number, got {value!r}')
 
 
-@OPTIM_WRAPPER_CONSTRUCTORS.register_module()
 class SNOptimWrapperConstructor(DefaultOptimWrapperConstructor):
     """``DefaultOptimWrapperConstructor`` plus ``paramwise_cfg.sn_decay_mult`` and
     ``paramwise_cfg.sn_lr_mult`` (see the module docstring)."""

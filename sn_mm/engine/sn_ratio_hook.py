@@ -27,7 +27,6 @@ from typing import Dict, Optional
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmengine.registry import HOOKS
 
 from sn_mm.analysis import BRANCHES, average_shares, ratios_from_model, stage_averages
 from sn_mm.ops import SwitchableNorm
@@ -57,7 +56,6 @@ def ratio_scalars(model, prefix: str = 'sn_ratio', per_layer: bool = True,
     return scalars
 
 
-@HOOKS.register_module()
 class SNRatioHook(Hook):
     """Log SN importance ratios every ``interval`` training iterations.
 

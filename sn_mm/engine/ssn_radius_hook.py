@@ -35,7 +35,6 @@ import torch
 import torch.distributed as dist
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
-from mmengine.registry import HOOKS
 
 from sn_mm.ops import SparseSwitchableNorm, SyncSparseSwitchableNorm
 
@@ -55,7 +54,6 @@ def radius_at(iteration: int, begin: int, end: int, start_radius: float,
     return start_radius + (end_radius - start_radius) * progress
 
 
-@HOOKS.register_module()
 class SSNRadiusHook(Hook):
     """Set the SSN radius from the training progress and freeze one-hot layers.
 

@@ -21,7 +21,7 @@ model = dict(
         base_channels=32,  # half-width ResNet-18 (32-64-128-256 channels): 2x faster on CPU
         frozen_stages=-1,
         norm_cfg=norm_cfg,
-        norm_eval=False,  # trained from scratch; True would freeze SN (sn_mm.engine.norm_eval)
+        norm_eval=False,  # trained from scratch; True would freeze SN (sn_mm.ops.norm_eval)
         zero_init_residual=False,
         init_cfg=None),
     neck=dict(in_channels=[32, 64, 128, 256], out_channels=64, norm_cfg=norm_cfg),
