@@ -1,6 +1,26 @@
-"""Safe checkpoint loading for mmengine 0.10.7 on torch >= 2.6.
+"""Every checkpoint sn_mm reads goes through this module: safe loading, integrity checks,
+the URL schemes, unwrapping and the layout of SN/BN state dicts.
 
-mmengine 0.10.7 calls ``torch.load(f, map_location=...)`` without ``weights_only``;
+Readers: :func:`read_checkpoint` (paths and URLs) is used by the analysis
+(``sn_mm.analysis``), the converter (``sn_mm.checkpoint_convert``), ONNX export
+(``sn_mm.apis.export``), deploy (``sn_mm.deploy.mm``), ``init_cfg=dict(type='Pretrained')``
+(``sn_mm.engine.pretrained``) and ``tools/test.py``; mmengine's ``Runner`` (``load_from``,
+``--resume``) reaches the same loaders through :data:`SCHEMES` (:mod:`sn_mm.compat`).
+
+**Integrity** (:func:`verify_file`, run by :func:`safe_load` before anything is unpickled):
+
+- a zip-format checkpoint (``torch.save`` since torch 1.6) must be a complete zip archive
+  holding ``<archive>/data.pkl``, and every entry must match the CRC-32 stored for it in
+  the archive (torch does not check them): :class:`CorruptCheckpointError` names the file
+  and the damaged entry (``archive/data/3`` is the storage of one tensor);
+- a file that is neither a zip archive nor torch's legacy (pre-1.6) format, e.g. an empty,
+  truncated, text or random file, is :class:`NotACheckpointError` ("not a (valid) PyTorch
+  checkpoint", with the file's name), not a security problem;
+- a file whose name carries a hash, ``NAME-<hex>.pth`` with 8 to 64 hex digits (OpenMMLab's
+  and torchvision's published-checkpoint convention, written by ``tools/publish_model.py``),
+  must have a SHA-256 starting with those digits (:class:`ChecksumMismatchError`).
+
+**Safe loading**: mmengine 0.10.7 calls ``torch.load(f, map_location=...)`` without ``weights_only``;
 torch >= 2.6 then defaults to ``weights_only=True`` and refuses mmengine's own
 checkpoints (numpy scalars in ``message_hub``, ``HistoryBuffer`` log scalars), and
 mmengine's http loader goes through ``torch.hub.load_state_dict_from_url``, which
@@ -36,14 +56,18 @@ CHECKPOINT``, ``init_cfg=dict(type='Pretrained', ...)`` (``PretrainedInit`` ->
 ``load_checkpoint``), ``mmengine.runner.load_checkpoint`` and
 ``_load_checkpoint_with_prefix``.
 """
+import hashlib
 import io
 import os
 import os.path as osp
 import pickle
 import re
+import tarfile
 import zipfile
+import zlib
+from collections import OrderedDict
 from tempfile import TemporaryDirectory
-from typing import Callable, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Container, List, Mapping, Optional, Tuple, Union
 
 import numpy as np
 import torch
@@ -52,12 +76,153 @@ from mmengine.fileio import get_file_backend
 from mmengine.logging import HistoryBuffer, print_log
 from mmengine.runner import checkpoint as mm_checkpoint
 
-__all__ = ['UnsafeCheckpointError', 'MMENGINE_SAFE_GLOBALS', 'SCHEMES', 'safe_load',
-           'read_checkpoint', 'load_from_local', 'load_from_http']
+__all__ = ['UnsafeCheckpointError', 'NotACheckpointError', 'CorruptCheckpointError',
+           'ChecksumMismatchError', 'MMENGINE_SAFE_GLOBALS', 'SCHEMES', 'verify_file',
+           'hash_in_name', 'sha256_of', 'safe_load', 'read_checkpoint', 'read_state_dict',
+           'load_from_local', 'load_from_http', 'unwrap_state_dict', 'strip_prefix',
+           'strip_key', 'find_sn_layers', 'find_bn_layers', 'check_sn_layer', 'is_sparse_layer',
+           'coverage', 'CheckpointCoverageError', 'check_coverage', 'check_model_coverage',
+           'publish_checkpoint']
 
 
 class UnsafeCheckpointError(pickle.UnpicklingError):
     """A checkpoint needs a global outside the allowlist; it was not loaded."""
+
+
+class NotACheckpointError(ValueError):
+    """The file is not a (valid) PyTorch checkpoint: empty, text, random or truncated."""
+
+
+class CorruptCheckpointError(NotACheckpointError):
+    """A zip-format checkpoint whose data does not match its CRC-32s (damaged bytes)."""
+
+
+class ChecksumMismatchError(NotACheckpointError):
+    """A file named ``NAME-<hash>.pth`` whose SHA-256 does not start with ``<hash>``."""
+
+
+# ------------------------------------------------------------------ integrity
+#: ``torch.save(..., _use_new_zipfile_serialization=False)`` files start with this pickle.
+_LEGACY_MAGIC = 0x1950a86a20f9469cfc6c
+#: ``NAME-<hex>.pth``: the hash prefix of a published checkpoint (mmdet, torchvision).
+_HASH_IN_NAME = re.compile(r'-([0-9a-f]{8,64})\.pth$')
+_CHUNK = 1 << 24
+
+
+def hash_in_name(name: str) -> Optional[str]:
+    """The SHA-256 prefix in a published checkpoint's file name (``x-1a2b3c4d.pth``), or None."""
+    match = _HASH_IN_NAME.search(osp.basename(str(name)))
+    return match.group(1) if match else None
+
+
+def sha256_of(path) -> str:
+    """Hex SHA-256 of a file, read in chunks."""
+    digest = hashlib.sha256()
+    with open(path, 'rb') as stream:
+        for chunk in iter(lambda: stream.read(_CHUNK), b''):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class _NoGlobals(pickle.Unpickler):
+    def find_class(self, module, name):
+        raise pickle.UnpicklingError(f'{module}.{name}')
+
+
+def _is_legacy(stream) -> bool:
+    """True if the stream starts with torch's legacy magic number (read with no globals)."""
+    try:
+        return _NoGlobals(stream).load() == _LEGACY_MAGIC
+    except Exception:  # any pickle/EOF/value error: not the legacy format
+        return False
+
+
+def _not_a_checkpoint(name: str, why: str) -> NotACheckpointError:
+    return NotACheckpointError(
+        f'{name} is not a (valid) PyTorch checkpoint: {why}. Expected a file written by '
+        'torch.save (a zip archive holding data.pkl, or the legacy pre-1.6 format); check '
+        'the path and whether the download or copy finished.')
+
+
+def _verify_zip(stream, name: str) -> None:
+    try:
+        archive = zipfile.ZipFile(stream)
+    except (zipfile.BadZipFile, OSError, EOFError, ValueError) as err:
+        raise _not_a_checkpoint(name, f'damaged or truncated zip archive ({err})') from None
+    with archive:
+        infos = archive.infolist()
+        if not any(i.filename == 'data.pkl' or i.filename.endswith('/data.pkl') for i in infos):
+            raise _not_a_checkpoint(name, 'a zip archive without data.pkl (not written by '
+                                    'torch.save)')
+        for info in infos:
+            if info.CRC == 0 and info.file_size > 0:
+                continue  # written with torch.serialization.config.save.compute_crc32=False
+            try:
+                with archive.open(info) as entry:
+                    while entry.read(_CHUNK):
+                        pass  # zipfile compares the CRC-32 when the entry is read to its end
+            except (zipfile.BadZipFile, zlib.error, EOFError, OSError) as err:
+                raise CorruptCheckpointError(
+                    f'{name} is damaged: zip entry {info.filename!r} does not match the CRC-32 '
+                    f'stored for it ({err}); the file was changed or truncated after '
+                    'torch.save wrote it. Re-download or re-copy it.') from None
+
+
+def verify_file(f, name: Optional[str] = None) -> None:
+    """Check a checkpoint before it is unpickled (see the module docstring).
+
+    ``f`` is a path or a seekable binary file object (rewound afterwards). Raises
+    :class:`NotACheckpointError` (empty, text, random, truncated),
+    :class:`CorruptCheckpointError` (a zip entry whose CRC-32 does not match) or
+    :class:`ChecksumMismatchError` (``NAME-<hash>.pth`` whose SHA-256 does not match).
+    """
+    if isinstance(f, (str, os.PathLike)):
+        name = name if name is not None else os.fspath(f)
+        expected = hash_in_name(name)
+        if expected is not None:
+            actual = sha256_of(f)
+            if not actual.startswith(expected):
+                raise ChecksumMismatchError(
+                    f'{name}: the file name carries the SHA-256 prefix {expected} (published-'
+                    f'checkpoint convention NAME-<sha256[:8]>.pth) but the file\'s SHA-256 is '
+                    f'{actual}: the file is damaged or not the published one. Re-download it '
+                    '(or, if that suffix is not a hash, rename the file).')
+        with open(f, 'rb') as stream:
+            _verify_stream(stream, name)
+        return
+    name = name if name is not None else '<buffer>'
+    start = f.tell()
+    try:
+        _verify_stream(f, name)
+    finally:
+        f.seek(start)
+
+
+def _verify_stream(stream, name: str) -> None:
+    start = stream.tell()
+    head = stream.read(4)
+    stream.seek(start)
+    if not head:
+        raise _not_a_checkpoint(name, 'the file is empty')
+    if zipfile.is_zipfile(stream):
+        stream.seek(start)
+        _verify_zip(stream, name)
+        return
+    stream.seek(start)
+    if head.startswith(b'PK'):
+        raise _not_a_checkpoint(name, 'a zip archive without its end (truncated?)')
+    if _is_legacy(stream):
+        return
+    stream.seek(start)
+    try:
+        if tarfile.is_tarfile(stream):  # torch's oldest (tar) format
+            return
+    except (OSError, ValueError):
+        pass
+    stream.seek(start)
+    text = head.isascii() and all(32 <= c < 127 or c in b'\t\n\r' for c in head)
+    raise _not_a_checkpoint(name, 'it looks like a text file' if text else
+                            'unknown content (neither a zip archive nor torch\'s legacy format)')
 
 
 class _MethodOwner:
@@ -144,6 +309,16 @@ _GLOBAL_PATTERNS = (
 )
 
 
+def _names_a_global(message: str) -> bool:
+    """True when torch refused a global (a security refusal), not a malformed pickle."""
+    if any(pattern.search(message) for pattern in _GLOBAL_PATTERNS[:-1]):
+        return True
+    match = _GLOBAL_PATTERNS[-1].search(message)
+    detail = match.group(0) if match else message
+    return 'Unsupported: ' in detail or bool(re.search(r'global|reduce|build|call|instance',
+                                                        detail, re.IGNORECASE))
+
+
 def _offending(message: str) -> str:
     for pattern in _GLOBAL_PATTERNS:
         match = pattern.search(message)
@@ -182,7 +357,7 @@ def _refuse(error: Exception, name: str, source) -> UnsafeCheckpointError:
         f'Refusing to load checkpoint {name}: it needs {offender}{extra}, which is not a '
         'tensor/container type nor one of the types mmengine writes (HistoryBuffer, numpy '
         'arrays and scalars). sn_mm loads checkpoints with torch.load(weights_only=True) '
-        'and an explicit allowlist (sn_mm.engine.checkpoint.MMENGINE_SAFE_GLOBALS); loading '
+        'and an explicit allowlist (sn_mm.checkpoint.MMENGINE_SAFE_GLOBALS); loading '
         'this file would need unrestricted unpickling, which can run arbitrary code. If you '
         'trust the file, re-save only its tensors (e.g. {"state_dict": ..., "meta": ...} '
         'with plain Python values) and load that.')
@@ -192,15 +367,22 @@ def safe_load(f, map_location=None, name: Optional[str] = None):
     """``torch.load(f, weights_only=True)`` with :data:`MMENGINE_SAFE_GLOBALS` allowed.
 
     ``f`` is a path or a file-like object; ``name`` is used in error messages.
-    Raises :class:`UnsafeCheckpointError` if the file needs any other global.
+    Raises :class:`UnsafeCheckpointError` if the file needs any other global, and the
+    errors of :func:`verify_file` (checked first) for a damaged or foreign file.
     """
     name = name if name is not None else (str(f) if isinstance(f, (str, os.PathLike))
                                            else '<buffer>')
+    verify_file(f, name)
     with torch.serialization.safe_globals(MMENGINE_SAFE_GLOBALS):
         try:
             return torch.load(f, map_location=map_location, weights_only=True)
         except pickle.UnpicklingError as error:
+            if not _names_a_global(str(error)):
+                raise _not_a_checkpoint(name, f'its pickle is damaged ({_offending(str(error))})') \
+                    from None
             raise _refuse(error, name, f) from None
+        except (EOFError, IndexError, RuntimeError, ValueError, KeyError) as error:
+            raise _not_a_checkpoint(name, f'{type(error).__name__}: {error}') from None
 
 
 # --------------------------------------------------------------------- loaders
@@ -215,13 +397,18 @@ def load_from_local(filename, map_location=None):
 
 
 def _download_and_load(url, map_location=None, model_dir=None, progress=False):
-    with torch.serialization.safe_globals(MMENGINE_SAFE_GLOBALS):
-        try:
-            return torch.hub.load_state_dict_from_url(
-                url, model_dir=model_dir, map_location=map_location, progress=progress,
-                weights_only=True)
-        except pickle.UnpicklingError as error:
-            raise _refuse(error, url, None) from None
+    """Download ``url`` into the torch hub cache (as ``torch.hub.load_state_dict_from_url``
+    does: ``<hub>/checkpoints/<basename>``), then :func:`safe_load` the cached file, so the
+    integrity checks, including the hash in a published file's name, apply to downloads."""
+    from urllib.parse import urlparse
+    if model_dir is None:
+        model_dir = osp.join(torch.hub.get_dir(), 'checkpoints')
+    os.makedirs(model_dir, exist_ok=True)
+    cached = osp.join(model_dir, osp.basename(urlparse(url).path))
+    if not osp.exists(cached):
+        torch.hub.download_url_to_file(url, cached, hash_prefix=hash_in_name(cached),
+                                       progress=progress)
+    return safe_load(cached, map_location=map_location, name=f'{url} (cached as {cached})')
 
 
 def load_from_http(filename, map_location=None, model_dir=None, progress=os.isatty(0)):
@@ -341,3 +528,214 @@ def read_checkpoint(path: str, map_location='cpu') -> Mapping:
         raise ValueError(f'{path}: expected a dict (a state dict or a checkpoint holding '
                          f'"state_dict"), got {type(checkpoint).__name__}')
     return checkpoint
+
+
+def read_state_dict(path: str, map_location='cpu', prefix: str = 'module.') -> 'OrderedDict':
+    """:func:`read_checkpoint` + :func:`unwrap_state_dict` + :func:`strip_prefix`: the
+    model's tensors of any accepted layout, keys without the DataParallel ``module.``."""
+    return strip_prefix(unwrap_state_dict(read_checkpoint(path, map_location)), prefix)
+
+
+# --------------------------------------------------------------------- layouts
+# Accepted layouts: mmengine ``{'meta': ..., 'state_dict': {...}}``; the official SN
+# ImageNet files ``{'state_dict': {'module.layer1.0.sn1.mean_weight': ...}, 'epoch': ...}``;
+# ``{'model': state_dict}``; a bare state dict. Every leading ``module.`` is removed.
+
+def unwrap_state_dict(checkpoint: Mapping) -> Mapping:
+    """The state dict inside a checkpoint dict (``state_dict`` or ``model`` entry, or itself)."""
+    if not isinstance(checkpoint, Mapping):
+        raise TypeError('expected a checkpoint dict or a state dict, got '
+                        f'{type(checkpoint).__name__}')
+    for key in ('state_dict', 'model'):
+        inner = checkpoint.get(key)
+        if isinstance(inner, Mapping):
+            return inner
+    return checkpoint
+
+
+def strip_key(key: str, prefix: str = 'module.') -> str:
+    """``key`` without its leading ``prefix`` (repeated ones too)."""
+    while prefix and isinstance(key, str) and key.startswith(prefix):
+        key = key[len(prefix):]
+    return key
+
+
+def strip_prefix(state_dict: Mapping, prefix: str = 'module.') -> 'OrderedDict':
+    """``state_dict`` with every leading ``prefix`` removed from each key that has it.
+
+    ``prefix='module.'`` undoes DataParallel/DDP wrapping (``module.module.x`` -> ``x``);
+    an empty ``prefix`` leaves the keys as they are.
+    """
+    return OrderedDict((strip_key(k, prefix), v) for k, v in state_dict.items())
+
+
+def _key(name: str, attr: str) -> str:
+    return f'{name}.{attr}' if name else attr
+
+
+def find_sn_layers(state_dict: Mapping) -> List[str]:
+    """Names of the SN layers of a state dict, in its order: every prefix ``P`` with both
+    ``P.mean_weight`` and ``P.var_weight`` (``''`` for keys without a prefix)."""
+    names = []
+    for key in state_dict:
+        if isinstance(key, str) and (key.endswith('.mean_weight') or key == 'mean_weight'):
+            name = key[:-len('mean_weight')].rstrip('.')
+            if _key(name, 'var_weight') in state_dict:
+                names.append(name)
+    return names
+
+
+_BN_KEYS = ('weight', 'bias', 'running_mean', 'running_var')
+_SN_BUFFERS = ('running_mean', 'running_var')
+
+
+def find_bn_layers(state_dict: Mapping) -> List[str]:
+    """Names of BN layers: 1-D ``weight``/``bias``/``running_mean``/``running_var``, no logits."""
+    names = []
+    for key in state_dict:
+        if isinstance(key, str) and (key.endswith('.running_mean') or key == 'running_mean'):
+            name = key[:-len('running_mean')].rstrip('.')
+            if all(_key(name, k) in state_dict and state_dict[_key(name, k)].dim() == 1
+                   for k in _BN_KEYS) and _key(name, 'mean_weight') not in state_dict:
+                names.append(name)
+    return names
+
+
+def is_sparse_layer(state_dict: Mapping, name: str) -> bool:
+    """True for a Sparse SN layer (it saves a ``radius``: shares are sparsestmax, not softmax)."""
+    return _key(name, 'radius') in state_dict
+
+
+def check_sn_layer(state_dict: Mapping, name: str) -> int:
+    """Validate one SN layer's tensors (2 or 3 logits, affine and statistics sizes);
+    returns its channel count. Raises ``ValueError`` naming the layer."""
+    logits = state_dict[_key(name, 'mean_weight')]
+    var_logits = state_dict[_key(name, 'var_weight')]
+    if logits.numel() not in (2, 3) or var_logits.numel() != logits.numel():
+        raise ValueError(f'SN layer {name!r}: mean_weight/var_weight must both hold 3 '
+                         f'([IN, LN, BN]) or 2 ([IN, LN]) logits, got '
+                         f'{tuple(logits.shape)} and {tuple(var_logits.shape)}')
+    weight = state_dict.get(_key(name, 'weight'))
+    if weight is None or _key(name, 'bias') not in state_dict:
+        raise ValueError(f'SN layer {name!r} has logits but no weight/bias')
+    channels = weight.numel()
+    using_bn = logits.numel() == 3
+    for attr in ('bias',) + (_SN_BUFFERS if using_bn else ()):
+        value = state_dict.get(_key(name, attr))
+        if value is None:
+            raise ValueError(f'SN layer {name!r} has {logits.numel()} logits but no {attr}')
+        if value.numel() != channels:
+            raise ValueError(f'SN layer {name!r}: {attr} has {value.numel()} values, '
+                             f'expected {channels} (the size of its weight)')
+    if not using_bn and any(_key(name, b) in state_dict for b in _SN_BUFFERS):
+        raise ValueError(f'SN layer {name!r} has 2 logits (using_bn=False) but also '
+                         'running statistics; the file is not a consistent SN layout')
+    return channels
+
+
+# -------------------------------------------------------------------- coverage
+#: Counters that are not weights: a checkpoint without them still covers the model.
+IGNORED_MISSING = ('num_batches_tracked',)
+
+
+class CheckpointCoverageError(ValueError):
+    """A checkpoint does not hold every tensor of the model (or holds one of another shape)."""
+
+
+def coverage(model_state: Mapping, state_dict: Mapping,
+             reshaped: Container[str] = ()) -> Tuple[List[str], List[str]]:
+    """``(missing, mismatched)``: model keys absent from ``state_dict`` (counters such as
+    ``num_batches_tracked`` excepted) and keys present with another shape (as
+    ``'key: checkpoint (a, b) vs model (c, d)'``); keys in ``reshaped`` only need the same
+    number of elements (SN layers reshape the official (1, C, 1, 1) tensors on load)."""
+    missing, mismatched = [], []
+    for key, value in model_state.items():
+        if key.rpartition('.')[2] in IGNORED_MISSING:
+            continue
+        if key not in state_dict:
+            missing.append(key)
+            continue
+        other = state_dict[key]
+        if hasattr(value, 'shape') and hasattr(other, 'shape') and \
+                tuple(other.shape) != tuple(value.shape) and not (
+                    key in reshaped and other.numel() == value.numel()):
+            mismatched.append(f'{key}: checkpoint {tuple(other.shape)} vs model '
+                              f'{tuple(value.shape)}')
+    return missing, mismatched
+
+
+def _listed(items: List[str], limit: int = 12) -> str:
+    shown = ', '.join(items[:limit])
+    return shown + (f', ... ({len(items)} in all)' if len(items) > limit else '')
+
+
+def check_coverage(model_state: Mapping, state_dict: Mapping, source: str,
+                   what: str = 'model', allow: str = '', reshaped: Container[str] = ()) -> int:
+    """Raise :class:`CheckpointCoverageError` unless ``state_dict`` holds every tensor of
+    ``model_state`` with its shape; returns the number of tensors covered. ``allow`` names
+    the option that permits partial loading (quoted in the message)."""
+    missing, mismatched = coverage(model_state, state_dict, reshaped)
+    if missing or mismatched:
+        total = sum(1 for k in model_state if k.rpartition('.')[2] not in IGNORED_MISSING)
+        parts = [f'{source} does not cover the {what}: it holds '
+                 f'{total - len(missing) - len(mismatched)} of its {total} tensors']
+        if missing:
+            parts.append(f'missing ({len(missing)}): {_listed(missing)}')
+        if mismatched:
+            parts.append(f'shape mismatch ({len(mismatched)}): {_listed(mismatched)}')
+        if allow:
+            parts.append(f'if partial loading is intended, {allow}')
+        raise CheckpointCoverageError('; '.join(parts))
+    return len(model_state)
+
+
+# ------------------------------------------------------------------ publishing
+#: What a published checkpoint keeps (training state: optimizer, schedulers, message hub,
+#: RNG states, EMA copies, is dropped, as mmdet's ``tools/model_converters/publish_model.py``).
+PUBLISHED_KEYS = ('meta', 'state_dict')
+
+
+def publish_checkpoint(src: str, out: str) -> str:
+    """Write ``src``'s weights as ``<out without .pth>-<sha256[:8]>.pth``; returns the path.
+
+    The file holds ``meta`` and ``state_dict`` only (``ema_*`` and ``data_preprocessor.*``
+    keys dropped), in torch's zip format, so readers check both its CRC-32s and the hash
+    in its name (:func:`verify_file`).
+    """
+    checkpoint = read_checkpoint(src)
+    state_dict = OrderedDict((k, v) for k, v in unwrap_state_dict(checkpoint).items()
+                             if not k.startswith(('ema_', 'data_preprocessor.')))
+    published = dict(state_dict=state_dict)
+    if isinstance(checkpoint.get('meta'), Mapping):
+        published['meta'] = dict(checkpoint['meta'])
+    stem = out[:-len('.pth')] if out.endswith('.pth') else out
+    if hash_in_name(f'{stem}.pth') is not None:
+        raise ValueError(f'{out!r} already ends in a hash-like suffix; give the name without it')
+    tmp = f'{stem}.pth.tmp'
+    torch.save(published, tmp)
+    digest = sha256_of(tmp)
+    final = f'{stem}-{digest[:8]}.pth'
+    os.replace(tmp, final)
+    return final
+
+
+def check_model_coverage(module, state_dict: Mapping, source: str, what: Optional[str] = None,
+                         allow: str = '') -> int:
+    """:func:`check_coverage` for an ``nn.Module``, with SN's loading rules: an SN layer's
+    ``weight``/``bias``/``running_*`` may come in the official (1, C, 1, 1) / (1, C, 1)
+    shapes, and a Sparse SN layer whose logits come from an SN checkpoint (no
+    ``radius``/``*_fixed`` in the file) keeps its own sparse buffers."""
+    from .ops import SwitchableNorm
+    from .ops.sparse_switchable_norm import SPARSE_BUFFERS, _SparseMixin
+    reshaped, optional = set(), set()
+    for name, layer in module.named_modules():
+        if not isinstance(layer, SwitchableNorm):
+            continue
+        prefix = f'{name}.' if name else ''
+        reshaped.update(prefix + k for k in ('weight', 'bias') + _SN_BUFFERS)
+        if isinstance(layer, _SparseMixin) and not any(prefix + b in state_dict
+                                                       for b in SPARSE_BUFFERS):
+            optional.update(prefix + b for b in SPARSE_BUFFERS)
+    required = OrderedDict((k, v) for k, v in module.state_dict().items() if k not in optional)
+    return check_coverage(required, state_dict, source, what or type(module).__name__, allow,
+                          reshaped)

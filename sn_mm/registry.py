@@ -14,3 +14,10 @@ MODELS.register_module('SN', module=SwitchableNorm)
 MODELS.register_module('SyncSN', module=SyncSwitchableNorm)
 MODELS.register_module('SSN', module=SparseSwitchableNorm)
 MODELS.register_module('SyncSSN', module=SyncSparseSwitchableNorm)
+
+# Exact resume (sn_mm.engine.exact_resume_hook): only configs that name it use it.
+from mmengine.registry import HOOKS  # noqa: E402
+
+from .engine.exact_resume_hook import ExactResumeHook  # noqa: E402
+
+HOOKS.register_module('ExactResumeHook', module=ExactResumeHook)

@@ -1,7 +1,7 @@
-"""Engine pieces for mmengine runners: optimizer constructor, hooks, checkpoint loading."""
+"""Engine pieces for mmengine runners: optimizer constructor, hooks, Pretrained init."""
 from . import optim  # noqa: F401
-from . import checkpoint  # noqa: F401
 from . import sn_ratio_hook  # noqa: F401
 from . import pretrained  # noqa: F401
 from . import batch_average_hook  # noqa: F401
 from . import ssn_radius_hook  # noqa: F401
+from . import exact_resume_hook  # noqa: F401
