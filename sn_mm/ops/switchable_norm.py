@@ -53,7 +53,7 @@ from torch import nn
 
 from . import norm_eval, options
 from .batch_average import BatchAverage
-from .distributed import group_handle, sync_world_size
+from .distributed import check_sync_layer, group_handle, sync_signature, sync_world_size
 from .functional import BN_BATCH, BN_NONE, BN_RUNNING, BN_SYNC, switchable_norm
 
 IN, LN, BN = 0, 1, 2
@@ -359,8 +359,10 @@ class SyncSwitchableNorm(SwitchableNorm):
         return ', process_group'
 
     def _bn_mode(self, x: torch.Tensor) -> Tuple[int, int]:
-        if (not self.using_bn or not self.training
-                or sync_world_size(self.process_group) == 1):
+        world = sync_world_size(self.process_group)
+        if world > 1 and self.__dict__.get('_sync_signature') != sync_signature(self, x):
+            check_sync_layer(self, x)  # ranks agree? once per signature (ops.distributed)
+        if not self.using_bn or not self.training or world == 1:
             return super()._bn_mode(x)
         # every rank joins the collectives, also with an empty batch
         return BN_SYNC, group_handle(self.process_group)
