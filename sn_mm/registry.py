@@ -21,3 +21,8 @@ from mmengine.registry import HOOKS  # noqa: E402
 from .engine.exact_resume_hook import ExactResumeHook  # noqa: E402
 
 HOOKS.register_module('ExactResumeHook', module=ExactResumeHook)
+
+# Opt-in NaN/Inf check (sn_mm.engine.finite_check_hook).
+from .engine.finite_check_hook import SNFiniteCheckHook  # noqa: E402
+
+HOOKS.register_module('SNFiniteCheckHook', module=SNFiniteCheckHook)

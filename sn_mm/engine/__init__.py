@@ -5,3 +5,4 @@ from . import pretrained  # noqa: F401
 from . import batch_average_hook  # noqa: F401
 from . import ssn_radius_hook  # noqa: F401
 from . import exact_resume_hook  # noqa: F401
+from . import finite_check_hook  # noqa: F401
