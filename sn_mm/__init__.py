@@ -10,9 +10,10 @@ effects, and no others:
   (``sn_mm.deploy``);
 - registers the engine pieces in the root registries (``sn_mm.engine``): the optimizer
   constructor ``SNOptimWrapperConstructor`` and the hooks ``SNRatioHook``,
-  ``SNBatchAverageHook``, ``SSNRadiusHook``;
+  ``SNBatchAverageHook``, ``SSNRadiusHook``, and (``sn_mm.registry``) the opt-in
+  ``ExactResumeHook`` and ``SNFiniteCheckHook``, used only by configs that name them;
 - replaces the mmengine components listed in :mod:`sn_mm.compat` (safe checkpoint
-  loaders where torch needs them, and ``'Pretrained'`` with an SN ``using_bn`` check).
+  loaders where torch needs them, and ``'Pretrained'``, strict for SN models).
 
 It installs no global hook: models without SN build and run exactly as without the
 import (``torch.compile`` included). Without mmengine installed only the pure-torch core
