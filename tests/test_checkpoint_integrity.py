@@ -188,3 +188,17 @@ def test_a_malicious_pickle_is_still_refused_after_the_integrity_checks(tmp_path
     verify_file(str(path))  # intact zip: the refusal is the safe unpickler's
     with pytest.raises(UnsafeCheckpointError, match=r'Refusing to load checkpoint .*evil\.pth'):
         read_checkpoint(str(path))
+
+
+@pytest.mark.parametrize('tool,extra,rc', [('test.py', (), 2),
+                                           ('deploy_sn.py', ('--out', 'OUT'), 1)])
+def test_test_and_deploy_tools_exit_non_zero_naming_the_damaged_file(files, tmp_path, tool,
+                                                                    extra, rc):
+    """The old main evaluated/converted the damaged file and exited 0."""
+    from tests.cli import ROOT
+    config = f'{ROOT}/configs/mask_rcnn_demo/mask-rcnn_r18_fpn_sn-all_coco-demo.py'
+    args = [str(tmp_path / 'out.pth') if a == 'OUT' else a for a in extra]
+    if tool == 'test.py':
+        args += ['--work-dir', str(tmp_path / 'wd')]
+    out = run_tool(tool, config, files['bad'], *args, expect_rc=rc)
+    assert f'error: {files["bad"]} is damaged: zip entry' in out and 'Traceback' not in out
