@@ -20,7 +20,8 @@ Readers: :func:`read_checkpoint` (paths and URLs) is used by the analysis
   and torchvision's published-checkpoint convention, written by ``tools/publish_model.py``),
   must have a SHA-256 starting with those digits (:class:`ChecksumMismatchError`).
 
-**Safe loading**: mmengine 0.10.7 calls ``torch.load(f, map_location=...)`` without ``weights_only``;
+**Safe loading**: mmengine 0.10.7 calls ``torch.load(f, map_location=...)`` without
+``weights_only``;
 torch >= 2.6 then defaults to ``weights_only=True`` and refuses mmengine's own
 checkpoints (numpy scalars in ``message_hub``, ``HistoryBuffer`` log scalars), and
 mmengine's http loader goes through ``torch.hub.load_state_dict_from_url``, which

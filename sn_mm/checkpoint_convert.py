@@ -22,8 +22,9 @@ Three jobs:
   shares [IN, LN, BN] (``--print``; softmax, or sparsestmax for SSN layers), found and computed by
   :mod:`sn_mm.analysis.ratios` (the one home of SN layer discovery and shares).
 
-Files are read, unwrapped and their layers found by :mod:`sn_mm.checkpoint` (``weights_only=True``
-+ allowlist, integrity checks) and written with ``torch.save`` (zip format, plain Python values only).
+Files are read, unwrapped and their layers found by :mod:`sn_mm.checkpoint`
+(``weights_only=True`` + allowlist, integrity checks) and written with ``torch.save`` (zip
+format, plain Python values only).
 """
 import math
 import re
@@ -156,7 +157,8 @@ def bn_to_sn(state_dict: Mapping, bn_share: Optional[float] = None, using_bn: bo
 
 def describe_sn(state_dict: Mapping) -> List[dict]:
     """Per SN layer: ``name``, ``channels``, ``using_bn``, ``mean``/``var`` shares (softmax;
-    sparsestmax at the saved radius for Sparse SN layers, :func:`~sn_mm.analysis.ratios.layer_shares`)."""
+    sparsestmax at the saved radius for Sparse SN layers:
+    :func:`~sn_mm.analysis.ratios.layer_shares`)."""
     rows = []
     for name in find_sn_layers(state_dict):
         channels = check_sn_layer(state_dict, name)
