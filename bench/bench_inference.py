@@ -70,7 +70,7 @@ def build(task: str, norm: str):
 def make_one_hot(model, choice: str, checkpoint=None):
     """Freeze every SSN layer on one normalizer (``choice``) or load a trained checkpoint."""
     if checkpoint:
-        from sn_mm.engine.checkpoint import safe_load
+        from sn_mm.checkpoint import safe_load
         state = safe_load(checkpoint, map_location='cpu')
         model.load_state_dict(state.get('state_dict', state))
         return

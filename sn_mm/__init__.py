@@ -9,9 +9,10 @@ effects, and no others:
   ``SyncSSN`` in ``MODELS`` (so mmcv's ``build_norm_layer`` finds them from every scope:
   mmdet, mmseg), ``FixedNormModel`` (the builder of converted models, ``sn_mm.deploy.mm``),
   the optimizer constructor ``SNOptimWrapperConstructor`` and the hooks ``SNRatioHook``,
-  ``SNBatchAverageHook``, ``SSNRadiusHook``;
+  ``SNBatchAverageHook``, ``SSNRadiusHook`` and the opt-in ``ExactResumeHook``,
+  ``SNFiniteCheckHook`` (used only by configs that name them);
 - replaces the mmengine components listed in :mod:`sn_mm.compat` (safe checkpoint
-  loaders where torch needs them, and ``'Pretrained'`` with an SN ``using_bn`` check).
+  loaders where torch needs them, and ``'Pretrained'``, strict for SN models).
 
 It installs no global hook: models without SN build and run exactly as without the
 import (``torch.compile`` included). Without mmengine installed only the pure-torch core

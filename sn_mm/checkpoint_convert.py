@@ -18,12 +18,13 @@ Three jobs:
   shares 1/3 each) or biased toward BN: with ``bn_share = p`` the logits are
   ``[IN, LN, BN] = [0, 0, log(2p / (1 - p))]`` for both the mean and the variance,
   so ``softmax`` gives BN ``p`` and IN, LN ``(1 - p) / 2`` each.
-- :func:`describe_sn` / :func:`format_sn_table` — each SN layer's softmaxed mean and
-  variance shares [IN, LN, BN] (``--print``), found and computed by
+- :func:`describe_sn` / :func:`format_sn_table` — each SN layer's mean and variance
+  shares [IN, LN, BN] (``--print``; softmax, or sparsestmax for SSN layers), found and computed by
   :mod:`sn_mm.analysis.ratios` (the one home of SN layer discovery and shares).
 
-Files are read with :func:`sn_mm.engine.checkpoint.read_checkpoint` (``weights_only=True``
-+ allowlist) and written with ``torch.save`` (zip format, plain Python values only).
+Files are read, unwrapped and their layers found by :mod:`sn_mm.checkpoint`
+(``weights_only=True`` + allowlist, integrity checks) and written with ``torch.save`` (zip
+format, plain Python values only).
 """
 import math
 import re
@@ -32,8 +33,9 @@ from typing import Dict, List, Mapping, Optional, Tuple
 
 import torch
 
-from .analysis.ratios import find_sn_layers, softmax_shares, strip_prefix
-from .engine.checkpoint import read_checkpoint
+from .analysis.ratios import layer_shares
+from .checkpoint import (check_sn_layer, find_bn_layers, find_sn_layers, read_checkpoint,
+                         strip_prefix, unwrap_state_dict)
 from .ops import BRANCHES
 
 __all__ = ['read_checkpoint', 'split_checkpoint', 'strip_prefix', 'find_sn_layers',
@@ -49,57 +51,17 @@ HEAD_PREFIXES = ('fc.',)
 
 def split_checkpoint(ckpt: Mapping) -> Tuple['OrderedDict[str, torch.Tensor]', dict]:
     """``(state_dict, everything else)``; a bare state dict has no extras."""
-    if 'state_dict' in ckpt and isinstance(ckpt['state_dict'], Mapping):
-        extras = {k: v for k, v in ckpt.items() if k != 'state_dict'}
-        state_dict = ckpt['state_dict']
-    else:
-        extras, state_dict = {}, ckpt
+    state_dict = unwrap_state_dict(ckpt)
+    extras = {} if state_dict is ckpt else {k: v for k, v in ckpt.items()
+                                            if ckpt.get(k) is not state_dict}
     bad = [k for k, v in state_dict.items() if not isinstance(v, torch.Tensor)]
     if bad:
         raise ValueError(f'state dict entries must be tensors; not tensors: {bad[:5]}')
     return OrderedDict(state_dict.items()), extras
 
 
-def find_bn_layers(state_dict: Mapping) -> List[str]:
-    """Names of BN layers: 1-D ``weight``/``bias``/``running_mean``/``running_var``."""
-    names = []
-    for key in state_dict:
-        if key.endswith('.running_mean') or key == 'running_mean':
-            name = key[:-len('running_mean')].rstrip('.')
-            if all(_key(name, k) in state_dict and state_dict[_key(name, k)].dim() == 1
-                   for k in BN_KEYS) and _key(name, 'mean_weight') not in state_dict:
-                names.append(name)
-    return names
-
-
 def _key(name: str, attr: str) -> str:
     return f'{name}.{attr}' if name else attr
-
-
-def _check_sn_layer(state_dict: Mapping, name: str) -> int:
-    """Validate one SN layer's tensors; returns its channel count."""
-    logits = state_dict[_key(name, 'mean_weight')]
-    var_logits = state_dict[_key(name, 'var_weight')]
-    if logits.numel() not in (2, 3) or var_logits.numel() != logits.numel():
-        raise ValueError(f'SN layer {name!r}: mean_weight/var_weight must both hold 3 '
-                         f'([IN, LN, BN]) or 2 ([IN, LN]) logits, got '
-                         f'{tuple(logits.shape)} and {tuple(var_logits.shape)}')
-    weight = state_dict.get(_key(name, 'weight'))
-    if weight is None or _key(name, 'bias') not in state_dict:
-        raise ValueError(f'SN layer {name!r} has logits but no weight/bias')
-    channels = weight.numel()
-    using_bn = logits.numel() == 3
-    for attr in ('bias',) + (SN_BUFFERS if using_bn else ()):
-        value = state_dict.get(_key(name, attr))
-        if value is None:
-            raise ValueError(f'SN layer {name!r} has {logits.numel()} logits but no {attr}')
-        if value.numel() != channels:
-            raise ValueError(f'SN layer {name!r}: {attr} has {value.numel()} values, '
-                             f'expected {channels} (the size of its weight)')
-    if not using_bn and any(_key(name, b) in state_dict for b in SN_BUFFERS):
-        raise ValueError(f'SN layer {name!r} has 2 logits (using_bn=False) but also '
-                         'running statistics; the file is not a consistent SN layout')
-    return channels
 
 
 def _plain(value):
@@ -130,7 +92,7 @@ def official_to_mmengine(ckpt: Mapping, prefix: str = '', keep_fc: bool = False,
         raise ValueError('no SN layer (mean_weight + var_weight) found: not an SN checkpoint'
                          + (f' ({source})' if source else ''))
     for name in layers:
-        channels = _check_sn_layer(state_dict, name)
+        channels = check_sn_layer(state_dict, name)
         for attr in ('weight', 'bias') + SN_BUFFERS:
             key = _key(name, attr)
             if key in state_dict:
@@ -194,15 +156,16 @@ def bn_to_sn(state_dict: Mapping, bn_share: Optional[float] = None, using_bn: bo
 
 
 def describe_sn(state_dict: Mapping) -> List[dict]:
-    """Per SN layer: ``name``, ``channels``, ``using_bn``, ``mean``/``var`` softmax shares."""
+    """Per SN layer: ``name``, ``channels``, ``using_bn``, ``mean``/``var`` shares (softmax;
+    sparsestmax at the saved radius for Sparse SN layers:
+    :func:`~sn_mm.analysis.ratios.layer_shares`)."""
     rows = []
     for name in find_sn_layers(state_dict):
-        channels = _check_sn_layer(state_dict, name)
-        logits = state_dict[_key(name, 'mean_weight')]
-        n = logits.numel()  # 3: [IN, LN, BN]; 2: [IN, LN] (using_bn=False)
+        channels = check_sn_layer(state_dict, name)
+        n = state_dict[_key(name, 'mean_weight')].numel()  # 3: [IN, LN, BN]; 2: [IN, LN]
+        mean, var = layer_shares(state_dict, name)
         rows.append(dict(name=name, channels=channels, using_bn=n == 3,
-                         mean=list(softmax_shares(logits))[:n],
-                         var=list(softmax_shares(state_dict[_key(name, 'var_weight')]))[:n]))
+                         mean=list(mean)[:n], var=list(var)[:n]))
     return rows
 
 

@@ -8,7 +8,7 @@ calls :func:`install`, which *replaces* two mmengine components, and nothing els
    local paths, ``http(s)://``, ``torchvision://``/``modelzoo://``,
    ``open-mmlab://``/``openmmlab://``, ``mmcls://``, ``pavi://``, ``s3://``/``petrel://``),
    re-registered with mmengine's own extension point ``register_scheme(..., force=True)``
-   by the loaders of :mod:`sn_mm.engine.checkpoint`.
+   by the loaders of :mod:`sn_mm.checkpoint`.
 
    Why: mmengine (0.10.7, the newest release, checked; every 0.10.x) calls
    ``torch.load(f, map_location=...)`` without ``weights_only``. torch 2.6 made
@@ -19,13 +19,15 @@ calls :func:`install`, which *replaces* two mmengine components, and nothing els
 
    When: torch >= 2.6 (:func:`needs_safe_loaders`). On older torch nothing is replaced
    and mmengine loads as it always did; sn_mm's own readers
-   (:func:`sn_mm.engine.checkpoint.read_checkpoint`) use the safe loaders either way.
+   (:func:`sn_mm.checkpoint.read_checkpoint`) use the safe loaders either way.
 
 2. **``'Pretrained'`` in ``WEIGHT_INITIALIZERS``** (``init_cfg=dict(type='Pretrained')``),
    replaced (registry ``force=True``) by :class:`sn_mm.engine.pretrained.SNPretrainedInit`:
-   mmengine's ``PretrainedInit`` plus one check, before anything is copied, that the SN
+   mmengine's ``PretrainedInit`` plus checks, before anything is copied, that the SN
    layers of the checkpoint and of the model agree on ``using_bn`` (2 or 3 importance
-   logits).
+   logits) and, for a module with SN layers, that the checkpoint holds every tensor of
+   it (``partial=True`` allows partial loading). The file is read by
+   :func:`sn_mm.checkpoint.read_checkpoint` (safe, verified).
 
    Why: ``PretrainedInit`` loads with ``strict=False`` and only logs size mismatches, so
    an official ``(8, 1)`` SN checkpoint in a ``using_bn=True`` model (or the reverse)
@@ -71,7 +73,7 @@ def _install_safe_loaders() -> None:
 
     from mmengine.runner.checkpoint import CheckpointLoader
 
-    from .engine.checkpoint import SCHEMES
+    from .checkpoint import SCHEMES
     ours = set()
     for prefixes, loader in SCHEMES:
         CheckpointLoader.register_scheme(prefixes=prefixes, loader=loader, force=True)

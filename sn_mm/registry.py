@@ -10,7 +10,9 @@ imported (``custom_imports=dict(imports=['sn_mm'])``). Added here (and nowhere e
   (:func:`sn_mm.deploy.mm.build_fixed_norm_model`);
 - ``HOOKS``: ``'SNRatioHook'`` (:mod:`sn_mm.engine.sn_ratio_hook`), ``'SNBatchAverageHook'``
   (:mod:`sn_mm.engine.batch_average_hook`), ``'SSNRadiusHook'``
-  (:mod:`sn_mm.engine.ssn_radius_hook`);
+  (:mod:`sn_mm.engine.ssn_radius_hook`), ``'ExactResumeHook'``
+  (:mod:`sn_mm.engine.exact_resume_hook`), ``'SNFiniteCheckHook'``
+  (:mod:`sn_mm.engine.finite_check_hook`);
 - ``OPTIM_WRAPPER_CONSTRUCTORS``: ``'SNOptimWrapperConstructor'`` (:mod:`sn_mm.engine.optim`).
 
 ``FixedNormModel`` is a builder function (the model of a config written by
@@ -31,6 +33,8 @@ from mmengine.registry import HOOKS, MODELS, OPTIM_WRAPPER_CONSTRUCTORS
 
 from .deploy.mm import build_fixed_norm_model
 from .engine.batch_average_hook import SNBatchAverageHook
+from .engine.exact_resume_hook import ExactResumeHook
+from .engine.finite_check_hook import SNFiniteCheckHook
 from .engine.optim import SNOptimWrapperConstructor
 from .engine.sn_ratio_hook import SNRatioHook
 from .engine.ssn_radius_hook import SSNRadiusHook
@@ -47,3 +51,5 @@ HOOKS.register_module('SNBatchAverageHook', module=SNBatchAverageHook)
 HOOKS.register_module('SSNRadiusHook', module=SSNRadiusHook)
 OPTIM_WRAPPER_CONSTRUCTORS.register_module('SNOptimWrapperConstructor',
                                            module=SNOptimWrapperConstructor)
+HOOKS.register_module('ExactResumeHook', module=ExactResumeHook)  # opt-in: exact resume
+HOOKS.register_module('SNFiniteCheckHook', module=SNFiniteCheckHook)  # opt-in: NaN/Inf check

@@ -12,7 +12,7 @@ from torch import nn
 
 import sn_mm  # noqa: F401
 from sn_mm.engine.batch_average_hook import SNBatchAverageHook, batch_average
-from sn_mm.engine.checkpoint import safe_load
+from sn_mm.checkpoint import safe_load
 from sn_mm.ops import SwitchableNorm, SyncSwitchableNorm
 from tests.toy_runner import ToySNModel, make_loader, make_runner
 

@@ -12,8 +12,8 @@ from mmengine.logging import HistoryBuffer
 from mmengine.runner import CheckpointLoader
 
 import sn_mm  # noqa: F401  installs the safe loaders
-from sn_mm.engine import checkpoint as safe_ckpt
-from sn_mm.engine.checkpoint import UnsafeCheckpointError, safe_load
+from sn_mm import checkpoint as safe_ckpt
+from sn_mm.checkpoint import UnsafeCheckpointError, safe_load
 from tests.toy_runner import make_runner
 
 

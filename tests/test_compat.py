@@ -7,7 +7,7 @@ from mmengine.runner.checkpoint import CheckpointLoader
 
 import sn_mm  # noqa: F401  (applies compat.install())
 from sn_mm import compat
-from sn_mm.engine import checkpoint as safe_ckpt
+from sn_mm import checkpoint as safe_ckpt
 from sn_mm.engine.pretrained import SNPretrainedInit
 
 

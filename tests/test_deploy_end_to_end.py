@@ -10,7 +10,7 @@ import pytest
 import torch
 
 from sn_mm.datasets import coco_demo
-from sn_mm.engine.checkpoint import safe_load
+from sn_mm.checkpoint import safe_load
 from tests.e2e_util import tiny_demo_config
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))

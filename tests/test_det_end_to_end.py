@@ -2,7 +2,7 @@
 
 - ``tools/train.py`` trains the SN demo config for a few iterations and saves a
   checkpoint; ``tools/test.py`` loads it (mmengine checkpoint, torch weights_only
-  loading through sn_mm.engine.checkpoint) and reports mmdet's COCO bbox and segm mAP.
+  loading through sn_mm.checkpoint) and reports mmdet's COCO bbox and segm mAP.
 - mmdet's own packaged ``tools/train.py`` runs the same config unchanged
   (``custom_imports`` makes it import sn_mm).
 - The generator is deterministic and writes valid COCO (pycocotools loads it; every
@@ -133,7 +133,7 @@ def test_mmdet_packaged_train_script_runs_our_config(tmp_path, tiny_data):
 
 
 def _ckpt_has_sn(path) -> bool:
-    from sn_mm.engine.checkpoint import safe_load
+    from sn_mm.checkpoint import safe_load
     state = safe_load(str(path), map_location='cpu')['state_dict']
     return 'backbone.layer1.0.sn1.mean_weight' in state and 'neck.fpn_convs.0.sn.var_weight' in state
 

@@ -11,7 +11,7 @@ and official SN checkpoints (``module.`` keys, 3 or 2 logits), prints the softma
 [IN, LN, BN] shares of means and variances of every SN layer in depth order with their
 average over layers, and draws the paper-style stacked-bar figure (one column per
 checkpoint, side by side). Files are loaded with ``torch.load(weights_only=True)`` plus
-the allowlist of objects mmengine writes (``sn_mm.engine.checkpoint.safe_load``).
+the allowlist of objects mmengine writes (``sn_mm.checkpoint.safe_load``).
 
 ``--compare``: the cross-task figure and table (``sn_mm.analysis.compare``), by default
 from the detection demo, the two segmentation demos and the digits study outputs.

@@ -9,7 +9,7 @@
     python tools/convert_checkpoint.py from-bn resnet50-0676ba61.pth r50_sn_init.pth
     python tools/convert_checkpoint.py from-bn resnet50-0676ba61.pth OUT.pth --bn-share 0.6
 
-    # list each SN layer's softmaxed importance shares [IN, LN, BN] (mean | var)
+    # list each SN layer's importance shares [IN, LN, BN] (mean | var; softmax, sparsestmax for SSN)
     python tools/convert_checkpoint.py print r50_sn.pth        # or: --print r50_sn.pth
 
 Inputs may be local paths or any mmengine scheme (https://, torchvision://, ...); they
@@ -69,7 +69,11 @@ def _save(obj, dst):
 
 def main(argv=None):
     args = parse_args(argv)
-    ckpt = read_checkpoint(args.src)
+    from sn_mm.checkpoint import NotACheckpointError
+    try:
+        ckpt = read_checkpoint(args.src)
+    except (NotACheckpointError, FileNotFoundError) as err:  # no traceback for a bad file
+        sys.exit(f'error: {err}')
     _save.src = args.src
     if args.command == 'official':
         out = official_to_mmengine(ckpt, prefix=args.prefix, keep_fc=args.keep_fc,

@@ -19,6 +19,7 @@ output deviation on the first test batch (``--no-check``: no batch, no deviation
 the whole model's largest deviation on that batch. See docs/ssn.md.
 """
 import argparse
+import sys
 
 from mmengine.config import DictAction
 
@@ -48,8 +49,12 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
-    result = deploy_checkpoint(args.config, args.checkpoint, args.out, tol=args.tol,
-                               cfg_options=args.cfg_options, check=not args.no_check)
+    from sn_mm.checkpoint import NotACheckpointError
+    try:
+        result = deploy_checkpoint(args.config, args.checkpoint, args.out, tol=args.tol,
+                                   cfg_options=args.cfg_options, check=not args.no_check)
+    except NotACheckpointError as err:  # damaged, truncated or foreign file: no traceback
+        sys.exit(f'error: {err}')
     print(format_report(result['conversion'].layers))
     deviation = result['model_max_deviation']
     print('model outputs on the first test batch, max |converted - original|: '

@@ -79,6 +79,7 @@ def parse_args(argv=None):
 
 def main(argv=None):
     args = parse_args(argv)
+    from sn_mm.checkpoint import NotACheckpointError
     try:
         report = export_and_check(args.config, args.checkpoint, args.out, shape=args.shape,
                                   opset=args.opset, part=args.part,
@@ -87,6 +88,8 @@ def main(argv=None):
     except ParityError as error:
         print(error, file=sys.stderr)
         sys.exit(1)
+    except NotACheckpointError as error:  # damaged, truncated or foreign file
+        sys.exit(f'error: {error}')
     print(report.summary())
 
 

@@ -2,10 +2,18 @@
 
     python tools/test.py CONFIG CHECKPOINT [--work-dir DIR] [--out results.pkl]
                          [--cfg-options k=v ...] [--launcher {none,pytorch,slurm,mpi}]
+                         [--allow-partial]
+
+The checkpoint must hold every tensor of the model with its shape (``num_batches_tracked``
+counters excepted); otherwise the run stops with the list of what is missing or mismatched,
+instead of evaluating a partly random model. ``--allow-partial`` evaluates anyway
+(mmengine's behaviour: load what matches, log the rest).
 """
 import argparse
 import os
 import os.path as osp
+import pickle
+import sys
 
 from mmengine.config import DictAction
 from mmengine.evaluator import DumpResults
@@ -24,6 +32,8 @@ def parse_args():
                         help='override settings in the config, key=value (xxx=yyy format)')
     parser.add_argument('--launcher', choices=['none', 'pytorch', 'slurm', 'mpi'],
                         default='none', help='job launcher')
+    parser.add_argument('--allow-partial', action='store_true',
+                        help='evaluate even if the checkpoint does not cover the model')
     parser.add_argument('--local_rank', '--local-rank', type=int, default=0)
     args = parser.parse_args()
     os.environ.setdefault('LOCAL_RANK', str(args.local_rank))
@@ -37,6 +47,18 @@ def main():
     cfg = build_cfg(args.config, args.work_dir, args.cfg_options, args.launcher,
                     load_from=args.checkpoint)
     runner = build_runner(cfg)
+    if not args.allow_partial:
+        from mmengine.model import is_model_wrapper
+
+        from sn_mm.checkpoint import (CheckpointCoverageError, check_model_coverage,
+                                      read_state_dict)
+        model = runner.model.module if is_model_wrapper(runner.model) else runner.model
+        try:
+            check_model_coverage(model, read_state_dict(args.checkpoint), args.checkpoint,
+                                 what=f'model of {args.config}', allow='pass --allow-partial')
+        except (CheckpointCoverageError, OSError, ValueError, pickle.UnpicklingError) as err:
+            print(f'error: {err}', file=sys.stderr)
+            sys.exit(2)
     if args.out is not None:
         runner.test_evaluator.metrics.append(DumpResults(out_file_path=args.out))
     metrics = runner.test()

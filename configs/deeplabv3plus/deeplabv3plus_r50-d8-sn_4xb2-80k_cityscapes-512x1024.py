@@ -8,6 +8,8 @@
 # norm_cfg=dict(type='SN', using_bn=False) (the official (8,1) setting).
 _base_ = 'mmseg::deeplabv3plus/deeplabv3plus_r50-d8_4xb2-80k_cityscapes-512x1024.py'
 custom_imports = dict(imports=['sn_mm'], allow_failed_imports=False)
+# exact --resume: checkpoints carry the RNG states (sn_mm.engine.exact_resume_hook)
+default_hooks = dict(exact_resume=dict(type='ExactResumeHook'))
 norm_cfg = dict(type='SN', requires_grad=True)
 model = dict(backbone=dict(norm_cfg=norm_cfg), decode_head=dict(norm_cfg=norm_cfg),
              auxiliary_head=dict(norm_cfg=norm_cfg))

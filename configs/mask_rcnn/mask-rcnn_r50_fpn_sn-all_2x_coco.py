@@ -10,6 +10,8 @@
 # puts the stem and stage 1 in eval mode: their SN layers use running statistics.
 _base_ = ['mmdet::mask_rcnn/mask-rcnn_r50_fpn_2x_coco.py', '../_base_/sn_imagenet.py']
 custom_imports = dict(imports=['sn_mm'], allow_failed_imports=False)
+# exact --resume: checkpoints carry the RNG states (sn_mm.engine.exact_resume_hook)
+default_hooks = dict(exact_resume=dict(type='ExactResumeHook'))
 
 norm_cfg = dict(type='SN', requires_grad=True)
 model = dict(

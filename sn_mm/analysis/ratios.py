@@ -21,7 +21,7 @@ Every leading ``module.`` (DataParallel/DDP) is removed from every key.
 This module is the one place that finds SN layers and their shares, in a live model or
 in a checkpoint of either layout: the converter (``sn_mm.checkpoint_convert``), the
 hooks (``sn_mm.engine``), the demos (``sn_mm.apis``) and the analysis tools call it.
-Files are read with :func:`sn_mm.engine.checkpoint.read_checkpoint`.
+Files are read, unwrapped and their SN layers found by :mod:`sn_mm.checkpoint`.
 """
 import math
 from collections import OrderedDict
@@ -31,6 +31,8 @@ from typing import Dict, List, Mapping, Sequence, Tuple, Union
 import torch
 from torch import nn
 
+from ..checkpoint import (find_sn_layers, is_sparse_layer, read_checkpoint, strip_key,
+                          strip_prefix, unwrap_state_dict)
 from ..ops import BRANCHES, SwitchableNorm
 from .layers import block_of, depth_order, stage_of
 
@@ -98,44 +100,16 @@ def _finish(raw: Sequence[Tuple[str, Shares, Shares, bool]]) -> List[LayerRatios
                         block=block_of(name, names)) for name in names]
 
 
-def strip_prefix(state_dict: Mapping, prefix: str = 'module.') -> 'OrderedDict':
-    """``state_dict`` with every leading ``prefix`` removed from each key that has it.
-
-    ``prefix='module.'`` undoes DataParallel/DDP wrapping (``module.module.x`` -> ``x``);
-    an empty ``prefix`` leaves the keys as they are.
-    """
-    return OrderedDict((strip_key(k, prefix), v) for k, v in state_dict.items())
-
-
-def strip_key(key: str, prefix: str = 'module.') -> str:
-    """``key`` without its leading ``prefix`` (repeated ones too)."""
-    while prefix and isinstance(key, str) and key.startswith(prefix):
-        key = key[len(prefix):]
-    return key
-
-
-def find_sn_layers(state_dict: Mapping) -> List[str]:
-    """Names of the SN layers of a state dict, in its order: every prefix ``P`` with both
-    ``P.mean_weight`` and ``P.var_weight`` (``''`` for keys without a prefix)."""
-    names = []
-    for key in state_dict:
-        if isinstance(key, str) and (key.endswith('.mean_weight') or key == 'mean_weight'):
-            name = key[:-len('mean_weight')].rstrip('.')
-            if (f'{name}.var_weight' if name else 'var_weight') in state_dict:
-                names.append(name)
-    return names
-
-
-def unwrap_state_dict(checkpoint: Mapping) -> Mapping:
-    """The state dict inside a checkpoint dict (``state_dict`` or ``model`` entry, or itself)."""
-    if not isinstance(checkpoint, Mapping):
-        raise TypeError('expected a checkpoint dict or a state dict, got '
-                        f'{type(checkpoint).__name__}')
-    for key in ('state_dict', 'model'):
-        inner = checkpoint.get(key)
-        if isinstance(inner, Mapping):
-            return inner
-    return checkpoint
+def layer_shares(state: Mapping, name: str) -> Tuple[Shares, Shares]:
+    """(mean, var) shares (IN, LN, BN) of the SN layer ``name`` of a state dict: softmax,
+    or sparsestmax at the saved radius for a Sparse SN layer (it has a ``radius``)."""
+    prefix = f'{name}.' if name else ''
+    mean_logits, var_logits = state[prefix + 'mean_weight'], state[prefix + 'var_weight']
+    if not is_sparse_layer(state, name):
+        return softmax_shares(mean_logits), softmax_shares(var_logits)
+    radius = state[prefix + 'radius']
+    return (sparsestmax_shares(mean_logits, radius, state.get(prefix + 'mean_fixed')),
+            sparsestmax_shares(var_logits, radius, state.get(prefix + 'var_fixed')))
 
 
 def ratios_from_state_dict(checkpoint: Mapping) -> List[LayerRatios]:
@@ -155,13 +129,8 @@ def ratios_from_state_dict(checkpoint: Mapping) -> List[LayerRatios]:
             raise ValueError(f'{prefix}mean_weight has {mean_logits.numel()} logits but '
                              f'{prefix}var_weight has {var_logits.numel()}; expected equal '
                              'lengths (3: [IN, LN, BN] or 2: [IN, LN])')
-        radius = state.get(prefix + 'radius')  # an SSN layer: sparsestmax, not softmax
         try:
-            if radius is None:
-                mean, var = softmax_shares(mean_logits), softmax_shares(var_logits)
-            else:
-                mean = sparsestmax_shares(mean_logits, radius, state.get(prefix + 'mean_fixed'))
-                var = sparsestmax_shares(var_logits, radius, state.get(prefix + 'var_fixed'))
+            mean, var = layer_shares(state, name)
         except ValueError as err:
             raise ValueError(f'SN layer {name!r}: {err}') from None
         raw.append((name, mean, var, mean_logits.numel() == 3))
@@ -197,9 +166,9 @@ def _pad(weights: torch.Tensor) -> Shares:
 
 def ratios_from_checkpoint(path: str) -> List[LayerRatios]:
     """Ratios of every SN layer of the checkpoint file at ``path`` (see module docstring)."""
-    from sn_mm.engine.checkpoint import read_checkpoint
+    checkpoint = read_checkpoint(path)  # its errors name the file already
     try:
-        return ratios_from_state_dict(read_checkpoint(path))
+        return ratios_from_state_dict(checkpoint)
     except ValueError as err:
         raise ValueError(f'{path}: {err}') from None
 

@@ -104,13 +104,8 @@ def load_weights(model: nn.Module, checkpoint: str) -> nn.Module:
     prefixed ``module.``; a local path or any mmengine scheme) into ``model``, through
     sn_mm's safe reader. Every key must match (``num_batches_tracked`` may be missing):
     an export of partly random weights would pass the parity check and be useless."""
-    from collections.abc import Mapping
-
-    from sn_mm.engine.checkpoint import read_checkpoint
-    ckpt = read_checkpoint(checkpoint)
-    state_dict = ckpt['state_dict'] if isinstance(ckpt.get('state_dict'), Mapping) else ckpt
-    state_dict = {k[len('module.'):] if k.startswith('module.') else k: v
-                  for k, v in state_dict.items()}
+    from sn_mm.checkpoint import read_state_dict
+    state_dict = read_state_dict(checkpoint)
     try:
         result = model.load_state_dict(state_dict, strict=False)
     except RuntimeError as error:  # shape mismatches

@@ -38,7 +38,6 @@ def build_fixed_norm_model(model: dict, layers: Sequence[dict] = (),
     return apply_plan(net, layers, conv_biases)
 
 
-MODELS.register_module('FixedNormModel', module=build_fixed_norm_model, force=True)
 
 
 def max_abs_difference(a, b) -> Optional[float]:
@@ -70,17 +69,14 @@ def max_abs_difference(a, b) -> Optional[float]:
 
 def load_model(config: str, checkpoint: str, cfg_options: Optional[dict] = None):
     """(cfg, model in eval mode) for an mm config and checkpoint (strict, safe loading)."""
-    from sn_mm.engine.checkpoint import safe_load
+    from sn_mm.checkpoint import read_state_dict
 
     cfg = Config.fromfile(config)
     if cfg_options:
         cfg.merge_from_dict(cfg_options)
     init_default_scope(cfg.get('default_scope', 'mmengine'))
     model = MODELS.build(copy.deepcopy(cfg.model))
-    state = safe_load(checkpoint, map_location='cpu')
-    state = state.get('state_dict', state)
-    model.load_state_dict({k[len('module.'):] if k.startswith('module.') else k: v
-                           for k, v in state.items()}, strict=True)
+    model.load_state_dict(read_state_dict(checkpoint), strict=True)
     return cfg, model.eval()
 
 

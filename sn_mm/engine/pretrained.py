@@ -1,4 +1,4 @@
-"""``init_cfg=dict(type='Pretrained', ...)`` that stops on an SN ``using_bn`` mismatch.
+"""``init_cfg=dict(type='Pretrained', ...)``: strict for SN models, with an SN ``using_bn`` check.
 
 mmengine's ``PretrainedInit`` loads with ``strict=False`` and only *logs* the error
 messages of ``_load_from_state_dict``; an official ``(8, 1)`` SN checkpoint (2
@@ -8,21 +8,31 @@ values behind a warning. :class:`SNPretrainedInit` is mmengine's ``PretrainedIni
 plus one check before anything is copied: every SN layer of the module whose
 ``mean_weight``/``var_weight`` are in the checkpoint must have the same number of
 logits, otherwise :class:`SNCheckpointMismatchError` names the layers and the
-``norm_cfg`` setting to use. :mod:`sn_mm.compat` puts it in place of ``'Pretrained'``
-in mmengine's root ``WEIGHT_INITIALIZERS``; everything else, including the
-loading itself, the ``module.`` prefix stripping and the missing/unexpected key
-report, is mmengine's. The checkpoint file is read once.
+``norm_cfg`` setting to use.
+
+Strict by default for a module that holds SN layers: every tensor of the module
+(``num_batches_tracked`` counters excepted; the SSN buffers ``radius``/``*_fixed``
+when the file is an SN checkpoint, as SSN documents) must be in the checkpoint with
+its shape, or :class:`~sn_mm.checkpoint.CheckpointCoverageError` lists what is missing
+or mismatched, before anything is copied. A BN checkpoint, or one of another width,
+no longer trains an SN backbone from random weights behind a log line. Extra keys
+(an ImageNet ``fc``) are fine. ``partial=True`` restores mmengine's behaviour (load
+what matches, log the rest). Modules without SN layers load as with mmengine.
+
+:mod:`sn_mm.compat` puts it in place of ``'Pretrained'`` in mmengine's root
+``WEIGHT_INITIALIZERS``. The file is read once, by :func:`sn_mm.checkpoint.read_checkpoint`
+(safe loading, integrity checks, every URL scheme); the copy is mmengine's
+``load_state_dict``.
 """
 from collections import OrderedDict
 from typing import Dict, List, Mapping, Tuple
 
 from mmengine.logging import print_log
 from mmengine.model.weight_init import PretrainedInit, update_init_info
-from mmengine.runner.checkpoint import (_load_checkpoint, _load_checkpoint_to_model,
-                                        load_state_dict)
+from mmengine.runner.checkpoint import load_state_dict
 from torch import nn
 
-from ..analysis.ratios import strip_prefix
+from ..checkpoint import check_model_coverage, read_checkpoint, strip_prefix, unwrap_state_dict
 from ..ops import SwitchableNorm
 
 __all__ = ['SNCheckpointMismatchError', 'check_sn_state_dict', 'SNPretrainedInit']
@@ -77,30 +87,45 @@ def check_sn_state_dict(module: nn.Module, state_dict: Mapping, source: str = 'c
 
 
 class SNPretrainedInit(PretrainedInit):
-    """mmengine's ``PretrainedInit`` + :func:`check_sn_state_dict` (see module docstring).
+    """mmengine's ``PretrainedInit``, strict for SN modules (see module docstring).
 
-    Args: as ``PretrainedInit``: ``checkpoint``, ``prefix=None``, ``map_location='cpu'``.
+    Args: as ``PretrainedInit``: ``checkpoint``, ``prefix=None``, ``map_location='cpu'``;
+    ``partial`` (bool, default False): load what matches and log the rest (mmengine's
+    behaviour) instead of raising when the checkpoint does not cover an SN module.
     """
 
+    def __init__(self, checkpoint, prefix=None, map_location='cpu', partial=False):
+        super().__init__(checkpoint, prefix=prefix, map_location=map_location)
+        if not isinstance(partial, bool):
+            raise TypeError(f"init_cfg=dict(type='Pretrained'): partial must be a bool (True "
+                            f'or False), got {partial!r} ({type(partial).__name__})')
+        self.partial = partial
+
     def __call__(self, module):
-        checkpoint = _load_checkpoint(self.checkpoint, map_location=self.map_location,
-                                      logger='current')
-        if not isinstance(checkpoint, dict):
-            raise RuntimeError(f'No state_dict found in checkpoint file {self.checkpoint}')
-        state_dict = checkpoint.get('state_dict', checkpoint)
+        checkpoint = read_checkpoint(self.checkpoint, map_location=self.map_location)
+        state_dict = strip_prefix(unwrap_state_dict(checkpoint))
         if self.prefix is None:
             print_log(f'load model from: {self.checkpoint}', logger='current')
-            check_sn_state_dict(module, strip_prefix(state_dict), self.checkpoint)
-            _load_checkpoint_to_model(module, checkpoint, strict=False, logger='current')
         else:
             print_log(f'load {self.prefix} in model from: {self.checkpoint}',
                       logger='current')
             prefix = self.prefix if self.prefix.endswith('.') else self.prefix + '.'
-            selected = {k[len(prefix):]: v for k, v in state_dict.items()
-                        if k.startswith(prefix)}
-            if not selected:
+            state_dict = OrderedDict((k[len(prefix):], v) for k, v in state_dict.items()
+                                     if k.startswith(prefix))
+            if not state_dict:
                 raise ValueError(f'{prefix} is not in the pretrained model {self.checkpoint}')
-            check_sn_state_dict(module, selected, self.checkpoint)
-            load_state_dict(module, selected, strict=False, logger='current')
+        check_sn_state_dict(module, state_dict, self.checkpoint)
+        has_sn = any(isinstance(m, SwitchableNorm) for m in module.modules())
+        if has_sn and not self.partial:
+            covered = check_model_coverage(
+                module, state_dict, self.checkpoint,
+                what=f'{type(module).__name__} (a model with SN layers)',
+                allow="set init_cfg=dict(type='Pretrained', checkpoint=..., partial=True)")
+            print_log(f'loaded all {covered} tensors of {type(module).__name__} from '
+                      f'{self.checkpoint}', logger='current')
+        load_state_dict(module, state_dict, strict=False, logger='current')
         if hasattr(module, '_params_init_info'):
             update_init_info(module, init_info=self._get_init_info())
+
+    def _get_init_info(self):
+        return super()._get_init_info() + (' (partial)' if self.partial else '')

@@ -171,3 +171,163 @@ def sync_batch_moments_autograd(mean_in: Tensor, u: Tensor, length: int, group: 
     collective (the backward collective still runs).
     """
     return _SyncBatchMoments.apply(mean_in, u, length, group, given)
+
+
+# ------------------------------------------------------------- fail-fast checks
+# Ranks that disagree on a SyncSN layer's channel count, dtype, BN branch or train/eval
+# mode would pair mismatched collectives (gloo aborts in C++: "Received data size doesn't
+# match") or wait for a peer that never joins (a hang until the group's timeout). Before
+# a layer's first synchronized forward (and again only when its signature changes),
+# every rank compares its signature with its peers' through the process group's
+# key-value store, not a collective: the steady state keeps exactly one all-reduce in
+# forward and one in backward, and a failed check leaves the collective stream untouched.
+# A layer in eval mode inside a distributed run only announces itself (one store write,
+# no waiting), so a training peer reports "rank r runs it in eval mode" within seconds.
+
+#: After this many seconds without a peer's signature, a peer that announced eval mode for
+#: the layer (and has not trained it) is reported as an eval/train mismatch.
+MODE_GRACE_S = 5.0
+_POLL_S = 0.25
+
+_check_counter = [0]
+
+
+class SyncSNMismatchError(RuntimeError):
+    """Ranks disagree on a SyncSN layer (channels, dtype, BN branch, train/eval mode)."""
+
+
+def _describe(layer) -> str:
+    name = getattr(layer, '_sn_name', None)
+    kind = {'SyncSwitchableNorm': 'SyncSN', 'SyncSparseSwitchableNorm': 'SyncSSN'}.get(
+        type(layer).__name__, type(layer).__name__)
+    where = f' {name!r}' if name else ''
+    return f'{kind} layer{where} (#{layer._sync_index} in forward order, ' \
+           f'num_features={layer.num_features})'
+
+
+def name_sync_layers(model) -> None:
+    """Record each synchronized SN layer's name in ``model`` for the check's messages."""
+    for name, module in model.named_modules():
+        if hasattr(module, 'process_group'):
+            module._sn_name = name
+
+
+def _store_and_ranks(process_group):
+    store = dist.distributed_c10d._get_default_store()
+    ranks = (list(range(dist.get_world_size())) if process_group is None
+             else dist.get_process_group_ranks(process_group))
+    return store, ranks
+
+
+def _signature(layer, x, mode) -> str:
+    return (f'mode={mode} channels={x.shape[1]} dtype={str(x.dtype).replace("torch.", "")} '
+            f'using_bn={layer.using_bn}')
+
+
+def _parse(value) -> dict:
+    text = value.decode() if isinstance(value, bytes) else str(value)
+    return dict(part.split('=', 1) for part in text.split())
+
+
+def _mismatch(layer, me, mine, others) -> SyncSNMismatchError:
+    others = {r: v.decode() if isinstance(v, bytes) else v for r, v in others.items()}
+    rows = [f'rank {r}: {s}' for r, s in sorted({me: mine, **others}.items())]
+    ours, fields = _parse(mine), []
+    for r, s in others.items():
+        theirs = _parse(s)
+        fields += [k for k in ours if theirs.get(k) != ours[k] and k not in fields]
+    what = ', '.join({'mode': 'train/eval mode', 'channels': 'channel count',
+                      'dtype': 'dtype', 'using_bn': 'using_bn'}[k] for k in fields)
+    return SyncSNMismatchError(
+        f'{_describe(layer)}: ranks disagree on its {what}, so its synchronized BN moments '
+        f'cannot be computed ({"; ".join(rows)}). Every rank must run the same model, in the '
+        'same mode (model.train() on all ranks), with inputs of the same channel count and '
+        'dtype.')
+
+
+def sync_signature(layer, x: torch.Tensor):
+    """What :func:`check_sync_layer` compares, as a tuple (cheap to test in a forward)."""
+    return (layer.training, x.shape[1], x.dtype, layer.using_bn)
+
+
+_eval_wait_spent = [False]
+
+
+def _eval_check(layer, store, ranks, me, base, signature) -> None:
+    """A layer evaluated before this rank ever trained it: wait (up to MODE_GRACE_S, and
+    only until the first time that expires in this process) until every peer announced
+    the layer, in eval or train mode; a peer training it is a mismatch."""
+    import time
+    peers = [r for r in ranks if r != me]
+    start = time.monotonic()
+    while True:
+        training = [r for r in peers if store.check([f'{base}/train/0/{r}'])]
+        if training:
+            layer._sync_signature = None
+            raise _mismatch(layer, me, signature,
+                            {r: store.get(f'{base}/train/0/{r}') for r in training})
+        if all(store.check([f'{base}/eval/{r}']) for r in peers):
+            return
+        if _eval_wait_spent[0] or time.monotonic() - start > MODE_GRACE_S:
+            _eval_wait_spent[0] = True
+            return
+        time.sleep(_POLL_S)
+
+
+@torch.compiler.disable
+def check_sync_layer(layer, x: torch.Tensor) -> None:
+    """Compare ``layer``'s signature (mode, channels, dtype, BN branch) across the ranks of
+    its process group; raise :class:`SyncSNMismatchError` on every rank that sees a
+    disagreement, or when a peer does not arrive within the group's timeout. Once per
+    layer and signature; no collective (see the comment above)."""
+    mode = 'train' if layer.training else 'eval'
+    signature = _signature(layer, x, mode)
+    checked = layer.__dict__.setdefault('_sync_checked', {})
+    layer._sync_signature = sync_signature(layer, x)
+    if signature in checked:
+        return
+    if getattr(layer, '_sync_index', None) is None:
+        layer._sync_index = _check_counter[0]
+        _check_counter[0] += 1
+    store, ranks = _store_and_ranks(layer.process_group)
+    me = dist.get_rank()
+    base = f'sn_mm/syncsn/g{group_handle(layer.process_group)}/layer{layer._sync_index}'
+    if mode == 'eval':
+        checked[signature] = True
+        store.set(f'{base}/eval/{me}', signature)
+        if not any(s.startswith('mode=train') for s in checked):
+            _eval_check(layer, store, ranks, me, base, signature)
+        return
+    generation = sum(1 for s in checked if s.startswith('mode=train'))
+    checked_now = f'{base}/train/{generation}'
+    store.set(f'{checked_now}/{me}', signature)
+    layer._sync_signature = None  # set again once the check passed
+    peers = [r for r in ranks if r != me]
+    timeout = store.timeout.total_seconds()
+    import time
+    from datetime import timedelta
+    start = time.monotonic()
+    waiting = list(peers)
+    while waiting:
+        try:
+            store.wait([f'{checked_now}/{r}' for r in waiting], timedelta(seconds=_POLL_S))
+            waiting = []
+        except Exception:  # not all there yet
+            waiting = [r for r in waiting if not store.check([f'{checked_now}/{r}'])]
+            elapsed = time.monotonic() - start
+            evaluating = [r for r in waiting if store.check([f'{base}/eval/{r}'])]
+            if evaluating and elapsed > MODE_GRACE_S:
+                raise _mismatch(layer, me, signature,
+                                {r: store.get(f'{base}/eval/{r}') for r in evaluating}) from None
+            if waiting and elapsed > timeout:
+                raise SyncSNMismatchError(
+                    f'{_describe(layer)}: rank(s) {waiting} did not reach this layer within '
+                    f'{timeout:.0f} s (the process group timeout). They run another model '
+                    'or another forward path, or they stopped; see docs/checkpoints.md '
+                    '("Bounding hangs").') from None
+    others = {r: store.get(f'{checked_now}/{r}') for r in peers}
+    if any((v.decode() if isinstance(v, bytes) else v) != signature for v in others.values()):
+        raise _mismatch(layer, me, signature, {r: v.decode() if isinstance(v, bytes) else v
+                                               for r, v in others.items()})
+    checked[signature] = True
+    layer._sync_signature = sync_signature(layer, x)

@@ -53,10 +53,10 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import norm_eval
+from . import norm_eval, options
 from .batch_average import BatchAverage
-from .distributed import group_handle, sync_world_size
 from . import pool as pool_table
+from .distributed import check_sync_layer, group_handle, sync_signature, sync_world_size
 from .functional import BN_BATCH, BN_NONE, BN_RUNNING, BN_SYNC, switchable_norm
 
 #: The default pool (:data:`sn_mm.ops.pool.DEFAULT_POOL`), the official logits' order.
@@ -103,22 +103,16 @@ class SwitchableNorm(nn.Module):
                 f'{type(self).__name__} got unknown argument(s) {sorted(unknown)}; expected '
                 'num_features, eps, momentum, using_moving_average, using_bn, last_gamma, '
                 f'in_variance, branches, num_groups{self._extra_arg_names()}, device, dtype')
-        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
-            raise ValueError(f'num_features must be a positive int, got {num_features!r}')
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f'eps must be a positive number, got {eps!r}')
-        if not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
-            raise ValueError(
-                f'momentum must be in [0, 1] (torch convention: new = (1-m)*old + m*batch), '
-                f'got {momentum!r}; the official decay d corresponds to momentum = 1 - d')
-        if in_variance not in IN_VARIANCE_MODES:
-            raise ValueError(f'in_variance must be one of {IN_VARIANCE_MODES}, got {in_variance!r}')
-        self.num_features = num_features
-        self.eps = float(eps)
-        self.momentum = float(momentum)
-        self.using_moving_average = bool(using_moving_average)
-        self.using_bn = bool(using_bn)
-        self.last_gamma = bool(last_gamma)
+        self.num_features = options.check_positive_int(self, 'num_features', num_features)
+        self.eps = options.check_number(self, 'eps', eps, low=0, low_closed=False)
+        self.momentum = options.check_number(
+            self, 'momentum', momentum, low=0, high=1, hint='torch convention: new = (1-m)*old '
+            '+ m*batch; the official decay d corresponds to momentum = 1 - d')
+        self.using_moving_average = options.check_bool(self, 'using_moving_average',
+                                                       using_moving_average)
+        self.using_bn = options.check_bool(self, 'using_bn', using_bn)
+        self.last_gamma = options.check_bool(self, 'last_gamma', last_gamma)
+        options.check_choice(self, 'in_variance', in_variance, IN_VARIANCE_MODES)
         self.in_variance = in_variance
         owner = type(self).__name__
         #: the normalizers mixed, in logit order (names of :mod:`sn_mm.ops.pool`)
@@ -390,8 +384,10 @@ class SyncSwitchableNorm(SwitchableNorm):
         return ', process_group'
 
     def _bn_mode(self, x: torch.Tensor) -> Tuple[int, int]:
-        if (not self.using_bn or not self.training
-                or sync_world_size(self.process_group) == 1):
+        world = sync_world_size(self.process_group)
+        if world > 1 and self.__dict__.get('_sync_signature') != sync_signature(self, x):
+            check_sync_layer(self, x)  # ranks agree? once per signature (ops.distributed)
+        if not self.using_bn or not self.training or world == 1:
             return super()._bn_mode(x)
         # every rank joins the collectives, also with an empty batch
         return BN_SYNC, group_handle(self.process_group)

@@ -109,7 +109,8 @@ auto_scale_lr = dict(enable=False, base_batch_size=batch_size)
 default_hooks = dict(
     logger=dict(type='LoggerHook', interval=20),
     checkpoint=dict(type='CheckpointHook', by_epoch=False, interval=max_iters,
-                    max_keep_ckpts=1))
+                    max_keep_ckpts=1),
+    exact_resume=dict(type='ExactResumeHook'))  # exact --resume (RNG states in checkpoints)
 log_processor = dict(by_epoch=False)
 # Share trajectories of every SN layer (per layer, per stage, overall) to vis_data/scalars.json
 # and TensorBoard (`tensorboard --logdir work_dirs/`); plot them with
