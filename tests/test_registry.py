@@ -102,7 +102,8 @@ def test_mmdet_resnet50_key_names_match_official_checkpoints():
 #: What ``import sn_mm`` adds to mmengine's root registries (sn_mm/registry.py), by registry.
 ADDED = {
     'MODELS': {'SN', 'SyncSN', 'SSN', 'SyncSSN', 'FixedNormModel'},
-    'HOOKS': {'SNRatioHook', 'SNBatchAverageHook', 'SSNRadiusHook'},
+    'HOOKS': {'SNRatioHook', 'SNBatchAverageHook', 'SSNRadiusHook', 'ExactResumeHook',
+              'SNFiniteCheckHook'},
     'OPTIM_WRAPPER_CONSTRUCTORS': {'SNOptimWrapperConstructor'},
 }
 

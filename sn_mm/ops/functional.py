@@ -118,6 +118,45 @@ def _fake_backward(grad_y, x, mean_in, var_in, weight, mean_weights, var_weights
             mean_weights.new_empty(mean_weights.shape), var_weights.new_empty(var_weights.shape))
 
 
+_TRITON_BN = {BN_NONE: 'none', BN_RUNNING: 'given', BN_BATCH: 'batch', BN_SYNC: 'given'}
+
+
+def _triton_forward(x, weight, bias, mean_weights, var_weights, running_mean, running_var,
+                    pool, num_groups, bn_mode, eps, unbiased, group, softmax):
+    """The op's forward through :mod:`sn_mm.ops.triton_kernels` (float64: the reference)."""
+    if x.dtype == torch.float64:
+        return _reference_forward(x, weight, bias, mean_weights, var_weights, running_mean,
+                                  running_var, pool, num_groups, bn_mode, eps, unbiased, group,
+                                  softmax)
+    from . import triton_kernels
+    sync = None
+    if bn_mode == BN_SYNC:
+        length = x.numel() // max(x.shape[0] * x.shape[1], 1)
+        sync = lambda mean_in, u: distributed.sync_batch_moments(  # noqa: E731
+            mean_in, u, length, group)
+    given = (running_mean, running_var) if bn_mode == BN_RUNNING else (None, None)
+    return triton_kernels.forward(x, weight, bias, mean_weights, var_weights, *given,
+                                  _names(pool), num_groups, _TRITON_BN[bn_mode], eps, unbiased,
+                                  softmax, sync_moments=sync)
+
+
+def _triton_backward(grad_y, x, mean_in, var_in, weight, mean_weights, var_weights, bn_mean,
+                     bn_var, bn_count, pool, num_groups, bn_mode, eps, unbiased, group,
+                     input_grad, softmax):
+    if x.dtype == torch.float64:
+        return _reference_backward(grad_y, x, mean_in, var_in, weight, mean_weights,
+                                   var_weights, bn_mean, bn_var, bn_count, pool, num_groups,
+                                   bn_mode, eps, unbiased, group, input_grad, softmax)
+    from . import triton_kernels
+    sync = None
+    if bn_mode == BN_SYNC:
+        sync = lambda g_mean, g_var: distributed.sync_bn_grad(g_mean, g_var, group)  # noqa: E731
+    return triton_kernels.backward(grad_y, x, mean_in, var_in, weight, mean_weights,
+                                   var_weights, bn_mean, bn_var, bn_count, _names(pool),
+                                   num_groups, _TRITON_BN[bn_mode], eps, unbiased, softmax,
+                                   input_grad, sync_grad=sync)
+
+
 def _triton_available() -> bool:
     try:
         from . import triton_kernels  # noqa: F401
@@ -136,8 +175,7 @@ def _register_kernels() -> Optional[torch.library.Library]:
     forward, backward = _reference_forward, _reference_backward
     if KERNELS == 'triton' or (KERNELS == 'auto' and torch.cuda.is_available()
                                and _triton_available()):
-        from .triton_kernels import op_backward, op_forward
-        forward, backward = op_forward, op_backward
+        forward, backward = _triton_forward, _triton_backward
     for key in ('CUDA', 'XPU', 'MPS', 'PrivateUse1'):
         lib.impl('switchable_norm', forward, key)
         lib.impl('switchable_norm_backward', backward, key)
