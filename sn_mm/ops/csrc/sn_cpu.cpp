@@ -565,10 +565,12 @@ Pool make_pool(c10::IntArrayRef codes, int64_t groups, int64_t channels, int64_t
   return p;
 }
 
-// Moments of branch `code` for the C channels of one sample: mu[c], v[c].
+// Moments of branch `code` for the C channels of one sample: mu[c], v[c]. The deviations
+// from a pooled mean use that mean in double (forward) or rounded to T (`rounded`: the
+// backward's recomputation, as sn_mm has always computed it, so results stay bit-identical).
 template <typename T>
 void sample_branch(int64_t code, int64_t groups, const T* m, const T* u, const T* bm,
-                   const T* bv, int64_t c, T* mu, T* v) {
+                   const T* bv, int64_t c, T* mu, T* v, bool rounded = false) {
   if (code == kIN) {
     std::copy(m, m + c, mu);
     std::copy(u, u + c, v);
@@ -584,7 +586,7 @@ void sample_branch(int64_t code, int64_t groups, const T* m, const T* u, const T
     const int64_t lo = q * s, hi = lo + s;
     double sum = 0;
     for (int64_t j = lo; j < hi; ++j) sum += m[j];
-    const double mean = sum / s;
+    const double mean = rounded ? double(static_cast<T>(sum / s)) : sum / s;
     double sv = 0;
     for (int64_t j = lo; j < hi; ++j) {
       const double d = double(m[j]) - mean;
@@ -756,7 +758,7 @@ std::vector<torch::Tensor> mix_backward_impl(const torch::Tensor& grad_scale,
     const T* bk = bp + i * a_stride;
     for (int64_t k = 0; k < K; ++k)
       sample_branch<T>(pool.codes[k], pool.groups, mrow, urow, bm, bv, c, mu.data() + k * c,
-                       v.data() + k * c);
+                       v.data() + k * c, true);
     T* srow = sc + i * c;
     for (int64_t j = 0; j < c; ++j) {
       const T mean = mixed(ak, mu.data(), K, c, j);
@@ -774,27 +776,32 @@ std::vector<torch::Tensor> mix_backward_impl(const torch::Tensor& grad_scale,
     T* guo = gu_out + i * c;
     std::fill(gmo, gmo + c, T(0));
     std::fill(guo, guo + c, T(0));
+    // Per branch: the importance-weight gradients and the moments' gradients. The sums
+    // and products are ordered as sn_mm has always computed them (bit-identical results).
     for (int64_t k = 0; k < K; ++k) {
       const T* muk = mu.data() + k * c;
       const T* vk = v.data() + k * c;
-      double da = 0, db = 0;
-      for (int64_t j = 0; j < c; ++j) {
-        da += double(gm[j]) * double(muk[j]);
-        db += double(gv[j]) * double(vk[j]);
-      }
-      ga[i * a_stride + k] += da;
-      gbw[i * a_stride + k] += db;
       const int64_t code = pool.codes[k];
       const T wa = ak[k], wb = bk[k];
+      double da = 0, db = 0;
       if (code == kIN) {
         for (int64_t j = 0; j < c; ++j) {
-          gmo[j] += wa * gm[j];
-          guo[j] += wb * gv[j];
+          da += gm[j] * muk[j];
+          db += gv[j] * vk[j];
+          gmo[j] = gmo[j] + wa * gm[j];
+          guo[j] = guo[j] + wb * gv[j];
         }
-      } else if (code == kBN) {
+      } else if (code == kBN) {  // summed over the samples; weighted after for shared weights
         for (int64_t j = 0; j < c; ++j) {
-          smu[j] += double(wa * gm[j]);
-          svar[j] += double(wb * gv[j]);
+          if (a_stride) {
+            da += gm[j] * muk[j];
+            db += gv[j] * vk[j];
+            smu[j] += wa * gm[j];
+            svar[j] += wb * gv[j];
+          } else {
+            smu[j] += gm[j];
+            svar[j] += gv[j];
+          }
         }
       } else {  // LN, GN: the pooled entries are the channels of a group of this sample
         const int64_t g = code == kLN ? 1 : pool.groups, s = c / g;
@@ -806,13 +813,18 @@ std::vector<torch::Tensor> mix_backward_impl(const torch::Tensor& grad_scale,
             sm += gm[j];
             sv += gv[j];
           }
-          const T gml = static_cast<T>(sm) * wa * inv_s, gvl = static_cast<T>(sv) * wb * inv_s;
+          da += sm * muk[lo];
+          db += sv * vk[lo];
+          const T gml = static_cast<T>(sm), gvl = static_cast<T>(sv);
           for (int64_t j = lo; j < hi; ++j) {
-            gmo[j] += gml + T(2) * gvl * (mrow[j] - muk[j]);
-            guo[j] += gvl;
+            gmo[j] = gmo[j] + wa * inv_s * gml;
+            gmo[j] = gmo[j] + T(2) * wb * inv_s * gvl * (mrow[j] - muk[j]);
+            guo[j] = guo[j] + wb * inv_s * gvl;
           }
         }
       }
+      ga[i * a_stride + k] += da;
+      gbw[i * a_stride + k] += db;
     }
   }
   T* gwp = g_weight.data_ptr<T>();
@@ -830,9 +842,22 @@ std::vector<torch::Tensor> mix_backward_impl(const torch::Tensor& grad_scale,
   if (has_bn) {
     T* gmb = g_mbn.data_ptr<T>();
     T* gvb = g_vbn.data_ptr<T>();
+    const int64_t kb = pool.bn;
+    double ga_bn = 0, gb_bn = 0;
     for (int64_t j = 0; j < c; ++j) {
-      gmb[j] = static_cast<T>(smu[j]);
-      gvb[j] = static_cast<T>(svar[j]);
+      if (a_stride) {  // per-sample weights: already weighted, and da/db done per sample
+        gmb[j] = static_cast<T>(smu[j]);
+        gvb[j] = static_cast<T>(svar[j]);
+      } else {
+        ga_bn += smu[j] * double(bm[j]);
+        gb_bn += svar[j] * double(bv[j]);
+        gmb[j] = static_cast<T>(smu[j]) * ap[kb];
+        gvb[j] = static_cast<T>(svar[j]) * bp[kb];
+      }
+    }
+    if (!a_stride) {
+      gap[kb] = static_cast<T>(ga_bn);
+      gbb[kb] = static_cast<T>(gb_bn);
     }
     if (mode == kBatch) {  // batch moments of these n samples: flow back into them
       const T inv_n = T(1) / T(n);
