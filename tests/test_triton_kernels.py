@@ -168,3 +168,267 @@ def check_case(shape, pool=POOL3, bn_mode='batch', per_sample=False, dtype=torch
                                grads, ref[5]):
         assert got.shape == want.shape, name
         assert_close(got, want, dtype, name)
+
+
+# ------------------------------------------------------------------ the tests
+POOL_MODES = [(POOL3, 'batch'), (POOL3, 'given'), (POOL2, 'none'), (POOL4, 'batch'),
+              (POOL4, 'given'), (('GN', 'BN', 'IN'), 'batch'), (('LN', 'GN'), 'none')]
+
+
+@pytest.mark.parametrize('softmax', [True, False])
+@pytest.mark.parametrize('per_sample', [False, True])
+@pytest.mark.parametrize('pool,bn_mode', POOL_MODES)
+def test_pools_modes_and_weights(pool, bn_mode, per_sample, softmax):
+    """Every pool and BN mode, shared (K,) and per-sample (N, K) weights, logits or weights."""
+    check_case((3, 6, 5, 3), pool=pool, bn_mode=bn_mode, per_sample=per_sample,
+               softmax=softmax, groups=3, channels_last=per_sample)
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('dtype', [torch.float32, torch.float16, torch.bfloat16])
+@pytest.mark.parametrize('pool,bn_mode', [(POOL3, 'batch'), (POOL4, 'given')])
+def test_dtypes_and_memory_formats(pool, bn_mode, dtype, channels_last):
+    """Reduced-precision inputs keep their dtype; channels_last outputs stay channels_last."""
+    check_case((2, 7, 6, 5), pool=pool, bn_mode=bn_mode, dtype=dtype, groups=7,
+               channels_last=channels_last, per_sample=dtype == torch.float16)
+
+
+EDGE_CASES = {
+    'N=1 batch': dict(shape=(1, 7, 5, 5)),
+    'N=1 given': dict(shape=(1, 7, 5, 5), bn_mode='given'),
+    'L=1': dict(shape=(4, 13, 1, 1)),
+    'L=1 channels_last': dict(shape=(4, 13, 1, 1), channels_last=True),
+    'N=1 L=1 given': dict(shape=(1, 5, 1, 1), bn_mode='given'),
+    'RoI 7x7 channels_last': dict(shape=(3, 7, 7, 7), channels_last=True, per_sample=True),
+    '1D spatial': dict(shape=(5, 13, 9)),
+    '3D channels_last_3d': dict(shape=(2, 6, 3, 4, 5), channels_last=True, pool=POOL4,
+                                groups=2),
+    'long rows 200x272 (chunks merged)': dict(shape=(1, 2, 200, 272)),
+    'channels_last chunks merged': dict(shape=(2, 3, 40, 40), channels_last=True),
+    'empty batch given': dict(shape=(0, 6, 3, 3), bn_mode='given'),
+    'empty batch none per-sample': dict(shape=(0, 6, 3, 3), bn_mode='none', pool=POOL2,
+                                        per_sample=True),
+    'GN biased': dict(shape=(2, 12, 3, 3), pool=POOL4, groups=4, unbiased=False),
+    'GN = IN groups': dict(shape=(2, 12, 3, 3), pool=POOL4, groups=12),
+    'GN = LN group': dict(shape=(2, 12, 3, 3), pool=POOL4, groups=1),
+    'many tiles in the mixing program': dict(shape=(33, 300, 2, 2), pool=POOL4, groups=3,
+                                             per_sample=True),
+}
+
+
+@pytest.mark.parametrize('case', list(EDGE_CASES), ids=list(EDGE_CASES))
+def test_edge_shapes(case):
+    check_case(**EDGE_CASES[case])
+
+
+def test_moments_without_cancellation():
+    """A large offset against a small spread: the blockwise Chan merge keeps the variance."""
+    g = torch.Generator().manual_seed(1)
+    x = 300.0 + 0.1 * torch.randn(2, 3, 64, 50, generator=g)
+    pool = POOL3
+    w, bias = torch.ones(3), torch.zeros(3)
+    logits = torch.zeros(3)
+    _, mean_in, var_in, bn_m, bn_v, _ = tk.forward(x, w, bias, logits, logits, None, None,
+                                                   pool, 1, 'batch', 1e-5, True, True)
+    x64 = x.double().reshape(2, 3, -1)
+    torch.testing.assert_close(var_in.double(), x64.var(-1, unbiased=False), rtol=1e-4, atol=0)
+    torch.testing.assert_close(mean_in.double(), x64.mean(-1), rtol=1e-6, atol=0)
+    mu = x64.mean(-1).mean(0)
+    var_bn = (x64.var(-1, unbiased=False) * 3200 / 3199).mean(0) + \
+        (x64.mean(-1) - mu).square().mean(0)
+    torch.testing.assert_close(bn_v.double(), var_bn, rtol=1e-4, atol=0)
+
+
+def test_half_parameters_get_half_gradients():
+    """model.half(): float16 parameters get float16 gradients, statistics stay float32."""
+    shape, pool = (2, 6, 4, 4), POOL3
+    x, params, given, grad_y = make_case(shape, pool, 'batch', False, torch.float16)
+    ref = run_reference(x, params, given, grad_y, pool, 1, 'batch', 1e-5, True, True)
+    (y, mean_in, *_), grads = run_triton(x, params, given, grad_y, pool, 1, 'batch', 1e-5,
+                                         True, True, param_dtype=torch.float16)
+    assert mean_in.dtype == torch.float32
+    assert [t.dtype for t in grads] == [torch.float16] * 5
+    assert_close(y, ref[0], torch.float16, 'y')
+    for name, got, want in zip(('x', 'weight', 'bias', 'a', 'b'), grads, ref[5]):
+        assert_close(got, want, torch.float16, name)
+
+
+class _AtenOutsideLaunches(TorchDispatchMode):
+    """Records the ATen ops this module runs outside its kernel launches."""
+
+    def __init__(self):
+        super().__init__()
+        self.ops = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if not tk.IN_LAUNCH:
+            self.ops.append(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+ALLOCATIONS = {'aten.empty.memory_format', 'aten.empty_strided.default',
+               'aten.empty_like.default', 'aten.new_empty.default'}
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('pool,bn_mode,per_sample,shape', [
+    (POOL3, 'batch', False, (2, 6, 5, 5)), (POOL4, 'given', True, (3, 6, 7, 7)),
+    (POOL2, 'none', False, (1, 2, 200, 272))])
+def test_three_launches_each_way_and_no_other_device_work(pool, bn_mode, per_sample, shape,
+                                                          channels_last):
+    """At most 3 kernel launches in forward and in backward; besides them only allocations."""
+    x, params, given, grad_y = make_case(shape, pool, bn_mode, per_sample, torch.float16)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+        grad_y = grad_y.contiguous(memory_format=torch.channels_last)
+    p = {k: v.float() for k, v in params.items()}
+    bn_mean, bn_var = (t.float() for t in given) if given else (None, None)
+    with _AtenOutsideLaunches() as mode:
+        before = tk.LAUNCH_COUNT
+        out = tk.forward(x, p['weight'], p['bias'], p['a'], p['b'], bn_mean, bn_var, pool, 2,
+                         bn_mode, 1e-5, True, True)
+        forward_launches = tk.LAUNCH_COUNT - before
+        before = tk.LAUNCH_COUNT
+        tk.backward(grad_y, x, out[1], out[2], p['weight'], p['a'], p['b'], out[3], out[4],
+                    out[5], pool, 2, bn_mode, 1e-5, True, True, True)
+        backward_launches = tk.LAUNCH_COUNT - before
+    assert forward_launches == 3 and backward_launches == 3
+    assert set(mode.ops) <= ALLOCATIONS, sorted(set(mode.ops) - ALLOCATIONS)
+    assert out[0].is_contiguous(memory_format=torch.channels_last) == channels_last
+
+
+def test_no_input_grad_skips_the_input_pass():
+    x, params, given, grad_y = make_case((2, 4, 3, 3), POOL3, 'batch', False, torch.float32)
+    p = {k: v.float() for k, v in params.items()}
+    out = tk.forward(x, p['weight'], p['bias'], p['a'], p['b'], None, None, POOL3, 1, 'batch',
+                     1e-5, True, True)
+    before = tk.LAUNCH_COUNT
+    grads = tk.backward(grad_y, x, out[1], out[2], p['weight'], p['a'], p['b'], out[3], out[4],
+                        out[5], POOL3, 1, 'batch', 1e-5, True, True, False)
+    assert tk.LAUNCH_COUNT - before == 2 and grads[0].numel() == 0
+    ref = run_reference(x, params, given, grad_y, POOL3, 1, 'batch', 1e-5, True, True)
+    for name, got, want in zip(('weight', 'bias', 'a', 'b'), grads[1:], ref[5][1:]):
+        assert_close(got, want, torch.float32, name)
+
+
+@pytest.mark.parametrize('channels_last', [False, True])
+@pytest.mark.parametrize('per_sample', [False, True])
+@pytest.mark.parametrize('pool', [POOL3, POOL4])
+def test_sync_callbacks_equal_the_union_batch(pool, per_sample, channels_last):
+    """SyncSN simulated with two ranks (two halves of a batch) equals SN on the whole batch.
+
+    ``sync_moments`` returns the union batch's BN moments from both halves' IN moments;
+    ``sync_grad`` sums both halves' ``G_mu``, ``G_v``: the two collectives of SyncSN.
+    """
+    shape, groups = (5, 6, 4, 3), 2
+    n, c, length = shape[0], shape[1], 12
+    x, params, _, grad_y = make_case(shape, pool, 'batch', per_sample, torch.float32, seed=3)
+    if channels_last:
+        x = x.contiguous(memory_format=torch.channels_last)
+    ref = run_reference(x, params, None, grad_y, pool, groups, 'batch', 1e-5, True, True)
+    p = {k: v.float() for k, v in params.items()}
+    halves = [slice(0, 2), slice(2, 5)]
+    weights = [(p['a'][h], p['b'][h]) if per_sample else (p['a'], p['b']) for h in halves]
+    local, local_grads, seen = [None, None], [None, None], [0]
+
+    def collect(rank):
+        def sync_moments(mean_in, u):
+            local[rank] = (mean_in.clone(), u.clone())
+            return torch.zeros(c), torch.ones(c), torch.zeros(2)
+        return sync_moments
+
+    def union(mean_in, u):
+        seen[0] += 1
+        m = torch.cat([local[0][0], local[1][0]]).double()
+        uu = torch.cat([local[0][1], local[1][1]]).double()
+        mu = m.mean(0)
+        var = uu.mean(0) + (m - mu).square().mean(0)
+        return mu.float(), var.float(), torch.tensor([float(n), float(n * length)])
+
+    def run_forward(rank, callback):
+        a, b = weights[rank]
+        return tk.forward(x[halves[rank]], p['weight'], p['bias'], a, b, None, None, pool,
+                          groups, 'given', 1e-5, True, True, sync_moments=callback)
+
+    for rank in (0, 1):
+        run_forward(rank, collect(rank))
+    outs = [run_forward(rank, union) for rank in (0, 1)]
+    assert seen[0] == 2
+
+    def run_backward(rank, callback):
+        a, b = weights[rank]
+        y, mean_in, var_in, bn_m, bn_v, count = outs[rank]
+        before = tk.LAUNCH_COUNT
+        grads = tk.backward(grad_y[halves[rank]], x[halves[rank]], mean_in, var_in,
+                            p['weight'], a, b, bn_m, bn_v, count, pool, groups, 'given', 1e-5,
+                            True, True, True, sync_grad=callback)
+        assert tk.LAUNCH_COUNT - before == 3
+        return grads
+
+    def record(rank):
+        def sync_grad(g_mu, g_v):
+            local_grads[rank] = (g_mu.clone(), g_v.clone())
+            return g_mu, g_v
+        return sync_grad
+
+    def summed(g_mu, g_v):
+        return (local_grads[0][0] + local_grads[1][0], local_grads[0][1] + local_grads[1][1])
+
+    for rank in (0, 1):
+        run_backward(rank, record(rank))
+    grads = [run_backward(rank, summed) for rank in (0, 1)]
+
+    dt = torch.float32
+    assert_close(torch.cat([o[0] for o in outs]), ref[0], dt, 'y')
+    for o in outs:
+        assert_close(o[3], ref[3], dt, 'bn_mean')
+        assert_close(o[4], ref[4], dt, 'bn_var')
+        assert o[5].tolist() == [float(n), float(n * length)]
+    assert_close(torch.cat([g[0] for g in grads]), ref[5][0], dt, 'grad_x')
+    assert_close(grads[0][1] + grads[1][1], ref[5][1], dt, 'grad_weight')
+    assert_close(grads[0][2] + grads[1][2], ref[5][2], dt, 'grad_bias')
+    for i, name in ((3, 'grad_a'), (4, 'grad_b')):
+        got = (torch.cat([g[i] for g in grads]) if per_sample else grads[0][i] + grads[1][i])
+        assert_close(got, ref[5][i], dt, name)
+
+
+def _args(x, pool=POOL3, bn_mode='batch', groups=1, a=None, weight=None):
+    c, k = x.shape[1], len(pool)
+    a = torch.zeros(k) if a is None else a
+    weight = torch.ones(c) if weight is None else weight
+    return (x, weight, torch.zeros(c), a, torch.zeros(k), torch.zeros(c), torch.ones(c), pool,
+            groups, bn_mode, 1e-5, True, True)
+
+
+@pytest.mark.parametrize('kwargs,error,match', [
+    (dict(pool=('IN', 'XN')), ValueError, "got \\('IN', 'XN'\\)"),
+    (dict(pool=('IN', 'IN')), ValueError, 'distinct'),
+    (dict(pool=POOL2), ValueError, "bn_mode='batch' does not fit pool"),
+    (dict(bn_mode='running'), ValueError, "got 'running'"),
+    (dict(pool=POOL4, groups=4), ValueError, 'divisor of the 6 channels.*got 4'),
+    (dict(a=torch.zeros(2, 3)), ValueError, r'shape \(3,\) \(shared\) or \(4, 3\).*got \(2, 3\)'),
+    (dict(weight=torch.ones(5)), ValueError, r'weight must be a floating-point \(6,\)'),
+])
+def test_bad_arguments_are_named(kwargs, error, match):
+    x = torch.randn(4, 6, 3, 3)
+    with pytest.raises(error, match=match):
+        tk.forward(*_args(x, **kwargs))
+
+
+def test_bad_inputs_are_named(monkeypatch):
+    with pytest.raises(TypeError, match='float64'):
+        tk.forward(*_args(torch.randn(2, 6, 3, 3, dtype=torch.float64)))
+    with pytest.raises(ValueError, match=r'more than 1 value per channel.*\(1, 6, 1, 1\)'):
+        tk.forward(*_args(torch.randn(1, 6, 1, 1)))
+    with pytest.raises(ValueError, match=r'non-empty spatial sizes, got shape \(2, 6, 0, 3\)'):
+        tk.forward(*_args(torch.randn(2, 6, 0, 3)))
+    monkeypatch.setattr(tk, 'INTERPRET', False)
+    with pytest.raises(RuntimeError, match='TRITON_INTERPRET=1'):
+        tk.forward(*_args(torch.randn(2, 6, 3, 3)))
+
+
+def test_importing_sn_mm_does_not_import_triton():
+    import subprocess
+    import sys
+    code = 'import sys, sn_mm, sn_mm.ops; assert "triton" not in sys.modules, "triton imported"'
+    subprocess.run([sys.executable, '-c', code], check=True)
