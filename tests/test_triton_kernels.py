@@ -4,11 +4,16 @@ Every case runs the kernels that will run on a GPU, value by value, on CPU tenso
 (``TRITON_INTERPRET=1``, set here before Triton is imported) and compares the forward,
 every gradient and the BN moments against an independent float64 autograd reference of
 the SN math written below. Skipped when Triton is not installed.
+
+On a GPU machine ``SN_MM_TRITON_TEST_DEVICE=cuda`` runs the same tests compiled on CUDA
+tensors instead (tools/gpu_check.sh does).
 """
 import math
 import os
 
-os.environ['TRITON_INTERPRET'] = '1'  # before triton (and the kernels) are imported
+DEVICE = os.environ.get('SN_MM_TRITON_TEST_DEVICE', 'cpu')
+if DEVICE == 'cpu':
+    os.environ['TRITON_INTERPRET'] = '1'  # before triton (and the kernels) are imported
 
 import pytest  # noqa: E402
 import torch  # noqa: E402
@@ -18,9 +23,16 @@ from torch.utils._python_dispatch import TorchDispatchMode  # noqa: E402
 
 from sn_mm.ops import triton_kernels as tk  # noqa: E402
 
-if not tk.INTERPRET:  # pragma: no cover - triton was imported before this module
+if DEVICE == 'cpu' and not tk.INTERPRET:  # pragma: no cover - imported before this module
     pytest.skip('sn_mm.ops.triton_kernels was imported without TRITON_INTERPRET=1',
                 allow_module_level=True)
+if DEVICE != 'cpu' and not torch.cuda.is_available():  # pragma: no cover
+    pytest.skip(f'SN_MM_TRITON_TEST_DEVICE={DEVICE} but no CUDA device', allow_module_level=True)
+
+
+def dev(t):
+    """``t`` on the device under test (keeps its memory format)."""
+    return None if t is None else t.to(DEVICE)
 
 POOL3 = ('IN', 'LN', 'BN')
 POOL2 = ('IN', 'LN')
@@ -120,14 +132,15 @@ def run_reference(x, params, given, grad_y, pool, groups, bn_mode, eps, unbiased
 
 def run_triton(x, params, given, grad_y, pool, groups, bn_mode, eps, unbiased, softmax,
                param_dtype=torch.float32):
-    p = {k: v.to(param_dtype) for k, v in params.items()}
-    bn_mean, bn_var = ((t.float() for t in given) if given is not None else (None, None))
+    p = {k: dev(v.to(param_dtype)) for k, v in params.items()}
+    bn_mean, bn_var = ((dev(t.float()) for t in given) if given is not None else (None, None))
+    x, grad_y = dev(x), dev(grad_y)
     out = tk.forward(x, p['weight'], p['bias'], p['a'], p['b'], bn_mean, bn_var, pool, groups,
                      bn_mode, eps, unbiased, softmax)
     y, mean_in, var_in, bn_m, bn_v, count = out
     grads = tk.backward(grad_y, x, mean_in, var_in, p['weight'], p['a'], p['b'], bn_m, bn_v,
                         count, pool, groups, bn_mode, eps, unbiased, softmax, True)
-    return out, grads
+    return [t.cpu() for t in out], [t.cpu() for t in grads]
 
 
 TOL = {torch.float32: (2e-4, 2e-4), torch.float16: (4e-3, 4e-3), torch.bfloat16: (2e-2, 2e-2)}
@@ -226,10 +239,11 @@ def test_moments_without_cancellation():
     g = torch.Generator().manual_seed(1)
     x = 300.0 + 0.1 * torch.randn(2, 3, 64, 50, generator=g)
     pool = POOL3
-    w, bias = torch.ones(3), torch.zeros(3)
-    logits = torch.zeros(3)
-    _, mean_in, var_in, bn_m, bn_v, _ = tk.forward(x, w, bias, logits, logits, None, None,
-                                                   pool, 1, 'batch', 1e-5, True, True)
+    w, bias = dev(torch.ones(3)), dev(torch.zeros(3))
+    logits = dev(torch.zeros(3))
+    out = tk.forward(dev(x), w, bias, logits, logits, None, None, pool, 1, 'batch', 1e-5, True,
+                     True)
+    _, mean_in, var_in, bn_m, bn_v, _ = [t.cpu() for t in out]
     x64 = x.double().reshape(2, 3, -1)
     torch.testing.assert_close(var_in.double(), x64.var(-1, unbiased=False), rtol=1e-4, atol=0)
     torch.testing.assert_close(mean_in.double(), x64.mean(-1), rtol=1e-6, atol=0)
@@ -281,8 +295,9 @@ def test_three_launches_each_way_and_no_other_device_work(pool, bn_mode, per_sam
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
         grad_y = grad_y.contiguous(memory_format=torch.channels_last)
-    p = {k: v.float() for k, v in params.items()}
-    bn_mean, bn_var = (t.float() for t in given) if given else (None, None)
+    p = {k: dev(v.float()) for k, v in params.items()}
+    bn_mean, bn_var = (dev(t.float()) for t in given) if given else (None, None)
+    x, grad_y = dev(x), dev(grad_y)
     with _AtenOutsideLaunches() as mode:
         before = tk.LAUNCH_COUNT
         out = tk.forward(x, p['weight'], p['bias'], p['a'], p['b'], bn_mean, bn_var, pool, 2,
@@ -299,12 +314,13 @@ def test_three_launches_each_way_and_no_other_device_work(pool, bn_mode, per_sam
 
 def test_no_input_grad_skips_the_input_pass():
     x, params, given, grad_y = make_case((2, 4, 3, 3), POOL3, 'batch', False, torch.float32)
-    p = {k: v.float() for k, v in params.items()}
-    out = tk.forward(x, p['weight'], p['bias'], p['a'], p['b'], None, None, POOL3, 1, 'batch',
+    p = {k: dev(v.float()) for k, v in params.items()}
+    out = tk.forward(dev(x), p['weight'], p['bias'], p['a'], p['b'], None, None, POOL3, 1, 'batch',
                      1e-5, True, True)
     before = tk.LAUNCH_COUNT
-    grads = tk.backward(grad_y, x, out[1], out[2], p['weight'], p['a'], p['b'], out[3], out[4],
-                        out[5], POOL3, 1, 'batch', 1e-5, True, True, False)
+    grads = tk.backward(dev(grad_y), dev(x), out[1], out[2], p['weight'], p['a'], p['b'],
+                        out[3], out[4], out[5], POOL3, 1, 'batch', 1e-5, True, True, False)
+    grads = [t.cpu() for t in grads]
     assert tk.LAUNCH_COUNT - before == 2 and grads[0].numel() == 0
     ref = run_reference(x, params, given, grad_y, POOL3, 1, 'batch', 1e-5, True, True)
     for name, got, want in zip(('weight', 'bias', 'a', 'b'), grads[1:], ref[5][1:]):
@@ -326,7 +342,8 @@ def test_sync_callbacks_equal_the_union_batch(pool, per_sample, channels_last):
     if channels_last:
         x = x.contiguous(memory_format=torch.channels_last)
     ref = run_reference(x, params, None, grad_y, pool, groups, 'batch', 1e-5, True, True)
-    p = {k: v.float() for k, v in params.items()}
+    p = {k: dev(v.float()) for k, v in params.items()}
+    x, grad_y = dev(x), dev(grad_y)
     halves = [slice(0, 2), slice(2, 5)]
     weights = [(p['a'][h], p['b'][h]) if per_sample else (p['a'], p['b']) for h in halves]
     local, local_grads, seen = [None, None], [None, None], [0]
@@ -334,7 +351,7 @@ def test_sync_callbacks_equal_the_union_batch(pool, per_sample, channels_last):
     def collect(rank):
         def sync_moments(mean_in, u):
             local[rank] = (mean_in.clone(), u.clone())
-            return torch.zeros(c), torch.ones(c), torch.zeros(2)
+            return dev(torch.zeros(c)), dev(torch.ones(c)), dev(torch.zeros(2))
         return sync_moments
 
     def union(mean_in, u):
@@ -343,7 +360,7 @@ def test_sync_callbacks_equal_the_union_batch(pool, per_sample, channels_last):
         uu = torch.cat([local[0][1], local[1][1]]).double()
         mu = m.mean(0)
         var = uu.mean(0) + (m - mu).square().mean(0)
-        return mu.float(), var.float(), torch.tensor([float(n), float(n * length)])
+        return mu.float(), var.float(), dev(torch.tensor([float(n), float(n * length)]))
 
     def run_forward(rank, callback):
         a, b = weights[rank]
@@ -376,7 +393,8 @@ def test_sync_callbacks_equal_the_union_batch(pool, per_sample, channels_last):
 
     for rank in (0, 1):
         run_backward(rank, record(rank))
-    grads = [run_backward(rank, summed) for rank in (0, 1)]
+    grads = [[t.cpu() for t in run_backward(rank, summed)] for rank in (0, 1)]
+    outs = [[t.cpu() for t in o] for o in outs]
 
     dt = torch.float32
     assert_close(torch.cat([o[0] for o in outs]), ref[0], dt, 'y')
@@ -396,8 +414,8 @@ def _args(x, pool=POOL3, bn_mode='batch', groups=1, a=None, weight=None):
     c, k = x.shape[1], len(pool)
     a = torch.zeros(k) if a is None else a
     weight = torch.ones(c) if weight is None else weight
-    return (x, weight, torch.zeros(c), a, torch.zeros(k), torch.zeros(c), torch.ones(c), pool,
-            groups, bn_mode, 1e-5, True, True)
+    return tuple(dev(t) for t in (x, weight, torch.zeros(c), a, torch.zeros(k), torch.zeros(c),
+                                  torch.ones(c))) + (pool, groups, bn_mode, 1e-5, True, True)
 
 
 @pytest.mark.parametrize('kwargs,error,match', [
@@ -424,7 +442,7 @@ def test_bad_inputs_are_named(monkeypatch):
         tk.forward(*_args(torch.randn(2, 6, 0, 3)))
     monkeypatch.setattr(tk, 'INTERPRET', False)
     with pytest.raises(RuntimeError, match='TRITON_INTERPRET=1'):
-        tk.forward(*_args(torch.randn(2, 6, 3, 3)))
+        tk.forward(torch.randn(2, 6, 3, 3), *_args(torch.randn(2, 6, 3, 3))[1:])
 
 
 def test_importing_sn_mm_does_not_import_triton():
@@ -432,3 +450,15 @@ def test_importing_sn_mm_does_not_import_triton():
     import sys
     code = 'import sys, sn_mm, sn_mm.ops; assert "triton" not in sys.modules, "triton imported"'
     subprocess.run([sys.executable, '-c', code], check=True)
+
+
+def test_kernels_compile_for_the_gpu_without_one():
+    """Triton's GPU compiler (to an sm_90 cubin, bundled ptxas) accepts every kernel."""
+    import subprocess
+    import sys
+    env = {k: v for k, v in os.environ.items() if k != 'TRITON_INTERPRET'}
+    tool = os.path.join(os.path.dirname(__file__), '..', 'tools', 'triton_compile_check.py')
+    result = subprocess.run([sys.executable, tool, '--quick', '--arch', '90'], env=env,
+                            capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert '12 specializations x 1 targets, 0 failed' in result.stdout, result.stdout
