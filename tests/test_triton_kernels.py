@@ -234,6 +234,29 @@ def test_edge_shapes(case):
     check_case(**EDGE_CASES[case])
 
 
+@pytest.mark.parametrize('layout', ['sliced W (one spatial stride)', 'cropped W (copied)',
+                                    'channels_last x, contiguous grad'])
+def test_other_strides(layout):
+    """Views and mixed layouts: results equal the reference; a cropped view is copied once."""
+    pool, shape = POOL3, (2, 5, 6, 8)
+    x, params, given, grad_y = make_case(shape, pool, 'batch', False, torch.float32, seed=5)
+    if layout.startswith('sliced'):
+        x, grad_y = x[..., ::2], grad_y[..., ::2]
+    elif layout.startswith('cropped'):
+        x, grad_y = x[..., :3], grad_y[..., :3]
+    else:
+        x = x.contiguous(memory_format=torch.channels_last)
+    assert not x.is_contiguous() or layout.startswith('channels_last')
+    ref = run_reference(x, params, given, grad_y, pool, 1, 'batch', 1e-5, True, True)
+    (y, *_), grads = run_triton(x, params, given, grad_y, pool, 1, 'batch', 1e-5, True, True)
+    assert_close(y, ref[0], torch.float32, 'y')
+    for name, got, want in zip(('x', 'weight', 'bias', 'a', 'b'), grads, ref[5]):
+        assert_close(got, want, torch.float32, name)
+    if layout.startswith('channels_last'):
+        assert y.is_contiguous(memory_format=torch.channels_last)
+        assert grads[0].is_contiguous(memory_format=torch.channels_last)
+
+
 def test_moments_without_cancellation():
     """A large offset against a small spread: the blockwise Chan merge keeps the variance."""
     g = torch.Generator().manual_seed(1)
