@@ -6,7 +6,7 @@ values on CPU; it does not check that Triton's GPU compiler accepts them. This t
 launches *recorded* instead of executed, derives each launch's signature as Triton's
 launcher would (tensor dtypes, 32/64-bit integers, integers equal to 1 specialized), and
 compiles it with ``triton.compile`` down to a cubin for each target (bundled ptxas; no GPU,
-no CUDA driver needed).
+no CUDA driver needed), and reports the registers and spills ``ptxas -v`` finds.
 
     python tools/triton_compile_check.py [--arch 90 80] [--quick]
 
@@ -14,7 +14,10 @@ Prints one line per kernel specialization and exits non-zero if one fails to com
 """
 import argparse
 import os
+import re
+import subprocess
 import sys
+import tempfile
 import time
 
 if os.environ.get('TRITON_INTERPRET', '0') not in ('', '0'):
@@ -41,6 +44,8 @@ def _configs(quick: bool):
     if not quick:
         configs += [
             ((2, 8, 56, 56), torch.float32, False, ('IN', 'LN'), 'none', False, False, False),
+            ((512, 256, 7, 7), torch.float16, False, ('IN', 'LN', 'BN'), 'batch', False, True,
+             False),
             ((1, 2, 200, 272), torch.float16, False, ('IN', 'LN', 'BN'), 'batch', False, True,
              False),
             ((4, 64, 14, 14), torch.bfloat16, True, ('IN', 'LN', 'BN'), 'given', True, True,
@@ -102,6 +107,29 @@ def signature(kernel, args, meta):
     return {n: sig[n] for n in names}, constexprs, options
 
 
+def registers(ptx: str, arch: int) -> str:
+    """``'N regs, S B spilled'`` from the bundled ptxas's verbose output ('' if unavailable)."""
+    bin_dir = os.path.join(os.path.dirname(triton.__file__), 'backends', 'nvidia', 'bin')
+    with tempfile.TemporaryDirectory() as tmp:
+        path = os.path.join(tmp, 'k.ptx')
+        with open(path, 'w') as f:
+            f.write(ptx)
+        for name in ('ptxas-blackwell', 'ptxas'):  # the one that knows this PTX version
+            exe = os.path.join(bin_dir, name)
+            if not os.path.exists(exe):
+                continue
+            target = re.search(r'^\.target\s+(sm_\w+)', ptx, re.M)  # e.g. sm_90a
+            out = subprocess.run([exe, f'-arch={target.group(1) if target else f"sm_{arch}"}',
+                                  '-v', path, '-o',
+                                  os.path.join(tmp, 'k.cubin')], capture_output=True, text=True)
+            text = out.stdout + out.stderr
+            regs = re.search(r'Used (\d+) registers', text)
+            spills = re.findall(r'(\d+) bytes spill (?:stores|loads)', text)
+            if out.returncode == 0 and regs:
+                return f'{regs.group(1)} regs, {sum(map(int, spills))} B spill stores+loads'
+    return ''
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument('--arch', type=int, nargs='+', default=[90, 80],
@@ -120,7 +148,9 @@ def main(argv=None) -> int:
             try:
                 compiled = triton.compile(ASTSource(fn=kernel, signature=sig, constexprs=constexprs),
                                           target=GPUTarget('cuda', arch, 32), options=options)
-                status = f'ok   cubin {len(compiled.asm["cubin"])} B'
+                status = (f'ok   cubin {len(compiled.asm["cubin"])} B, '
+                          f'{options.get("num_warps", 4)} warps, '
+                          f'{registers(compiled.asm["ptx"], arch)}')
             except Exception as error:  # report every failure, then exit non-zero
                 failures += 1
                 status = f'FAIL {type(error).__name__}: {str(error).splitlines()[0][:200]}'

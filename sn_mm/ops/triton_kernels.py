@@ -98,6 +98,7 @@ IN_LAUNCH = False
 _TARGET_PROGRAMS = 512  # aim for this many programs in the row passes (about 4 per SM)
 _MAX_CHUNKS = 64        # at most this many partials per row
 _MIX_WARPS = 8
+_ROW_WARPS = 8  # row passes: 2048-value tiles, 8 values per thread (ptxas: no spills, sm_90)
 
 
 def _launch(kernel, grid, *args, **meta) -> None:
@@ -815,7 +816,7 @@ def forward(x: Tensor, weight: Tensor, bias: Tensor, a: Tensor, b: Tensor,
     if N:
         _launch(_moments_kernel, (N * triton.cdiv(C, block_c), parts), x, pmean, pvar, u,
                 N, C, L, chunk, s_n, s_c, s_l, factor, WRITE_U=sync_moments is not None,
-                BLOCK_C=block_c, BLOCK_L=block_l)
+                BLOCK_C=block_c, BLOCK_L=block_l, num_warps=_ROW_WARPS)
     count = torch.empty(2, **f32)
     if sync_moments is not None:
         bn_mean, bn_var, count = sync_moments(mean_in, u)
@@ -849,7 +850,7 @@ def forward(x: Tensor, weight: Tensor, bias: Tensor, a: Tensor, b: Tensor,
     if y.numel():
         _launch(_affine_kernel, (N * triton.cdiv(C, block_c) * triton.cdiv(L, block_l),),
                 x, y, scale, shift, N, C, L, s_n, s_c, s_l, t_n, t_c, t_l,
-                BLOCK_C=block_c, BLOCK_L=block_l)
+                BLOCK_C=block_c, BLOCK_L=block_l, num_warps=_ROW_WARPS)
     return y, mean_in, var_in, bnm_out, bnv_out, count
 
 
@@ -904,7 +905,7 @@ def backward(grad_y: Tensor, x: Tensor, mean_in: Tensor, var_in: Tensor, weight:
     if N:
         _launch(_grad_sums_kernel, (N * triton.cdiv(C, block_c), parts), grad_y, x, mean_in,
                 psum, ptot, N, C, L, chunk, q_n, q_c, q_l, s_n, s_c, s_l,
-                BLOCK_C=block_c, BLOCK_L=block_l)
+                BLOCK_C=block_c, BLOCK_L=block_l, num_warps=_ROW_WARPS)
     cpg = C // groups
     gn_size = N * groups if idx['GN'] >= 0 else 0
     scratch = [torch.empty(gn_size, **f32) for _ in range(4)]
@@ -944,7 +945,7 @@ def backward(grad_y: Tensor, x: Tensor, mean_in: Tensor, var_in: Tensor, weight:
                 grad_y, x, grad_x, mean_in, scale, kcoef, ccoef, g_mu, g_v, bnm,
                 bn_count if add_bn else mean_in, N, C, L, factor,
                 q_n, q_c, q_l, s_n, s_c, s_l, t_n, t_c, t_l,
-                ADD_BN=add_bn, BLOCK_C=block_c, BLOCK_L=block_l)
+                ADD_BN=add_bn, BLOCK_C=block_c, BLOCK_L=block_l, num_warps=_ROW_WARPS)
     return grad_x, grad_weight, grad_bias, grad_a, grad_b
 
 
