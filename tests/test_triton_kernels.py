@@ -485,3 +485,27 @@ def test_kernels_compile_for_the_gpu_without_one():
                             capture_output=True, text=True, timeout=600)
     assert result.returncode == 0, result.stdout + result.stderr
     assert '12 specializations x 1 targets, 0 failed' in result.stdout, result.stdout
+
+
+@pytest.mark.parametrize('pool,torch_norm', [
+    (('BN',), lambda x, w, b: torch.nn.functional.batch_norm(x, None, None, w, b, True, 0.0,
+                                                             1e-5)),
+    (('IN',), lambda x, w, b: torch.nn.functional.instance_norm(x, weight=w, bias=b, eps=1e-5)),
+    (('LN',), lambda x, w, b: torch.nn.functional.group_norm(x, 1, w, b, 1e-5)),
+    (('GN',), lambda x, w, b: torch.nn.functional.group_norm(x, 3, w, b, 1e-5)),
+], ids=['BN', 'IN', 'LN', 'GN'])
+def test_single_branch_pools_equal_torch_norms(pool, torch_norm):
+    """With one branch (biased variances) SN is BatchNorm, InstanceNorm, LayerNorm or GroupNorm."""
+    x, params, _, grad_y = make_case((4, 6, 5, 3), pool, 'batch' if pool == ('BN',) else 'none',
+                                     False, torch.float32, seed=7)
+    x64 = x.double().requires_grad_()
+    w64 = params['weight'].clone().requires_grad_()
+    b64 = params['bias'].clone().requires_grad_()
+    want = torch_norm(x64, w64, b64)
+    want_grads = torch.autograd.grad(want, [x64, w64, b64], grad_y.double())
+    (y, *_), grads = run_triton(x, params, None, grad_y, pool, 3,
+                                'batch' if pool == ('BN',) else 'none', 1e-5, False, True)
+    assert_close(y, want.detach(), torch.float32, 'y')
+    for name, got, ref in zip(('x', 'weight', 'bias'), grads, want_grads):
+        assert_close(got, ref, torch.float32, name)
+    assert grads[3].abs().max() < 1e-6 and grads[4].abs().max() < 1e-6  # softmax of one logit
