@@ -226,6 +226,7 @@ EDGE_CASES = {
     'GN = LN group': dict(shape=(2, 12, 3, 3), pool=POOL4, groups=1),
     'many tiles in the mixing program': dict(shape=(33, 300, 2, 2), pool=POOL4, groups=3,
                                              per_sample=True),
+    'LN/GN over several channel tiles': dict(shape=(3, 600, 1, 2), pool=POOL4, groups=2),
 }
 
 

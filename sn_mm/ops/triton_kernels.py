@@ -140,8 +140,9 @@ def _pooled_moments(mean_ptr, var_ptr, gnm_ptr, gnv_ptr, rn, N, C, G, CPG, facto
                     STORE_GN: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr):
     """LN moments ``[BLOCK_N]`` of samples ``rn``; GN moments stored to ``(N, G)`` scratch.
 
-    Each group's mean and variance take two passes over its channels; the groups are
-    merged into LN exactly (Chan et al.), so LN needs no pass of its own.
+    One pass over each group's channels: every tile's own mean and M2 (in registers) are
+    merged into the group's (Chan et al.), and the groups into LN the same way, so there
+    is no ``E[x^2] - E[x]^2`` and LN needs no pass of its own.
     """
     nm = rn < N
     offs_c = tl.arange(0, BLOCK_C)
@@ -149,24 +150,23 @@ def _pooled_moments(mean_ptr, var_ptr, gnm_ptr, gnv_ptr, rn, N, C, G, CPG, facto
     ln_m2 = tl.zeros([BLOCK_N], dtype=tl.float32)
     ln_su = tl.zeros([BLOCK_N], dtype=tl.float32)
     for g in range(G):
-        total = tl.zeros([BLOCK_N], dtype=tl.float32)
-        for c0 in range(0, CPG, BLOCK_C):
-            rc = g * CPG + c0 + offs_c
-            mask = nm[:, None] & ((c0 + offs_c) < CPG)[None, :]
-            m = tl.load(mean_ptr + rn[:, None] * C + rc[None, :], mask=mask, other=0.0)
-            total += tl.sum(m, axis=1)
-        gmean = total / CPG
-        su = tl.zeros([BLOCK_N], dtype=tl.float32)
+        gmean = tl.zeros([BLOCK_N], dtype=tl.float32)
         sd = tl.zeros([BLOCK_N], dtype=tl.float32)
+        su = tl.zeros([BLOCK_N], dtype=tl.float32)
         for c0 in range(0, CPG, BLOCK_C):
             rc = g * CPG + c0 + offs_c
             mask = nm[:, None] & ((c0 + offs_c) < CPG)[None, :]
             off = rn[:, None] * C + rc[None, :]
             m = tl.load(mean_ptr + off, mask=mask, other=0.0)
             v = tl.load(var_ptr + off, mask=mask, other=0.0)
-            d = tl.where(mask, m - gmean[:, None], 0.0)
+            nb = tl.minimum(CPG - c0, BLOCK_C) * 1.0
+            na = c0 * 1.0
+            bmean = tl.sum(m, axis=1) / nb
+            d = tl.where(mask, m - bmean[:, None], 0.0)
+            delta = bmean - gmean
+            gmean += delta * (nb / (na + nb))
+            sd += tl.sum(d * d, axis=1) + delta * delta * (na * nb / (na + nb))
             su += tl.sum(v, axis=1) * factor
-            sd += tl.sum(d * d, axis=1)
         if STORE_GN:
             tl.store(gnm_ptr + rn * G + g, gmean, mask=nm)
             tl.store(gnv_ptr + rn * G + g, (su + sd) / CPG, mask=nm)
@@ -284,8 +284,8 @@ def _mix_forward_kernel(
         BLOCK_N: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
     """K2 (one program): the whole ``(N, C)`` mixing step, looping over tiles.
 
-    1. merge the chunk partials of K1 (``MERGE``); 2. BN moments: batch (two passes over
-    the samples), or a float32 copy of the given ones, and ``count = [N, N L]`` or zeros;
+    1. merge the chunk partials of K1 (``MERGE``); 2. BN moments: batch (one pass over the
+    samples, tiles merged exactly), or a float32 copy of the given ones, and ``count = [N, N L]`` or zeros;
     3. per block of samples: LN/GN moments, then per tile the mixture, ``scale``, ``shift``.
     """
     offs_n = tl.arange(0, BLOCK_N)
@@ -300,24 +300,26 @@ def _mix_forward_kernel(
         for c0 in range(0, C, BLOCK_C):
             rc = c0 + offs_c
             cm = rc < C
-            total = tl.zeros([BLOCK_C], dtype=tl.float32)
-            for n0 in range(0, N, BLOCK_N):
-                rn = n0 + offs_n
-                mask = (rn < N)[:, None] & cm[None, :]
-                total += tl.sum(tl.load(mean_ptr + rn[:, None] * C + rc[None, :], mask=mask,
-                                        other=0.0), axis=0)
-            bmean = total / N
-            acc = tl.zeros([BLOCK_C], dtype=tl.float32)
+            # one pass over the samples, tiles merged exactly (Chan et al.)
+            bmean = tl.zeros([BLOCK_C], dtype=tl.float32)
+            m2 = tl.zeros([BLOCK_C], dtype=tl.float32)
+            su = tl.zeros([BLOCK_C], dtype=tl.float32)
             for n0 in range(0, N, BLOCK_N):
                 rn = n0 + offs_n
                 mask = (rn < N)[:, None] & cm[None, :]
                 off = rn[:, None] * C + rc[None, :]
                 m = tl.load(mean_ptr + off, mask=mask, other=0.0)
                 v = tl.load(var_ptr + off, mask=mask, other=0.0)
-                d = tl.where(mask, m - bmean[None, :], 0.0)
-                acc += tl.sum(v * factor + d * d, axis=0)
+                nb = tl.minimum(N - n0, BLOCK_N) * 1.0
+                na = n0 * 1.0
+                tmean = tl.sum(m, axis=0) / nb
+                d = tl.where(mask, m - tmean[None, :], 0.0)
+                delta = tmean - bmean
+                bmean += delta * (nb / (na + nb))
+                m2 += tl.sum(d * d, axis=0) + delta * delta * (na * nb / (na + nb))
+                su += tl.sum(v, axis=0) * factor
             tl.store(bnm_ptr + rc, bmean, mask=cm)
-            tl.store(bnv_ptr + rc, acc / N, mask=cm)
+            tl.store(bnv_ptr + rc, (su + m2) / N, mask=cm)
         tl.store(count_ptr + two, tl.where(two == 0, N * 1.0, (N * 1.0) * L))
     else:
         tl.store(count_ptr + two, tl.zeros([2], dtype=tl.float32))
