@@ -93,7 +93,7 @@ def signature(kernel, args, meta):
         elif isinstance(value, bool):
             sig[name] = 'i1'
         elif isinstance(value, int):
-            if value == 1:  # Triton specializes integer arguments equal to 1
+            if value == 1 and name not in kernel.do_not_specialize:  # Triton specializes 1
                 sig[name], constexprs[name] = 'constexpr', 1
             else:
                 sig[name] = 'i32' if -2**31 <= value < 2**31 else 'i64'

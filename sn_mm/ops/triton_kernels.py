@@ -98,6 +98,9 @@ IN_LAUNCH = False
 _TARGET_PROGRAMS = 512  # aim for this many programs in the row passes (about 4 per SM)
 _MAX_CHUNKS = 64        # at most this many partials per row
 _MIX_WARPS = 8
+#: Arguments Triton must not specialize (on the value 1 or on divisibility by 16): the
+#: batch size changes from call to call (RoI heads), and each specialization compiles anew.
+_VARYING = ('N',)
 _ROW_WARPS = 8  # row passes: 2048-value tiles, 8 values per thread (ptxas: no spills, sm_90)
 
 
@@ -204,7 +207,7 @@ def _mixture(m, u, rn, rc, nm, cm, ln_mean, ln_var, gn_mean, gn_var, bnm_ptr, bn
 
 
 # ============================================================== forward kernels
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING)
 def _moments_kernel(x_ptr, mean_ptr, var_ptr, u_ptr, N, C, L, chunk, s_n, s_c, s_l, factor,
                     WRITE_U: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     """K1: mean and biased variance of chunk ``p`` of each row, for a tile of channels.
@@ -272,7 +275,7 @@ def _merge_partials(mean_ptr, var_ptr, pmean_ptr, pvar_ptr, N, C, L, P, chunk,
             tl.store(var_ptr + off, m2 / L, mask=mask)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING)
 def _mix_forward_kernel(
         mean_ptr, var_ptr, pmean_ptr, pvar_ptr,
         w_ptr, bias_ptr, s_w, s_bias, a_ptr, s_an, s_ak, b_ptr, s_bn, s_bk,
@@ -367,7 +370,7 @@ def _mix_forward_kernel(
         tl.debug_barrier()
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING)
 def _affine_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, N, C, L, s_n, s_c, s_l, t_n, t_c, t_l,
                    BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     """K3: ``y = scale[n, c] x + shift[n, c]`` on one ``[BLOCK_C, BLOCK_L]`` tile."""
@@ -393,7 +396,7 @@ def _affine_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, N, C, L, s_n, s_c, s_l, t
 
 
 # ============================================================== backward kernels
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING)
 def _grad_sums_kernel(g_ptr, x_ptr, mean_ptr, s_ptr, t_ptr, N, C, L, chunk,
                       q_n, q_c, q_l, s_n, s_c, s_l,
                       BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
@@ -466,7 +469,7 @@ def _onehot(kidx, k: tl.constexpr, vec):
     return tl.where(kidx[None, :] == k, vec[:, None], 0.0)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING)
 def _mix_backward_kernel(
         ps_ptr, pt_ptr, mean_ptr, var_ptr, w_ptr, s_w, a_ptr, s_an, s_ak, b_ptr, s_bn, s_bk,
         bnm_ptr, bnv_ptr,
@@ -628,7 +631,7 @@ def _mix_backward_kernel(
                  mask=cm)
 
 
-@triton.jit
+@triton.jit(do_not_specialize=_VARYING)
 def _input_grad_kernel(g_ptr, x_ptr, dx_ptr, mean_ptr, scale_ptr, k_ptr, c_ptr, gmu_ptr, gv_ptr,
                        bnm_ptr, count_ptr, N, C, L, factor,
                        q_n, q_c, q_l, s_n, s_c, s_l, t_n, t_c, t_l,
