@@ -510,3 +510,68 @@ def test_single_branch_pools_equal_torch_norms(pool, torch_norm):
     for name, got, ref in zip(('x', 'weight', 'bias'), grads, want_grads):
         assert_close(got, ref, torch.float32, name)
     assert grads[3].abs().max() < 1e-6 and grads[4].abs().max() < 1e-6  # softmax of one logit
+
+
+def _sync_worker(rank, world_size, init_file, batches, pool, per_sample, out_dir):
+    """One rank of a 2-process gloo SyncSN run through the kernels and sn_mm's collectives."""
+    import torch.distributed as dist
+    from sn_mm.ops import mixing
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
+                            world_size=world_size)
+    calls = [0]
+    real_all_reduce = dist.all_reduce
+
+    def counting_all_reduce(*args, **kwargs):
+        calls[0] += 1
+        return real_all_reduce(*args, **kwargs)
+
+    dist.all_reduce = counting_all_reduce
+    try:
+        shape = (sum(batches), 6, 4, 3)
+        x, params, _, grad_y = make_case(shape, pool, 'batch', per_sample, torch.float32,
+                                         seed=11)
+        start, stop = sum(batches[:rank]), sum(batches[:rank + 1])
+        p = {k: v.float() for k, v in params.items()}
+        a, b = (p['a'][start:stop], p['b'][start:stop]) if per_sample else (p['a'], p['b'])
+        length = 12
+        out = tk.forward(x[start:stop], p['weight'], p['bias'], a, b, None, None, pool, 2,
+                         'given', 1e-5, True, True,
+                         sync_moments=lambda m, u: mixing.sync_batch_moments(m, u, length, 1))
+        forward_calls = calls[0]
+        grads = tk.backward(grad_y[start:stop], x[start:stop], out[1], out[2], p['weight'], a,
+                            b, out[3], out[4], out[5], pool, 2, 'given', 1e-5, True, True,
+                            True, sync_grad=lambda gm, gv: mixing.sync_bn_grad(gm, gv, 1))
+        torch.save(dict(out=out, grads=grads, forward_calls=forward_calls,
+                        backward_calls=calls[0] - forward_calls),
+                   os.path.join(out_dir, f'rank{rank}.pt'))
+    finally:
+        dist.all_reduce = real_all_reduce
+        dist.destroy_process_group()
+
+
+@pytest.mark.skipif(DEVICE != 'cpu', reason='gloo on CPU tensors')
+@pytest.mark.parametrize('batches,pool,per_sample', [((3, 2), POOL3, False),
+                                                     ((0, 4), POOL4, True)])
+def test_sync_sn_in_two_processes_equals_the_union_batch(tmp_path, batches, pool, per_sample):
+    """2-process gloo: sn_mm's own collectives as the callbacks, one each way, empty rank too."""
+    import torch.multiprocessing as mp
+    mp.spawn(_sync_worker, args=(2, str(tmp_path / 'init'), batches, pool, per_sample,
+                                 str(tmp_path)), nprocs=2, join=True)
+    shape = (sum(batches), 6, 4, 3)
+    x, params, _, grad_y = make_case(shape, pool, 'batch', per_sample, torch.float32, seed=11)
+    ref = run_reference(x, params, None, grad_y, pool, 2, 'batch', 1e-5, True, True)
+    ranks = [torch.load(tmp_path / f'rank{r}.pt') for r in (0, 1)]
+    dt = torch.float32
+    for r in ranks:
+        assert r['forward_calls'] == 1 and r['backward_calls'] == 1
+        assert_close(r['out'][3], ref[3], dt, 'bn_mean')
+        assert_close(r['out'][4], ref[4], dt, 'bn_var')
+        assert r['out'][5].tolist() == [float(sum(batches)), float(sum(batches) * 12)]
+    assert_close(torch.cat([r['out'][0] for r in ranks]), ref[0], dt, 'y')
+    assert_close(torch.cat([r['grads'][0] for r in ranks]), ref[5][0], dt, 'grad_x')
+    for i, name in ((1, 'grad_weight'), (2, 'grad_bias')):
+        assert_close(ranks[0]['grads'][i] + ranks[1]['grads'][i], ref[5][i], dt, name)
+    for i, name in ((3, 'grad_a'), (4, 'grad_b')):
+        got = (torch.cat([r['grads'][i] for r in ranks]) if per_sample
+               else ranks[0]['grads'][i] + ranks[1]['grads'][i])
+        assert_close(got, ref[5][i], dt, name)

@@ -67,6 +67,13 @@ converted per tile; every statistic and coefficient is float32; ``y`` and ``grad
 written in ``x``'s dtype; parameter gradients in each parameter's dtype. (Triton's
 interpreter rounds float32 to bfloat16 by truncation, the GPU to nearest: one bf16 ulp.)
 
+Wiring (the op layer): a CUDA kernel of the SN op calls :func:`forward` and, in its
+backward, :func:`backward` with what forward returned; SyncSN passes ``bn_mode='given'``
+with ``sync_moments=lambda m, u: sync_batch_moments(m, u, L, group)`` and
+``sync_grad=lambda gm, gv: sync_bn_grad(gm, gv, group)`` (:mod:`sn_mm.ops.mixing`), which
+keeps its one collective each way. CPU tensors work only when ``TRITON_INTERPRET=1`` was set
+before this module was imported (:data:`INTERPRET`); otherwise a clear error is raised.
+
 Memory format: the kernels address ``x`` through its strides ``(sN, sC, sL)``, which
 covers contiguous and channels_last (2D, 3D) inputs and any layout whose spatial
 dimensions collapse to one stride; ``y`` and ``grad_x`` are ``empty_like(x)`` (the input's
