@@ -8,7 +8,10 @@ rotated — and, from one profiled step each, the time spent in the norm layers 
 (the step time is dominated by convolutions and RoIAlign, whose run-to-run noise on a
 shared CPU is larger than the whole difference between the norms).
 
-    python bench/bench_mask_rcnn.py [--size 384] [--steps 6] [--batch 2]
+    python bench/bench_mask_rcnn.py [--size 384] [--steps 6] [--batch 2] [--device cuda]
+
+On CUDA the steps are synchronized, and each norm's peak memory of one step
+(``torch.cuda.max_memory_allocated``) is printed too.
 """
 import argparse
 import copy
@@ -55,6 +58,22 @@ def build(norm_cfg):
     return model
 
 
+def sync(device):
+    if device.type == 'cuda':
+        torch.cuda.synchronize()
+
+
+def peak_mib(step, device):
+    """Peak CUDA memory of one training step, MiB (None on CPU)."""
+    if device.type != 'cuda':
+        return None
+    sync(device)
+    torch.cuda.reset_peak_memory_stats()
+    step()
+    sync(device)
+    return torch.cuda.max_memory_allocated() / 2**20
+
+
 def make_step(model, size, batch):
     from mmdet.testing import demo_mm_inputs
     packed = demo_mm_inputs(batch_size=batch, image_shapes=[(3, size, size)] * batch,
@@ -76,28 +95,39 @@ def main():
     parser.add_argument('--size', type=int, default=384)
     parser.add_argument('--steps', type=int, default=6)
     parser.add_argument('--batch', type=int, default=2)
+    parser.add_argument('--device', default='cpu', choices=['cpu', 'cuda'])
     args = parser.parse_args()
+    device = torch.device(args.device)
     init_default_scope('mmdet')
     torch.manual_seed(0)
-    steps = {name: make_step(build(cfg), args.size, args.batch) for name, cfg in NORMS.items()}
+    steps = {name: make_step(build(cfg).to(device), args.size, args.batch)
+             for name, cfg in NORMS.items()}
     for step in steps.values():  # warm-up
         step()
     names = list(steps)
     times = {name: [] for name in names}
     for i in range(args.steps):  # interleaved, order rotated every round
         for name in names[i % len(names):] + names[:i % len(names)]:
+            sync(device)
             start = time.perf_counter()
             steps[name]()
+            sync(device)
             times[name].append(time.perf_counter() - start)
     med = {name: statistics.median(t) for name, t in times.items()}
     own = {name: norm_time_in_step(steps[name], name) for name in names}
+    peaks = {name: peak_mib(steps[name], device) for name in names}
+    where = (torch.cuda.get_device_name() if device.type == 'cuda'
+             else f'{platform.machine()}, {torch.get_num_threads()} threads')
     print(f'# Mask R-CNN R50-FPN training step, {args.batch}x{args.size}x{args.size}, '
-          f'torch {torch.__version__}, {platform.machine()}, {torch.get_num_threads()} threads, '
+          f'torch {torch.__version__}, {where}, '
           f'median of {args.steps} interleaved steps (order rotated)')
-    print('| norm everywhere | s/step | ratio to GN | norm layers\' own s/step (profiled) |')
-    print('|---|---|---|---|')
+    cuda = device.type == 'cuda'
+    print('| norm everywhere | s/step | ratio to GN | norm layers\' own s/step (profiled) |'
+          + (' peak MiB |' if cuda else ''))
+    print('|---|---|---|---|' + ('---|' if cuda else ''))
     for name, t in med.items():
-        print(f'| {name} | {t:.2f} | {t / med["GN"]:.2f} | {own[name]:.2f} |')
+        print(f'| {name} | {t:.2f} | {t / med["GN"]:.2f} | {own[name]:.2f} |'
+              + (f' {peaks[name]:.0f} |' if cuda else ''))
     print()
     print("Norm layers' own time: forward+backward of the norm ops alone in one profiled step "
           '(torch.profiler, inclusive CPU time of ' + '; '.join(

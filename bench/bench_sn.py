@@ -13,7 +13,13 @@ reference), and a ``torch.compile``'d ResNet-50 forward+backward with SN
 against the same network with BatchNorm.
 
     python bench/bench_sn.py [--device cpu|cuda] [--rounds 15] [--threads N] [--quick]
-                             [--skip-compile]
+                             [--skip-compile] [--kernels aten|triton]
+                             [--memory-format contiguous|channels_last|both]
+
+``--kernels triton`` (CUDA) adds an ``SN-triton`` column: the layer's forward and backward
+through the fused Triton kernels (``sn_mm.ops.triton_kernels``, three launches each way)
+called directly, next to the op's own path (``SN``), and a table of CUDA kernel launches
+per layer. ``--memory-format`` times channels_last inputs too (rows marked ``cl``).
 
 Only torch is needed (no mm*), so this runs on a GPU machine with torch alone.
 """
@@ -61,11 +67,60 @@ def variants(c):
         'SN': SwitchableNorm(c),
         'SyncSN': SyncSwitchableNorm(c),
         'naiveSN': NaiveSN(c),
+        **({'SN-triton': TritonSN(c)} if KERNELS == 'triton' else {}),
     }
+
+
+def fmt_tag(memory_format):
+    return ', cl' if memory_format == torch.channels_last else ''
+
+
+def randn(shape, memory_format=torch.contiguous_format, **kw):
+    return torch.randn(shape, device=DEVICE, **kw).contiguous(memory_format=memory_format)
+
+
+class _TritonSNFunction(torch.autograd.Function):
+    """SN (pool IN, LN, BN; batch moments; softmax in the kernels) over the Triton kernels."""
+
+    @staticmethod
+    def forward(ctx, x, weight, bias, mean_w, var_w, eps):
+        from sn_mm.ops import triton_kernels as tk
+        y, mean_in, var_in, bn_mean, bn_var, count = tk.forward(
+            x, weight, bias, mean_w, var_w, None, None, TRITON_POOL, 1, 'batch', eps, True,
+            True)
+        ctx.save_for_backward(x, mean_in, var_in, weight, mean_w, var_w, bn_mean, bn_var, count)
+        ctx.eps = eps
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        from sn_mm.ops import triton_kernels as tk
+        x, mean_in, var_in, weight, mean_w, var_w, bn_mean, bn_var, count = ctx.saved_tensors
+        grads = tk.backward(grad_y, x, mean_in, var_in, weight, mean_w, var_w, bn_mean, bn_var,
+                            count, TRITON_POOL, 1, 'batch', ctx.eps, True, True,
+                            ctx.needs_input_grad[0])
+        return (grads[0] if ctx.needs_input_grad[0] else None,) + tuple(grads[1:]) + (None,)
+
+
+TRITON_POOL = ('IN', 'LN', 'BN')
+
+
+class TritonSN(nn.Module):
+    """An SN layer's parameters run through the Triton kernels (running stats not tracked)."""
+
+    def __init__(self, c):
+        super().__init__()
+        self.ref = SwitchableNorm(c)
+
+    def forward(self, x):
+        r = self.ref
+        return _TritonSNFunction.apply(x, r.weight, r.bias, r.mean_weight, r.var_weight, r.eps)
 
 
 DEVICE = torch.device('cpu')
 AUTOCAST = None  # (device_type, dtype) while timing under autocast
+KERNELS = 'aten'  # 'triton': add the SN-triton variant
+MEMORY_FORMATS = [torch.contiguous_format]
 
 
 def sync():
@@ -155,13 +210,13 @@ def time_variants(layers, x, grad, rounds):
     return {name: statistics.median(t) for name, t in times.items()}
 
 
-def bench_shape(shape, rounds, with_peaks=True):
+def bench_shape(shape, rounds, with_peaks=True, memory_format=torch.contiguous_format):
     # Peaks first, in fresh processes.
     peaks = ({name: peak_bytes(name, shape) for name in variants(shape[1])}
-             if with_peaks else {})
+             if with_peaks and memory_format == torch.contiguous_format else {})
     torch.manual_seed(0)
-    x = torch.randn(shape, device=DEVICE, requires_grad=True)
-    grad = torch.randn(shape, device=DEVICE)
+    x = randn(shape, memory_format).requires_grad_()
+    grad = randn(shape, memory_format)
     layers = {name: layer.to(DEVICE) for name, layer in variants(shape[1]).items()}
     # The naive SN allocates ~4x more than the others: timed on its own afterwards so
     # its allocations don't change the others' page-fault pattern.
@@ -183,24 +238,33 @@ def ratio(a, b):
 
 def print_table(shapes, rounds, with_peaks):
     names = ['BN', 'GN', 'SN', 'SyncSN', 'naiveSN']
-    print('| shape | ' + ' | '.join(f'{n} ms' for n in names) + ' | SN/BN | SyncSN/BN | '
+    extra = ['SN-triton'] if KERNELS == 'triton' else []
+    print('| shape | ' + ' | '.join(f'{n} ms' for n in names + extra) + ' | SN/BN | SyncSN/BN | '
           'naiveSN/BN | GN/BN | saved SN/BN |'
-          + (' peak MiB SN, BN, naiveSN | peak SN/BN |' if with_peaks else ''))
-    print('|' + '---|' * (len(names) + 6 + (2 if with_peaks else 0)))
-    ratios = {'SN': [], 'SyncSN': [], 'naiveSN': [], 'GN': [], 'saved': [], 'peak': []}
-    for shape in shapes:
-        med, saved, peaks = bench_shape(shape, rounds, with_peaks)
-        r = {n: med[n] / med['BN'] for n in names}
+          + (' peak MiB SN, BN, naiveSN | peak SN/BN |' if with_peaks else '')
+          + ''.join(f' {n}/BN | saved {n}/BN |' for n in extra))
+    print('|' + '---|' * (len(names) + 6 + (2 if with_peaks else 0) + 3 * len(extra)))
+    ratios = {'SN': [], 'SyncSN': [], 'naiveSN': [], 'GN': [], 'saved': [], 'peak': [],
+              **{n: [] for n in extra}}
+    for shape, memory_format in [(s, f) for s in shapes for f in MEMORY_FORMATS]:
+        med, saved, peaks = bench_shape(shape, rounds, with_peaks, memory_format)
+        r = {n: med[n] / med['BN'] for n in names + extra}
+        for name in extra:
+            ratios[name].append(r[name])
         for name in ('SN', 'SyncSN', 'naiveSN', 'GN'):
             ratios[name].append(r[name])
         ratios['saved'].append(saved['SN'] / saved['BN'])
-        row = (f'| {tuple(shape)} | ' + ' | '.join(f'{med[n] * 1e3:.1f}' for n in names)
+        row = (f'| {tuple(shape)}{fmt_tag(memory_format)} | '
+               + ' | '.join(f'{med[n] * 1e3:.1f}' for n in names + extra)
                + f' | {r["SN"]:.2f} | {r["SyncSN"]:.2f} | {r["naiveSN"]:.2f} | {r["GN"]:.2f} | '
                f'{ratios["saved"][-1]:.3f} |')
-        if with_peaks:
-            ratios['peak'].append(ratio(peaks['SN'], peaks['BN']))
-            row += (f' {fmt_mib(peaks["SN"])}, {fmt_mib(peaks["BN"])}, '
-                    f'{fmt_mib(peaks["naiveSN"])} | {ratios["peak"][-1]:.2f} |')
+        if with_peaks:  # measured for contiguous inputs only
+            peak = ratio(peaks.get('SN'), peaks.get('BN'))
+            if peaks:
+                ratios['peak'].append(peak)
+            row += (f' {fmt_mib(peaks.get("SN"))}, {fmt_mib(peaks.get("BN"))}, '
+                    f'{fmt_mib(peaks.get("naiveSN"))} | {peak:.2f} |')
+        row += ''.join(f' {r[n]:.2f} | {saved[n] / saved["BN"]:.3f} |' for n in extra)
         print(row, flush=True)
     if not with_peaks:
         del ratios['peak']
@@ -238,20 +302,24 @@ def print_low_precision(shapes, rounds):
     global AUTOCAST
     dtypes = autocast_dtypes()
     names = [getattr(d, '__name__', str(d)).replace('torch.', '') for d in dtypes]
+    triton = KERNELS == 'triton'
     print('| shape | ' + ' | '.join(f'BN {n} ms | SN {n} ms | SN/BN {n} | saved SN/BN {n}'
+                                   + (f' | SN-triton {n} ms | SN-triton/BN {n}' if triton else '')
                                    for n in names) + ' |')
-    print('|' + '---|' * (1 + 4 * len(dtypes)))
+    print('|' + '---|' * (1 + (6 if triton else 4) * len(dtypes)))
     ratios = {n: [] for n in names}
     saved_ratios = {n: [] for n in names}
-    for shape in shapes:
+    for shape, memory_format in [(s, f) for s in shapes for f in MEMORY_FORMATS]:
         cells = []
         for dtype, name in zip(dtypes, names):
             torch.manual_seed(0)
             # autocast's input: what the previous conv hands over in low precision
-            x = torch.randn(shape, device=DEVICE, dtype=dtype, requires_grad=True)
-            grad = torch.randn(shape, device=DEVICE, dtype=dtype)
+            x = randn(shape, memory_format, dtype=dtype).requires_grad_()
+            grad = randn(shape, memory_format, dtype=dtype)
             layers = {'BN': nn.BatchNorm2d(shape[1]).to(DEVICE),
                       'SN': SwitchableNorm(shape[1]).to(DEVICE)}
+            if triton:
+                layers['SN-triton'] = TritonSN(shape[1]).to(DEVICE)
             AUTOCAST = (DEVICE.type, dtype)
             try:
                 med = time_variants(layers, x, grad, rounds)
@@ -261,8 +329,11 @@ def print_low_precision(shapes, rounds):
             ratios[name].append(med['SN'] / med['BN'])
             saved_ratios[name].append(saved['SN'] / saved['BN'])
             cells.append(f'{med["BN"] * 1e3:.1f} | {med["SN"] * 1e3:.1f} | '
-                         f'{ratios[name][-1]:.2f} | {saved_ratios[name][-1]:.3f}')
-        print(f'| {tuple(shape)} | ' + ' | '.join(cells) + ' |', flush=True)
+                         f'{ratios[name][-1]:.2f} | {saved_ratios[name][-1]:.3f}'
+                         + (f' | {med["SN-triton"] * 1e3:.1f} | '
+                            f'{med["SN-triton"] / med["BN"]:.2f}' if triton else ''))
+        print(f'| {tuple(shape)}{fmt_tag(memory_format)} | ' + ' | '.join(cells) + ' |',
+              flush=True)
     print('Median over shapes: ' + ', '.join(
         f'SN/BN {n} {statistics.median(ratios[n]):.2f} (saved {statistics.median(saved_ratios[n]):.3f})'
         for n in names))
@@ -294,6 +365,27 @@ def print_parts(rounds):
             functional.extension = saved
         print(f'| same, the torch reference with plain autograd | SN {ref:.3f} ms | | '
               f'SN/BN {ref / cost["BN"]:.2f} | sn_mm.ops.reference |')
+
+
+def print_launches(shape=(2, 256, 50, 68)):
+    """CUDA kernels one forward+backward of each layer launches (torch.profiler)."""
+    from torch.profiler import ProfilerActivity, profile
+    print(f'| layer, {tuple(shape)} | CUDA kernels fwd+bwd, contiguous | channels_last |')
+    print('|---|---|---|')
+    for name, layer in variants(shape[1]).items():
+        layer = layer.to(DEVICE)
+        counts = []
+        for memory_format in (torch.contiguous_format, torch.channels_last):
+            x = randn(shape, memory_format).requires_grad_()
+            grad = randn(shape, memory_format)
+            fwd_bwd(layer, x, grad)  # warm-up (Triton compiles here)
+            sync()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                fwd_bwd(layer, x, grad)
+                sync()
+            counts.append(sum(1 for e in prof.events()
+                              if e.device_type == torch.autograd.DeviceType.CUDA))
+        print(f'| {name} | {counts[0]} | {counts[1]} |', flush=True)
 
 
 def conv_bn_relu(cin, cout, norm, k=1, stride=1):
@@ -378,9 +470,22 @@ def main():
                         help='skip the torch.compile section (minutes of compilation on CPU)')
     parser.add_argument('--compile-only', action='store_true',
                         help='run the torch.compile section alone')
+    parser.add_argument('--kernels', default='aten', choices=['aten', 'triton'],
+                        help='triton: add the SN-triton variant (the fused Triton kernels; CUDA)')
+    parser.add_argument('--memory-format', default='contiguous',
+                        choices=['contiguous', 'channels_last', 'both'],
+                        help='memory format(s) of the inputs in the tables')
     args = parser.parse_args()
     if args.device == 'cuda' and not torch.cuda.is_available():
         parser.error('--device cuda: torch.cuda.is_available() is False on this machine')
+    if args.kernels == 'triton' and args.device != 'cuda':
+        parser.error('--kernels triton needs --device cuda (on CPU the Triton kernels run only '
+                     'under the interpreter, for tests)')
+    global KERNELS, MEMORY_FORMATS
+    KERNELS = args.kernels
+    MEMORY_FORMATS = {'contiguous': [torch.contiguous_format],
+                      'channels_last': [torch.channels_last],
+                      'both': [torch.contiguous_format, torch.channels_last]}[args.memory_format]
     DEVICE = torch.device(args.device)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -409,6 +514,10 @@ def main():
     print_low_precision(shapes, args.rounds)
     print()
     print_parts(args.rounds)
+    if DEVICE.type == 'cuda':
+        print()
+        print('## Kernel launches per layer (torch.profiler, CUDA)')
+        print_launches()
     if not args.quick:
         print()
         print('## RoI-head shapes (Mask R-CNN mask head: positive RoIs x 256 x 14 x 14; '
