@@ -24,7 +24,7 @@ def check(name, layer, shape, dtype=torch.float32, channels_last=False, training
     layer.train(training)
     x = torch.randn(shape) * 2 + 1
     grad = torch.randn(shape)
-    xt = x.to(dtype)
+    xt = x.to(dtype).clone()
     if channels_last:
         xt = xt.contiguous(memory_format=torch.channels_last)
     xt.requires_grad_()
@@ -35,7 +35,7 @@ def check(name, layer, shape, dtype=torch.float32, channels_last=False, training
     backward = triton_kernels.LAUNCH_COUNT - start - forward
 
     # the float64 reference (plain autograd over sn_mm.ops.reference), same layer state
-    xr = x.double().requires_grad_()
+    xr = x.detach().double().requires_grad_()
     mean_w, var_w = ref.mixture_weights() if not ref._softmax_in_op else (
         ref.mean_weight, ref.var_weight)
     mode = (functional.BN_NONE if not ref.using_bn else
@@ -64,15 +64,57 @@ def check(name, layer, shape, dtype=torch.float32, channels_last=False, training
         sys.exit(1)
 
 
-check('SN train', SwitchableNorm(6), (3, 6, 5, 7))
-check('SN eval', SwitchableNorm(6), (3, 6, 5, 7), training=False)
-check('SN using_bn=False', SwitchableNorm(5, using_bn=False), (2, 5, 4, 4))
-check('SN GN pool', SwitchableNorm(8, branches=('IN', 'LN', 'BN', 'GN'), num_groups=4),
-      (2, 8, 3, 5))
-check('SN channels_last bf16', SwitchableNorm(6), (2, 6, 4, 5), dtype=torch.bfloat16,
-      channels_last=True)
-check('SN N=1, 1x1 maps', SwitchableNorm(4), (1, 4, 1, 1), training=False)
-check('SN RoI 7x7', SwitchableNorm(3), (5, 3, 7, 7))
-check('SSN (sparsestmax weights)', SparseSwitchableNorm(6), (2, 6, 4, 4))
-check('SyncSN outside a distributed run', SyncSwitchableNorm(6), (2, 6, 4, 4))
-print('ALL OK')
+def _sync_worker(rank, init_file, out_dir):
+    import torch.distributed as dist
+    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank, world_size=2)
+    try:
+        torch.manual_seed(0)
+        layer = SyncSwitchableNorm(6, momentum=0.3)
+        x = torch.randn(5, 6, 4, 3) * 2 + 1
+        grad = torch.randn(5, 6, 4, 3)
+        part = slice(0, 2) if rank == 0 else slice(2, 5)  # unequal batches
+        xi = x[part].clone().requires_grad_()
+        layer(xi).backward(grad[part])
+        torch.save(dict(x_grad=xi.grad, weight=layer.weight.grad, logits=layer.mean_weight.grad,
+                        running_var=layer.running_var), f'{out_dir}/rank{rank}.pt')
+    finally:
+        dist.destroy_process_group()
+
+
+def check_sync():
+    """SyncSN in 2 gloo processes through the Triton kernels equals SN on the union batch."""
+    import tempfile
+
+    import torch.multiprocessing as mp
+    with tempfile.TemporaryDirectory() as tmp:
+        mp.spawn(_sync_worker, args=(f'{tmp}/init', tmp), nprocs=2, join=True)
+        ranks = [torch.load(f'{tmp}/rank{r}.pt') for r in range(2)]
+    torch.manual_seed(0)
+    layer = SwitchableNorm(6, momentum=0.3)
+    x = (torch.randn(5, 6, 4, 3) * 2 + 1).requires_grad_()
+    grad = torch.randn(5, 6, 4, 3)
+    layer(x).backward(grad)
+    errors = [(torch.cat([r['x_grad'] for r in ranks]) - x.grad).abs().max().item(),
+              (sum(r['weight'] for r in ranks) - layer.weight.grad).abs().max().item(),
+              (sum(r['logits'] for r in ranks) - layer.mean_weight.grad).abs().max().item(),
+              (ranks[0]['running_var'] - layer.running_var).abs().max().item()]
+    print(f'SyncSN 2 processes (2 + 3 samples): max error {max(errors):.2e}')
+    if max(errors) > 1e-4:
+        print(f'FAILED SyncSN: {errors}')
+        sys.exit(1)
+
+
+if __name__ == '__main__':
+    check('SN train', SwitchableNorm(6), (3, 6, 5, 7))
+    check('SN eval', SwitchableNorm(6), (3, 6, 5, 7), training=False)
+    check('SN using_bn=False', SwitchableNorm(5, using_bn=False), (2, 5, 4, 4))
+    check('SN GN pool', SwitchableNorm(8, branches=('IN', 'LN', 'BN', 'GN'), num_groups=4),
+          (2, 8, 3, 5))
+    check('SN channels_last bf16', SwitchableNorm(6), (2, 6, 4, 5), dtype=torch.bfloat16,
+          channels_last=True)
+    check('SN N=1, 1x1 maps', SwitchableNorm(4), (1, 4, 1, 1), training=False)
+    check('SN RoI 7x7', SwitchableNorm(3), (5, 3, 7, 7))
+    check('SSN (sparsestmax weights)', SparseSwitchableNorm(6), (2, 6, 4, 4))
+    check('SyncSN outside a distributed run', SyncSwitchableNorm(6), (2, 6, 4, 4))
+    check_sync()
+    print('ALL OK')
