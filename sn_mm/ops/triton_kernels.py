@@ -87,13 +87,17 @@ import torch
 import triton
 import triton.language as tl
 
+from .pool import NAMES
+from .reference import bessel_factor
+
 Tensor = torch.Tensor
 
 #: True when the kernels were defined under Triton's CPU interpreter (``TRITON_INTERPRET=1``
 #: at import time): they then run on CPU tensors.
 INTERPRET = os.environ.get('TRITON_INTERPRET', '0') not in ('', '0')
 
-BRANCHES = ('IN', 'LN', 'BN', 'GN')
+#: The branches these kernels implement: every row of the pool table (sn_mm.ops.pool).
+BRANCHES = NAMES
 BN_MODE_CODES = {'none': 0, 'given': 1, 'batch': 2}
 
 #: Number of kernel launches made by this module since import (tests reset and read it).
@@ -776,11 +780,6 @@ def _check_input(x: Tensor) -> Tuple[int, int, int]:
     return x.shape[0], x.shape[1], math.prod(x.shape[2:])
 
 
-def bessel_factor(length: int, unbiased: bool) -> float:
-    """``L / (L - 1)`` when ``unbiased`` and ``L > 1``, else 1."""
-    return length / (length - 1) if unbiased and length > 1 else 1.0
-
-
 def forward(x: Tensor, weight: Tensor, bias: Tensor, a: Tensor, b: Tensor,
             bn_mean: Optional[Tensor], bn_var: Optional[Tensor], pool: Sequence[str],
             num_groups: int, bn_mode: str, eps: float, unbiased: bool, softmax: bool,
@@ -961,4 +960,4 @@ def backward(grad_y: Tensor, x: Tensor, mean_in: Tensor, var_in: Tensor, weight:
     return grad_x, grad_weight, grad_bias, grad_a, grad_b
 
 
-__all__ = ['BRANCHES', 'INTERPRET', 'LAUNCH_COUNT', 'backward', 'bessel_factor', 'forward']
+__all__ = ['BRANCHES', 'INTERPRET', 'LAUNCH_COUNT', 'backward', 'forward']
