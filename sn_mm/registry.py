@@ -14,3 +14,9 @@ MODELS.register_module('SN', module=SwitchableNorm)
 MODELS.register_module('SyncSN', module=SyncSwitchableNorm)
 MODELS.register_module('SSN', module=SparseSwitchableNorm)
 MODELS.register_module('SyncSSN', module=SyncSparseSwitchableNorm)
+
+# Switchable Whitening (issue 19): norm_cfg=dict(type='SW', sw_type=2, num_pergroup=16, T=5)
+from .ops.switchable_whitening import SwitchableWhitening, SyncSwitchableWhitening  # noqa: E402
+
+MODELS.register_module('SW', module=SwitchableWhitening)
+MODELS.register_module('SyncSW', module=SyncSwitchableWhitening)
