@@ -20,3 +20,14 @@ from .ops.switchable_whitening import SwitchableWhitening, SyncSwitchableWhiteni
 
 MODELS.register_module('SW', module=SwitchableWhitening)
 MODELS.register_module('SyncSW', module=SyncSwitchableWhitening)
+
+# The SW authors' ResNet layout in mmdet (sn_mm.sw_resnet), for their ImageNet checkpoints;
+# a builder function, so that ``import sn_mm`` does not import mmdet
+
+
+def _build_sw_resnet(*args, **kwargs):
+    from .sw_resnet import SWResNet
+    return SWResNet(*args, **kwargs)
+
+
+MODELS.register_module('SWResNet', module=_build_sw_resnet)
