@@ -13,7 +13,7 @@ from torch import nn
 from torch.testing import assert_close
 
 from sn_mm.ops import norm_eval
-from sn_mm.ops.sw_fold import fixed_affine, to_grouped_conv
+from sn_mm.ops.sw_fold import fixed_affine, fold_into_conv, to_grouped_conv
 from sn_mm.ops.switchable_whitening import SwitchableWhitening, SyncSwitchableWhitening
 
 NEG = float('-inf')
@@ -411,6 +411,18 @@ def test_grouped_conv_equals_eval_layer(sw_type, branch):
     assert conv.groups == 2 and conv.weight.shape == (8, 4, 1, 1)
     x = data((2, 8, 3, 3), seed=4)
     assert_close(conv(x), layer(x), rtol=1e-10, atol=1e-10)
+
+
+@pytest.mark.parametrize('bias', [False, True])
+def test_fold_into_preceding_conv(bias):
+    conv = nn.Conv2d(3, 8, 3, stride=2, padding=1, bias=bias).double()
+    layer = make_layer(1, c_all=8, num_pergroup=4, momentum=0.5)
+    layer(conv(data((4, 3, 6, 6))).detach())
+    layer.eval()
+    x = data((2, 3, 7, 7), seed=6)
+    assert_close(fold_into_conv(conv, layer)(x), layer(conv(x)), rtol=1e-10, atol=1e-10)
+    with pytest.raises(ValueError, match='groups=1'):
+        fold_into_conv(nn.Conv2d(8, 8, 1, groups=2).double(), layer)
 
 
 def test_grouped_conv_refuses_sample_dependent_layers():

@@ -71,3 +71,33 @@ def to_grouped_conv(layer: SwitchableWhitening) -> nn.Conv2d:
         conv.weight.copy_(a.reshape(c_all, c, 1, 1))
         conv.bias.copy_(b)
     return conv
+
+
+def fold_into_conv(conv: nn.Conv2d, layer: SwitchableWhitening) -> nn.Conv2d:
+    """A copy of ``conv`` (``groups=1``) with the eval-mode layer that follows it folded in.
+
+    With ``conv(x) = W * x + b_conv`` and the layer's per-group map ``A_g, b_g``, the folded
+    conv has ``W'[g*c + i] = sum_j A_g[i, j] W[g*c + j]`` and
+    ``b'[g*c + i] = sum_j A_g[i, j] b_conv[g*c + j] + b_g[i]`` (any kernel size, stride,
+    padding, dilation; the result has a bias).
+    """
+    if not isinstance(conv, nn.Conv2d) or conv.groups != 1:
+        raise ValueError(f'expected an nn.Conv2d with groups=1 before the SW layer, got '
+                         f'{conv!r}')
+    if conv.out_channels != layer.num_features:
+        raise ValueError(f'{conv!r} has {conv.out_channels} output channels, the SW layer '
+                         f'{layer.num_features}')
+    a, b = fixed_affine(layer)
+    g, c = layer.num_groups, layer.num_pergroup
+    w = conv.weight.detach().to(torch.float64).reshape(g, c, -1)
+    new_w = torch.matmul(a, w).reshape(conv.weight.shape)
+    b_conv = (conv.bias.detach().to(torch.float64) if conv.bias is not None
+              else torch.zeros(conv.out_channels, dtype=torch.float64, device=w.device))
+    new_b = torch.matmul(a, b_conv.reshape(g, c, 1)).reshape(-1) + b
+    folded = nn.Conv2d(conv.in_channels, conv.out_channels, conv.kernel_size, conv.stride,
+                       conv.padding, conv.dilation, 1, True, conv.padding_mode,
+                       device=conv.weight.device, dtype=conv.weight.dtype)
+    with torch.no_grad():
+        folded.weight.copy_(new_w)
+        folded.bias.copy_(new_b)
+    return folded
