@@ -88,12 +88,53 @@ def _check_int(name: str, value, minimum: int) -> int:
 def instance_moments(xg: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     """Per-sample group means ``(N, G, c, 1)`` and biased covariances ``(N, G, c, c)``.
 
-    ``xg`` is the input viewed as ``(N, G, c, L)``.
+    ``xg`` is the input viewed as ``(N, G, c, L)``. The covariance is computed from the
+    centered values (no ``E[xx^T] - mu mu^T`` cancellation). With autograd the backward is
+    written out (:class:`_InstanceMoments`): it saves no centered copy of the input.
     """
+    if torch.is_grad_enabled() and xg.requires_grad:
+        return _InstanceMoments.apply(xg)
+    return _instance_moments(xg)
+
+
+def _instance_moments(xg: torch.Tensor) -> Tuple[torch.Tensor, torch.Tensor]:
     mean = xg.mean(-1, keepdim=True)
     centered = xg - mean
     cov = torch.matmul(centered, centered.transpose(-1, -2)) / xg.shape[-1]
     return mean, cov
+
+
+class _InstanceMoments(torch.autograd.Function):
+    """Gradient of ``(mu, S)``: ``dx = M (x - mu) + g_mu / L`` with ``M = (g_S + g_S^T) / L``.
+
+    (The dependence of ``S`` on ``mu`` drops out: the centered values sum to 0.) Evaluated
+    as one batched ``M x + (g_mu / L - M mu)``; only ``x`` and ``mu`` are saved.
+    """
+
+    @staticmethod
+    def forward(ctx, xg):
+        mean, cov = _instance_moments(xg)
+        ctx.save_for_backward(xg, mean)
+        return mean, cov
+
+    @staticmethod
+    def backward(ctx, grad_mean, grad_cov):
+        xg, mean = ctx.saved_tensors
+        length = xg.shape[-1]
+        m = (grad_cov + grad_cov.transpose(-1, -2)) / length
+        shift = grad_mean / length - torch.matmul(m, mean)
+        return affine_groups(m, shift, xg)
+
+
+def affine_groups(a: torch.Tensor, b: torch.Tensor, xg: torch.Tensor) -> torch.Tensor:
+    """``a @ xg + b`` per sample and group in one batched GEMM (``baddbmm``).
+
+    ``xg`` is ``(N, G, c, L)``; ``a`` broadcasts to ``(N, G, c, c)``, ``b`` to ``(N, G, c, 1)``.
+    """
+    n, g, c, length = xg.shape
+    a = a.expand(n, g, c, c).reshape(n * g, c, c)
+    b = b.expand(n, g, c, 1).reshape(n * g, c, 1)
+    return torch.baddbmm(b, a, xg.reshape(n * g, c, length)).reshape(n, g, c, length)
 
 
 def pooled_moments(mean_in: torch.Tensor, cov_in: torch.Tensor
@@ -152,11 +193,12 @@ def newton_inverse_sqrt(cov: torch.Tensor, T: int) -> torch.Tensor:
     c = cov.shape[-1]
     eye = torch.eye(c, dtype=cov.dtype, device=cov.device)
     trace = (cov * eye).sum((-2, -1), keepdim=True)
-    cov_n = cov / trace
-    p = eye.expand_as(cov)
-    for _ in range(T):
-        p3 = torch.matmul(torch.matmul(p, p), p)
-        p = 1.5 * p - 0.5 * torch.matmul(p3, cov_n)
+    cov_n = (cov / trace).reshape(-1, c, c)
+    p = eye.expand_as(cov_n)
+    for _ in range(T):  # baddbmm: the update and the product in one batched GEMM
+        p3 = torch.bmm(torch.bmm(p, p), p)
+        p = torch.baddbmm(p, p3, cov_n, beta=1.5, alpha=-0.5)
+    p = p.reshape(cov.shape)
     return p * trace.rsqrt()
 
 
@@ -426,11 +468,14 @@ class SwitchableWhitening(nn.Module):
         mean, cov = mix_statistics(self.sw_type, mean_w, var_w, mean_bn, cov_bn, mean_in,
                                    cov_in, mean_ln, var_ln, self.eps, self.sw5_cov)
         wm = newton_inverse_sqrt(cov, self.T)
-        y = torch.matmul(wm, xg - mean).reshape(x.shape)
+        # y = gamma * W (x - mu) + beta = A x + (beta - A mu) with A = diag(gamma) W: the
+        # affine parameters act on the c x c matrices, and one batched GEMM does the rest
         if self.affine:
-            shape = (1, big_c) + (1,) * (x.dim() - 2)
-            y = y * self.weight.to(dtype).reshape(shape) + self.bias.to(dtype).reshape(shape)
-        return y
+            wm = wm * self.weight.to(dtype).reshape(g, c, 1)
+            shift = self.bias.to(dtype).reshape(g, c, 1) - torch.matmul(wm, mean)
+        else:
+            shift = -torch.matmul(wm, mean)
+        return affine_groups(wm, shift, xg).reshape(x.shape)
 
     def _track(self, mean_bn: torch.Tensor, cov_bn: torch.Tensor, count) -> None:
         if count is not None and float(count) == 0:
