@@ -8,11 +8,13 @@ autocast bf16, and the bytes saved for backward (unique storages seen by
 The per-group matrix cost. SW whitens ``G = C / c`` groups of ``c`` channels: the forward
 needs the group covariances (``(c x L)(L x c)`` per sample and group: ``2 N C L c`` FLOPs)
 and applies the ``c x c`` whitening matrix to every position (``2 N C L c`` FLOPs); the
-backward doubles both. That is ``~12 N C L c`` FLOPs per layer, ``c`` times a BN's
-elementwise work, against which the Newton iterations (``T`` products of ``c x c``
-matrices per sample and group, ``~6 T N G c^3`` FLOPs) are small when ``L >> c``.
-``floor`` times exactly those two batched matrix products and their backward, nothing else
-(no statistics, no Newton, no affine). Goal: SW forward+backward within 2x of
+backward needs three more such products (the gradients of the whitening matrix and of the
+input through both products). Five batched GEMMs, ``10 N C L c`` FLOPs per layer: ``c``
+times a BN's elementwise work, against which the Newton iterations (``3 T`` products of
+``c x c`` matrices per sample and group, ``~6 T N G c^3`` FLOPs) are small when ``L >> c``.
+``floor`` times exactly those five GEMMs (``y = (x x^T) x`` with its backward written out),
+nothing else (no statistics, no Newton, no affine); under autocast in bf16, while SW keeps
+its statistics and whitening in float32 by design. Goal: SW forward+backward within 2x of
 ``BN + floor`` (the BN-like elementwise passes plus the unavoidable matrix work); the
 output prints the ratio.
 
@@ -40,8 +42,25 @@ QUICK_SHAPES = [(2, 64, 32, 32), (2, 256, 16, 16)]
 C_GROUP = 16
 
 
+class _Floor(torch.autograd.Function):
+    """``y = (x x^T) x`` per sample and group, forward and backward as 5 batched GEMMs."""
+
+    @staticmethod
+    def forward(ctx, xg):
+        s = torch.bmm(xg, xg.transpose(1, 2))           # 1: the covariance product
+        ctx.save_for_backward(xg, s)
+        return torch.bmm(s, xg)                          # 2: the whitening product
+
+    @staticmethod
+    def backward(ctx, grad):
+        xg, s = ctx.saved_tensors
+        grad_s = torch.bmm(grad, xg.transpose(1, 2))     # 3: gradient of the c x c matrix
+        grad_s = grad_s + grad_s.transpose(1, 2)         # (c x c: negligible)
+        return torch.baddbmm(torch.bmm(s, grad), grad_s, xg)  # 4, 5: gradient of x
+
+
 class MatrixFloor(nn.Module):
-    """The two batched products SW cannot avoid: ``S = X X^T`` and ``S X`` per group."""
+    """The matrix work SW cannot avoid, alone: 5 batched GEMMs of ``2 N C L c`` FLOPs each."""
 
     def __init__(self, c=C_GROUP):
         super().__init__()
@@ -49,9 +68,10 @@ class MatrixFloor(nn.Module):
 
     def forward(self, x):
         n, big_c = x.shape[:2]
-        xg = x.reshape(n, big_c // self.c, self.c, -1)
-        cov = torch.matmul(xg, xg.transpose(-1, -2))
-        return torch.matmul(cov, xg).reshape(x.shape)
+        xg = x.reshape(n * big_c // self.c, self.c, -1)
+        if torch.is_autocast_enabled('cpu'):  # the GEMMs in autocast's dtype, both passes
+            xg = xg.to(torch.get_autocast_dtype('cpu'))
+        return _Floor.apply(xg).reshape(x.shape)
 
 
 def variants(c):
@@ -116,9 +136,9 @@ def main():
           f'{torch.__version__}, {platform.processor() or platform.machine()}, '
           f'{torch.get_num_threads()} threads, load average {os.getloadavg()[0]:.2f}, '
           f'rounds {args.rounds}')
-    print(f'# SW: num_pergroup c={C_GROUP}, T=5. Per-group matrix cost: covariance + '
-          f'whitening, ~12*N*C*L*c FLOPs fwd+bwd (c={C_GROUP} times BN\'s elementwise '
-          'work); "floor" times those two batched products alone.')
+    print(f'# SW: num_pergroup c={C_GROUP}, T=5. Per-group matrix cost: covariance and '
+          f'whitening products, forward and backward: 5 batched GEMMs, 10*N*C*L*c FLOPs '
+          f'(c={C_GROUP} times BN\'s elementwise work); "floor" times those 5 GEMMs alone.')
     print('# goal: SW(BW+IW) fwd+bwd <= 2.0 x (BN + floor)')
     names = list(variants(C_GROUP * 4))
     for autocast in (False, True):
