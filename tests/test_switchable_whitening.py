@@ -487,3 +487,6 @@ def test_sync_sw_outside_a_distributed_run_is_sw():
     a, b = make_layer(3, cls=SyncSwitchableWhitening), make_layer(3)
     assert_close(a(x), b(x), rtol=0, atol=0)
     assert math.isclose(a.momentum, b.momentum)
+    torch._dynamo.reset()
+    explanation = torch._dynamo.explain(a.float())(x.float())
+    assert explanation.graph_break_count == 0, explanation.break_reasons
