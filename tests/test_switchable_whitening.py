@@ -363,6 +363,12 @@ def test_autocast_bf16_statistics_in_float32():
     assert_close(y.float(), expected, rtol=1e-2, atol=2e-2)
     assert_close(layer.running_cov, ref.running_cov)  # float32 statistics, equal
     assert layer.running_cov.dtype == torch.float32
+    # a bf16 layer without autocast computes in float32 too, and returns bf16
+    half = make_layer(2).to(torch.bfloat16)
+    y = half(x)
+    assert y.dtype == torch.bfloat16 and half.running_cov.dtype == torch.bfloat16
+    expected = make_layer(2).to(torch.bfloat16).float()(x.float())
+    assert_close(y.float(), expected, rtol=1e-2, atol=2e-2)
 
 
 def test_meta_device_and_factory_kwargs():

@@ -65,8 +65,8 @@ Numerics (sn_mm's choices, not the authors'):
   relative precision when a channel's mean is large against its spread. The covariances
   are always computed from centered values.
 
-Under autocast the statistics, the Newton iterations and the whitening run in float32; the
-output has the input's dtype.
+The statistics, the Newton iterations and the whitening run in float32 for half-precision
+inputs and under autocast (float64 stays float64); the output has the input's dtype.
 """
 import math
 import warnings
@@ -443,11 +443,13 @@ class SwitchableWhitening(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
+        # at least float32 inside: half-precision Newton iterations would not converge
+        dtype = torch.promote_types(x.dtype, torch.float32)
         device_type = x.device.type
         if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
             with torch.autocast(device_type, enabled=False):
-                return self._forward(x, torch.float32).to(x.dtype)
-        return self._forward(x, x.dtype)
+                return self._forward(x, dtype).to(x.dtype)
+        return self._forward(x, dtype).to(x.dtype)
 
     def _batch_moments(self, mean_in, cov_in, num_positions):
         """``(mean, cov, count)`` of this forward's batch (count: positions, or ``None``)."""
