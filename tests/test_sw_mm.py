@@ -152,3 +152,30 @@ def test_sw_parameters_follow_sn_decay_mult_and_norm_eval():
     sw_layers = [m for m in frozen.modules() if isinstance(m, SwitchableWhitening)]
     assert sw_layers and all(not m.training for m in sw_layers)
     assert all(not m.sw_mean_weight.requires_grad for m in sw_layers)
+
+
+def test_sw_to_convs_folds_a_resnet_and_keeps_its_outputs():
+    from mmdet.models.backbones import ResNet
+    from sn_mm.deploy import sw_to_convs
+    torch.manual_seed(0)
+    model = ResNet(18, norm_cfg=dict(type='SW', sw_type=1, num_pergroup=16), norm_eval=False)
+    model.train()
+    for _ in range(3):  # running statistics
+        model(torch.randn(4, 3, 64, 64))
+    with torch.no_grad():
+        for m in model.modules():
+            if isinstance(m, SwitchableWhitening):
+                m.weight.uniform_(0.5, 1.5)
+                m.bias.normal_()
+    model.eval()
+    x = torch.randn(2, 3, 64, 64)
+    expected = model(x)
+    converted, report = sw_to_convs(model)
+    assert len(report) == 1 + 2 * 8 + 3
+    assert all(became.startswith('folded into') for _, became in report), report
+    assert not any(isinstance(m, SwitchableWhitening) for m in converted.modules())
+    for a, b in zip(converted(x), expected):
+        assert_close(a, b, rtol=1e-4, atol=1e-4)
+    mixed = ResNet(18, norm_cfg=dict(type='SW', sw_type=2, num_pergroup=16))
+    _, report = sw_to_convs(mixed)
+    assert all(became.startswith('kept: depends on the sample') for _, became in report)
