@@ -50,7 +50,8 @@ DEMO_EXPECTED = {
     'mask-rcnn_r18_fpn_ssn-all_coco-demo.py': ('SSN', 'SSN'),
 }
 
-NORM_CLASSES = {'SN': SwitchableNorm, 'SW': SwitchableWhitening, 'SyncSN': SyncSwitchableNorm, 'SSN': SparseSwitchableNorm,
+NORM_CLASSES = {'SN': SwitchableNorm, 'SyncSN': SyncSwitchableNorm, 'SSN': SparseSwitchableNorm,
+                'SW': SwitchableWhitening,
                 'GN': nn.GroupNorm,
                 'BN': nn.BatchNorm2d, 'FrozenBN': nn.BatchNorm2d, 'SyncBN': nn.SyncBatchNorm}
 

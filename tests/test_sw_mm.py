@@ -19,7 +19,8 @@ def test_norm_cfg_builds_sw(type_name, cls):
     assert name == 'sw2' and type(layer) is cls
     assert (layer.sw_type, layer.num_pergroup, layer.T) == (5, 8, 3)
     assert not any(p.requires_grad for p in layer.parameters())
-    with pytest.raises(ValueError, match=r'num_features \(24\) must be divisible by num_pergroup \(16\)'):
+    with pytest.raises(ValueError,
+                       match=r'num_features \(24\) must be divisible by num_pergroup \(16\)'):
         mmcv_cnn.build_norm_layer(dict(type='SW'), 24)
 
 
@@ -58,7 +59,10 @@ def _authors_resnet50_state(sw_type=2, seed=0):
             conv(f'{p}.conv1', inplanes, planes, 1)
             bn(f'{p}.bn1', planes)
             conv(f'{p}.conv2', planes, planes, 3)
-            (sw if (i < 4 and j % 2 == 1) else bn)(f'{p}.{"sw2" if (i < 4 and j % 2 == 1) else "bn2"}', planes)
+            if i < 4 and j % 2 == 1:
+                sw(f'{p}.sw2', planes)
+            else:
+                bn(f'{p}.bn2', planes)
             conv(f'{p}.conv3', planes, planes * 4, 1)
             bn(f'{p}.bn3', planes * 4)
             if j == 0:

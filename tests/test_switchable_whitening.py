@@ -68,7 +68,8 @@ def reference_sw(x, sw_type, num_pergroup, mean_logits, var_logits, weight, bias
             mu_l = xf[i].mean()
             var_l = xf[i].var()  # unbiased, as the authors
             eye = torch.eye(c, dtype=x.dtype)
-            means = {'BW': mu_b, 'IW': mu_i, 'BN': mu_b, 'IN': mu_i, 'LN': mu_l * torch.ones_like(mu_i)}
+            means = {'BW': mu_b, 'IW': mu_i, 'BN': mu_b, 'IN': mu_i,
+                     'LN': mu_l * torch.ones_like(mu_i)}
             covs = {'BW': s_b, 'IW': s_i, 'BN': torch.diag(torch.diag(s_b)),
                     'IN': torch.diag(torch.diag(s_i)), 'LN': var_l * eye}
             mean = sum(w[k] * means[name] for k, name in enumerate(names))
@@ -92,7 +93,8 @@ def make_layer(sw_type, c_all=8, num_pergroup=4, T=5, tie_weight=False, seed=0, 
     gen = torch.Generator().manual_seed(seed)
     with torch.no_grad():
         for name, p in layer.named_parameters():
-            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * (0.5 if 'sw_' in name else 1))
+            scale = 0.5 if 'sw_' in name else 1.0
+            p.copy_(torch.randn(p.shape, generator=gen, dtype=p.dtype) * scale)
             if name == 'weight':
                 p.add_(1.5)
     return layer
@@ -237,7 +239,8 @@ def test_bw_alone_whitens_the_batch():
                                 affine=False).double()
     x = data((16, 8, 4, 4))
     y = layer(x).permute(1, 0, 2, 3).reshape(2, 4, -1)
-    cov = (y - y.mean(-1, keepdim=True)) @ (y - y.mean(-1, keepdim=True)).transpose(1, 2) / y.shape[-1]
+    yc = y - y.mean(-1, keepdim=True)
+    cov = yc @ yc.transpose(1, 2) / y.shape[-1]
     assert_close(cov, torch.eye(4, dtype=torch.float64).expand(2, 4, 4), rtol=1e-6, atol=1e-6)
 
 

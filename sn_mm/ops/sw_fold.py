@@ -18,7 +18,8 @@ from typing import Tuple
 import torch
 from torch import nn
 
-from .switchable_whitening import SwitchableWhitening, mix_statistics, newton_inverse_sqrt
+from .sw_functional import mix_statistics, newton_inverse_sqrt
+from .switchable_whitening import SwitchableWhitening
 
 
 def fixed_affine(layer: SwitchableWhitening) -> Tuple[torch.Tensor, torch.Tensor]:
