@@ -53,3 +53,20 @@ OPTIM_WRAPPER_CONSTRUCTORS.register_module('SNOptimWrapperConstructor',
                                            module=SNOptimWrapperConstructor)
 HOOKS.register_module('ExactResumeHook', module=ExactResumeHook)  # opt-in: exact resume
 HOOKS.register_module('SNFiniteCheckHook', module=SNFiniteCheckHook)  # opt-in: NaN/Inf check
+
+# Switchable Whitening (issue 19): norm_cfg=dict(type='SW', sw_type=2, num_pergroup=16, T=5)
+from .ops.switchable_whitening import SwitchableWhitening, SyncSwitchableWhitening  # noqa: E402
+
+MODELS.register_module('SW', module=SwitchableWhitening)
+MODELS.register_module('SyncSW', module=SyncSwitchableWhitening)
+
+# The SW authors' ResNet layout in mmdet (sn_mm.sw_resnet), for their ImageNet checkpoints;
+# a builder function, so that ``import sn_mm`` does not import mmdet
+
+
+def _build_sw_resnet(*args, **kwargs):
+    from .sw_resnet import SWResNet
+    return SWResNet(*args, **kwargs)
+
+
+MODELS.register_module('SWResNet', module=_build_sw_resnet)

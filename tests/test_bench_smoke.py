@@ -84,3 +84,18 @@ def test_bench_sn_quick_fixed_cost_line_is_consistent(quick_output):
     assert line, quick_output
     sn, bn, ratio = (float(line.group(i)) for i in (1, 2, 3))
     assert sn > 0 and bn > 0 and ratio_agrees(ratio, sn, bn, 0.001, 0.01), line.group(0)
+
+
+def test_bench_sw_quick_prints_every_column():
+    """bench/bench_sw.py: float32 and bf16 tables, 5 variants with saved bytes, 3 ratios."""
+    out = subprocess.run([sys.executable, 'bench/bench_sw.py', '--quick', '--rounds', '1'],
+                         cwd=ROOT, capture_output=True, text=True, timeout=300, check=True).stdout
+    assert re.search(r'goal: SW\(BW\+IW\) fwd\+bwd <= 2.0 x \(BN \+ floor\)', out), out
+    assert 'Per-group matrix cost' in out
+    rows = [line for line in out.splitlines() if line.startswith('| (')]
+    assert len(rows) == 4, out  # 2 shapes x (float32, autocast bf16)
+    for row in rows:
+        cells = [c.strip() for c in row.strip('|').split('|')]
+        assert len(cells) == 9, row
+        assert all(re.fullmatch(r'[0-9.]+ \([0-9.]+\)', c) for c in cells[1:6]), row
+        assert all(re.fullmatch(r'[0-9.]+x', c) for c in cells[6:]), row

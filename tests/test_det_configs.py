@@ -19,7 +19,8 @@ from torch.nn.modules.batchnorm import _BatchNorm
 
 import sn_mm  # noqa: F401
 import sn_mm.datasets
-from sn_mm.ops import SparseSwitchableNorm, SwitchableNorm, SyncSwitchableNorm
+from sn_mm.ops import (SparseSwitchableNorm, SwitchableNorm, SwitchableWhitening,
+                       SyncSwitchableNorm)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 COCO_DIR = osp.join(ROOT, 'configs', 'mask_rcnn')
@@ -35,6 +36,7 @@ COCO_EXPECTED = {
     'mask-rcnn_r50_fpn_frozenbn_sn-head_2x_coco.py': ('FrozenBN', 'SN'),
     'mask-rcnn_r50_fpn_frozenbn_gn-head_2x_coco.py': ('FrozenBN', 'GN'),
     'mask-rcnn_r50_fpn_gn_sn-head_2x_coco.py': ('GN', 'SN'),
+    'mask-rcnn_r50_fpn_sw-all_2x_coco.py': ('SW', 'SW'),
 }
 DEMO_EXPECTED = {
     'mask-rcnn_r18_fpn_sn-all_coco-demo.py': ('SN', 'SN'),
@@ -49,6 +51,7 @@ DEMO_EXPECTED = {
 }
 
 NORM_CLASSES = {'SN': SwitchableNorm, 'SyncSN': SyncSwitchableNorm, 'SSN': SparseSwitchableNorm,
+                'SW': SwitchableWhitening,
                 'GN': nn.GroupNorm,
                 'BN': nn.BatchNorm2d, 'FrozenBN': nn.BatchNorm2d, 'SyncBN': nn.SyncBatchNorm}
 
@@ -108,14 +111,14 @@ def shrink_for_test(cfg, rois: int = 32) -> None:
 
 def norm_layers(module: nn.Module) -> List[nn.Module]:
     return [m for m in module.modules()
-            if isinstance(m, (SwitchableNorm, nn.GroupNorm, _BatchNorm))]
+            if isinstance(m, (SwitchableNorm, SwitchableWhitening, nn.GroupNorm, _BatchNorm))]
 
 
 def norm_kind(layer: nn.Module) -> str:
     from mmengine.model.utils import _BatchNormXd
     if type(layer) is _BatchNormXd:  # what mmengine's revert_sync_batchnorm makes of SyncBN
         return 'SyncBN(reverted)'
-    for name in ('SyncSN', 'SN', 'SSN', 'GN', 'SyncBN', 'BN'):
+    for name in ('SyncSN', 'SN', 'SSN', 'SW', 'GN', 'SyncBN', 'BN'):
         if type(layer) is NORM_CLASSES[name]:
             return name
     return type(layer).__name__

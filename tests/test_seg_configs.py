@@ -21,7 +21,8 @@ from torch.nn.modules.instancenorm import _InstanceNorm
 from torch.testing import assert_close
 
 import sn_mm  # noqa: F401
-from sn_mm.ops import SparseSwitchableNorm, SwitchableNorm, SyncSwitchableNorm
+from sn_mm.ops import (SparseSwitchableNorm, SwitchableNorm, SwitchableWhitening,
+                       SyncSwitchableNorm)
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 REAL_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'deeplabv3', '*.py'))
@@ -29,14 +30,14 @@ REAL_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'deeplabv3', '*.py'))
 DEMO_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'seg_demo', '*.py')))
 ALL_CONFIGS = REAL_CONFIGS + DEMO_CONFIGS
 NORM_TYPES = {'sn': SwitchableNorm, 'syncsn': SyncSwitchableNorm, 'ssn': SparseSwitchableNorm,
-              'syncbn': SyncBatchNorm,
+              'syncbn': SyncBatchNorm, 'sw': SwitchableWhitening,
               'gn': nn.GroupNorm}
-SN_TYPES = ('sn', 'syncsn', 'ssn')
+SN_TYPES = ('sn', 'syncsn', 'ssn', 'sw')  # no weight decay on their parameters
 
 
 def _norm_key(path):
     """The normalizer named in the file name: ``..._r50-d8-<norm>[-in1k-official]_...``."""
-    match = re.search(r'-d8-(sn|syncsn|ssn|syncbn|gn)(-in1k-official)?_', osp.basename(path))
+    match = re.search(r'-d8-(sn|syncsn|ssn|syncbn|gn|sw)(-in1k-official)?_', osp.basename(path))
     assert match, f'config name {osp.basename(path)} does not name its normalizer'
     return match.group(1)
 
@@ -49,7 +50,7 @@ def test_config_set_is_complete():
     names = {osp.relpath(p, osp.join(ROOT, 'configs')) for p in ALL_CONFIGS}
     for model in ('deeplabv3', 'deeplabv3plus'):
         for schedule in ('4xb2-80k_cityscapes-512x1024', '4xb4-160k_ade20k-512x512'):
-            for norm in ('sn', 'syncsn', 'syncbn', 'gn', 'sn-in1k-official'):
+            for norm in ('sn', 'syncsn', 'syncbn', 'gn', 'sn-in1k-official', 'sw'):
                 assert f'{model}/{model}_r50-d8-{norm}_{schedule}.py' in names
         for layout in ('cityscapes', 'ade20k'):
             for norm in ('sn', 'syncsn', 'syncbn', 'gn'):
@@ -57,7 +58,8 @@ def test_config_set_is_complete():
 
 
 def _norm_layers(model):
-    kinds = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, _InstanceNorm, SwitchableNorm)
+    kinds = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, _InstanceNorm, SwitchableNorm,
+             SwitchableWhitening)
     return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
 
 

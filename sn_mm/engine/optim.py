@@ -41,10 +41,12 @@ from mmengine.logging import print_log
 from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from torch import nn
 
-from ..ops import SwitchableNorm
+from ..ops import SwitchableNorm, SwitchableWhitening
 
 SN_KEYS = ('sn_decay_mult', 'sn_lr_mult')
-LOGIT_NAMES = ('mean_weight', 'var_weight')
+LOGIT_NAMES = ('mean_weight', 'var_weight', 'sw_mean_weight', 'sw_var_weight')
+# Switchable Whitening (SW/SyncSW) layers take the same multipliers as SN layers
+SN_LAYER_TYPES = (SwitchableNorm, SwitchableWhitening)
 
 
 def _check_mult(key: str, value) -> None:
@@ -89,7 +91,7 @@ class SNOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                    is_dcn_module: Optional[Union[int, float]] = None) -> None:
         start = len(params)
         super().add_params(params, module, prefix, is_dcn_module)
-        if not isinstance(module, SwitchableNorm) or (
+        if not isinstance(module, SN_LAYER_TYPES) or (
                 self.sn_decay_mult is None and self.sn_lr_mult is None):
             return
         names = {id(p): n for n, p in module.named_parameters(recurse=False)}

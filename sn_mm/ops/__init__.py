@@ -8,7 +8,9 @@ from .functional import switchable_norm
 from .simplex import sparsemax, sparsestmax
 from .sparse_switchable_norm import SparseSwitchableNorm, SyncSparseSwitchableNorm
 from .switchable_norm import BRANCHES, SwitchableNorm, SyncSwitchableNorm
+from .switchable_whitening import SwitchableWhitening, SyncSwitchableWhitening
 
 __all__ = ['BatchAverage', 'BRANCHES', 'SwitchableNorm', 'SyncSwitchableNorm',
            'switchable_norm', 'convert_sync_sn', 'revert_sync_sn',
-           'SparseSwitchableNorm', 'SyncSparseSwitchableNorm', 'sparsemax', 'sparsestmax']
+           'SparseSwitchableNorm', 'SyncSparseSwitchableNorm', 'sparsemax', 'sparsestmax',
+           'SwitchableWhitening', 'SyncSwitchableWhitening']

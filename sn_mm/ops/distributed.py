@@ -331,3 +331,31 @@ def check_sync_layer(layer, x: torch.Tensor) -> None:
                                                for r, v in others.items()})
     checked[signature] = True
     layer._sync_signature = sync_signature(layer, x)
+
+
+class _AllGatherRows(torch.autograd.Function):
+    """:func:`all_gather_rows` with autograd: the backward sums the gradients of every rank."""
+
+    @staticmethod
+    def forward(ctx, row, process_group, world_size):
+        ctx.process_group = process_group
+        ctx.rank = dist.get_rank(group=process_group)
+        ctx.shape = row.shape
+        return all_gather_rows(row, process_group, world_size)
+
+    @staticmethod
+    def backward(ctx, grad_rows):
+        # d(sum_r L_r)/d(row of this rank) = sum over ranks of their gradient at this slot
+        total = all_reduce_sum(grad_rows, ctx.process_group)
+        return total[ctx.rank].reshape(ctx.shape), None, None
+
+
+def all_gather_rows_autograd(row: torch.Tensor, process_group=None) -> torch.Tensor:
+    """:func:`all_gather_rows` that autograd differentiates (used by SyncSW).
+
+    Forward: one summing all-reduce of the ``(world_size, len(row))`` slot matrix. Backward:
+    one summing all-reduce of its gradient; this rank's row receives the sum over ranks of
+    the gradient at its slot, i.e. the gradient of the sum of every rank's loss. Every rank
+    must call backward through it (a rank with an empty batch too).
+    """
+    return _AllGatherRows.apply(row, process_group, sync_world_size(process_group))
