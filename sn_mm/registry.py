@@ -14,3 +14,9 @@ MODELS.register_module('SN', module=SwitchableNorm)
 MODELS.register_module('SyncSN', module=SyncSwitchableNorm)
 MODELS.register_module('SSN', module=SparseSwitchableNorm)
 MODELS.register_module('SyncSSN', module=SyncSparseSwitchableNorm)
+
+# Exemplar Normalization (issue 19): per-sample importance ratios (sn_mm.ops.exemplar_norm)
+from .ops.exemplar_norm import ExemplarNorm, SyncExemplarNorm  # noqa: E402
+
+MODELS.register_module('EN', module=ExemplarNorm)
+MODELS.register_module('SyncEN', module=SyncExemplarNorm)

@@ -9,6 +9,8 @@ silently keep the full weight decay. ``SNOptimWrapperConstructor`` adds two
 - ``sn_decay_mult`` (float >= 0): weight decay of every SN/SyncSN parameter is
   ``weight_decay * sn_decay_mult``. If absent, ``norm_decay_mult`` (when given) is
   used for SN layers too; if both are absent SN parameters keep the base decay.
+  Exemplar Normalization layers (EN/SyncEN) get it on every parameter too (``weight``,
+  ``bias`` and the ratio network); ``sn_lr_mult`` does not apply to them.
 - ``sn_lr_mult`` (float >= 0): learning rate of the SN importance logits
   (``mean_weight`` and ``var_weight`` of every SN/SyncSN layer; not its ``weight``/``bias``,
   nothing else) is ``lr * sn_lr_mult``. Absent or 1.0: the logits train at the base
@@ -43,6 +45,7 @@ from mmengine.registry import OPTIM_WRAPPER_CONSTRUCTORS
 from torch import nn
 
 from ..ops import SwitchableNorm
+from ..ops.exemplar_norm import ExemplarNorm
 
 SN_KEYS = ('sn_decay_mult', 'sn_lr_mult')
 LOGIT_NAMES = ('mean_weight', 'var_weight')
@@ -91,7 +94,7 @@ class SNOptimWrapperConstructor(DefaultOptimWrapperConstructor):
                    is_dcn_module: Optional[Union[int, float]] = None) -> None:
         start = len(params)
         super().add_params(params, module, prefix, is_dcn_module)
-        if not isinstance(module, SwitchableNorm) or (
+        if not isinstance(module, (SwitchableNorm, ExemplarNorm)) or (
                 self.sn_decay_mult is None and self.sn_lr_mult is None):
             return
         names = {id(p): n for n, p in module.named_parameters(recurse=False)}
