@@ -48,13 +48,13 @@ def test_collect_and_summarize_match_direct_computation():
     summary = summarize_en_ratios(layers)
     s = summary['en']
     assert s['samples'] == 5 and s['branches'] == ['IN', 'LN', 'BN']
-    assert_close(torch.tensor(s['mean']['mean']), direct.double().mean(0))
-    assert_close(torch.tensor(s['mean']['std']), direct.double().std(0, correction=0))
-    assert_close(torch.tensor(s['mean']['quantiles']['0.5']),
+    assert_close(torch.tensor(s['mean']['mean'], dtype=torch.float64), direct.double().mean(0))
+    assert_close(torch.tensor(s['mean']['std'], dtype=torch.float64), direct.double().std(0, correction=0))
+    assert_close(torch.tensor(s['mean']['quantiles']['0.5'], dtype=torch.float64),
                  direct.double().quantile(0.5, dim=0))
     # class 1 is in images 0, 1 (batch 1) and 4 (batch 2, third image)
     assert s['per_class'][1]['samples'] == 3
-    assert_close(torch.tensor(s['per_class'][1]['mean']), direct.double()[[0, 1, 4]].mean(0))
+    assert_close(torch.tensor(s['per_class'][1]['mean'], dtype=torch.float64), direct.double()[[0, 1, 4]].mean(0))
     assert sorted(s['per_class']) == [0, 1, 2]
     # RoI rows do not match the images: no per-class statistics, 3 rows per image
     assert summary['head']['samples'] == 15 and summary['head']['per_class'] == {}
