@@ -8,6 +8,7 @@ import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.testing import assert_close
 
+from sn_mm.ops import exemplar_norm
 from sn_mm.ops.exemplar_norm import ExemplarNorm, SyncExemplarNorm
 
 PARAMS = ('weight', 'bias', 'reduce_weight', 'ratio_weight', 'ratio_bias')
@@ -106,6 +107,36 @@ def test_matches_reference(mixture, in_variance, using_bn, training, shape):
     for name in PARAMS:
         assert_close(getattr(layer, name).grad, getattr(ref_layer, name).grad,
                      rtol=1e-9, atol=1e-10, msg=lambda m: f'grad of {name}: {m}')
+
+
+@pytest.mark.parametrize('mixture', ['outputs', 'statistics'])
+@pytest.mark.parametrize('training', [True, False])
+def test_fused_eager_path_equals_plain_ops(monkeypatch, mixture, training):
+    """The eager path's hand-written backward against the plain differentiable ops."""
+    results = []
+    for fused in (True, False):
+        monkeypatch.setattr(exemplar_norm, 'use_fused_path', lambda x, fused=fused: fused)
+        layer = _layer(mixture=mixture).train(training)
+        x = _x((3, 6, 5, 4)).contiguous(memory_format=torch.channels_last).requires_grad_()
+        y = layer(x)
+        (y * _x((3, 6, 5, 4), seed=3)).sum().backward()
+        results.append((y, x.grad, [getattr(layer, n).grad for n in PARAMS],
+                        layer.running_var.clone()))
+    (y1, gx1, gp1, rv1), (y2, gx2, gp2, rv2) = results
+    assert_close(y1, y2, rtol=1e-12, atol=1e-12)
+    assert y1.is_contiguous(memory_format=torch.channels_last)
+    assert_close(gx1, gx2, rtol=1e-10, atol=1e-11)
+    for a, b in zip(gp1, gp2):
+        assert_close(a, b, rtol=1e-10, atol=1e-11)
+    assert_close(rv1, rv2, rtol=1e-12, atol=1e-12)
+
+
+def test_double_backward_raises():
+    layer = _layer()
+    x = _x((2, 6, 3, 3)).requires_grad_()
+    (gx,) = torch.autograd.grad(layer(x).square().sum(), x, create_graph=True)
+    with pytest.raises(RuntimeError, match='once_differentiable|double backward|differentiable'):
+        gx.sum().backward()
 
 
 def test_ratios_are_per_sample_and_sum_to_one():

@@ -141,22 +141,100 @@ def mix_per_sample(x: Tensor, moments: BranchMoments, mean_w: Tensor, var_w: Ten
     with ``r_k = (v_k + eps)^-1/2`` and ``l = mean_w`` (``var_w`` must be the same tensor).
 
     One full-size pass (the affine map); the output has ``x``'s dtype and memory format.
+    The layers' eager path (:class:`_FusedExemplarNorm`) runs the same two steps with a
+    hand-written full-size backward.
     """
+    scale, shift = mix_coefficients(moments, mean_w, var_w, weight, bias, eps, mixture)
+    return apply_affine(x, scale, shift)
+
+
+def mix_coefficients(moments: BranchMoments, mean_w: Tensor, var_w: Tensor, weight: Tensor,
+                     bias: Tensor, eps: float, mixture: str) -> Tuple[Tensor, Tensor]:
+    """The ``(N, C)`` step of :func:`mix_per_sample`: ``(scale, shift)``."""
     mu, v = moments
     w, b = weight.to(mu.dtype), bias.to(mu.dtype)
     if mixture == 'statistics':
         mean = torch.einsum('nk,nkc->nc', mean_w, mu)
         var = torch.einsum('nk,nkc->nc', var_w, v)
         scale = w * torch.rsqrt(var + eps)
-        shift = b - mean * scale
-    elif mixture == 'outputs':
+        return scale, b - mean * scale
+    if mixture == 'outputs':
         r = torch.rsqrt(v + eps)
-        scale = w * torch.einsum('nk,nkc->nc', mean_w, r)
-        shift = b - w * torch.einsum('nk,nkc->nc', mean_w, mu * r)
-    else:
-        raise ValueError(f'mixture must be one of {MIXTURES}, got {mixture!r}')
+        return (w * torch.einsum('nk,nkc->nc', mean_w, r),
+                b - w * torch.einsum('nk,nkc->nc', mean_w, mu * r))
+    raise ValueError(f'mixture must be one of {MIXTURES}, got {mixture!r}')
+
+
+def apply_affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``scale[n, c] * x + shift[n, c]`` in one pass, in ``x``'s dtype and memory format."""
     view = scale.shape + (1,) * (x.dim() - 2)
     return torch.addcmul(shift.to(x.dtype).view(view), x, scale.to(x.dtype).view(view))
+
+
+def use_fused_path(x: Tensor) -> bool:
+    """Eager float32/64 calls take :class:`_FusedExemplarNorm`; ``torch.compile``, export,
+    tracing, low precision and the meta device take the plain ops (:func:`mix_per_sample`)."""
+    return (x.dtype in (torch.float32, torch.float64) and x.device.type != 'meta'
+            and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()
+                     or torch.jit.is_tracing()))
+
+
+class _FusedExemplarNorm(torch.autograd.Function):
+    """EN's eager path: the full-size work as three passes forward, three backward.
+
+    Forward: ``mean_in`` (one reduction), ``d = x - mean_in`` into the output buffer,
+    ``var_in = |d|^2 / L`` (one reduction), then the ``(N, C)`` step (ratio network,
+    :func:`mix_coefficients`) as a small autograd graph over detached leaves, and the
+    affine map written in place: ``y = scale d + (shift + scale mean_in)``.
+    Backward: ``S = sum_l g x``, ``T = sum_l g`` (one product into a buffer, two
+    reductions), the small graph's gradients from ``(S, T)`` (``torch.autograd.grad``), and
+    ``dx = scale g + k x + c`` in place with ``k = 2 f du / L``,
+    ``c = dmean_in / L - mean_in k`` (SN_MATH.md's backward). Float32/64 only;
+    first-order only (double backward raises).
+    """
+
+    @staticmethod
+    def forward(ctx, x, layer, *params):
+        dims = tuple(range(2, x.dim()))
+        n, c = x.shape[:2]
+        length = math.prod(x.shape[2:])
+        mean = x.mean(dims, keepdim=True)
+        y = x - mean
+        var_in = torch.linalg.vector_norm(y, dim=dims).square_().div_(length)
+        f = length / (length - 1) if (layer.in_variance == 'unbiased' and length > 1) else 1.0
+        mean_in = mean.reshape(n, c)
+        with torch.enable_grad():
+            leaf_mean = mean_in.detach().requires_grad_()
+            leaf_u = (var_in * f).detach().requires_grad_()
+            leaves = [p.detach().requires_grad_() for p in params]
+            scale, shift = layer._small_step(x, leaf_mean, leaf_u, *leaves)
+        view = (n, c) + (1,) * len(dims)
+        sc = scale.detach()
+        y.mul_(sc.to(y.dtype).view(view)).add_((shift.detach() + sc * mean_in).to(y.dtype).view(view))
+        ctx.save_for_backward(x)
+        ctx.small = (leaf_mean, leaf_u, leaves, scale, shift, f, length)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, = ctx.saved_tensors
+        leaf_mean, leaf_u, leaves, scale, shift, f, length = ctx.small
+        dims = tuple(range(2, x.dim()))
+        view = scale.shape + (1,) * len(dims)
+        buf = torch.mul(g, x)
+        s_sum = buf.sum(dims).to(scale.dtype)
+        t_sum = g.sum(dims).to(scale.dtype)
+        grads = torch.autograd.grad((scale, shift), [leaf_mean, leaf_u] + leaves,
+                                    (s_sum, t_sum), allow_unused=True,
+                                    retain_graph=True)  # (N, C)-sized; backward may rerun
+        d_mean = grads[0] if grads[0] is not None else torch.zeros_like(leaf_mean)
+        d_u = grads[1] if grads[1] is not None else torch.zeros_like(leaf_u)
+        k = d_u * (2.0 * f / length)
+        c = d_mean / length - leaf_mean.detach() * k
+        torch.mul(g, scale.detach().to(g.dtype).view(view), out=buf)
+        buf.addcmul_(x, k.to(g.dtype).view(view)).add_(c.to(g.dtype).view(view))
+        return (buf, None) + tuple(grads[2:])
 
 
 class ExemplarNorm(nn.Module):
@@ -311,6 +389,9 @@ class ExemplarNorm(nn.Module):
 
         For ``'outputs'`` both are the same tensor :math:`\\lambda`.
         """
+        return self._ratios(moments, self.reduce_weight, self.ratio_weight, self.ratio_bias)
+
+    def _ratios(self, moments, reduce_weight, ratio_weight, ratio_bias):
         mu, v = moments
         n, k, c = mu.shape
         dtype = mu.dtype
@@ -318,14 +399,23 @@ class ExemplarNorm(nn.Module):
         pad = (-c) % self._span
         if pad:
             desc = F.pad(desc, (0, pad))
-        z = F.conv1d(desc, self.reduce_weight.to(dtype), stride=self._span, groups=k)
+        z = F.conv1d(desc, reduce_weight.to(dtype), stride=self._span, groups=k)
         relation = torch.bmm(z, z.transpose(1, 2)) / z.shape[-1]
-        logits = F.linear(relation.reshape(n, k * k), self.ratio_weight.to(dtype),
-                          self.ratio_bias.to(dtype))
+        logits = F.linear(relation.reshape(n, k * k), ratio_weight.to(dtype),
+                          ratio_bias.to(dtype))
         if self.mixture == 'statistics':
             return F.softmax(logits[:, :k], 1), F.softmax(logits[:, k:], 1)
         lam = F.softmax(logits, 1)
         return lam, lam
+
+    def _small_step(self, x, mean_in, u, weight, bias, reduce_weight, ratio_weight, ratio_bias):
+        """The ``(N, C)`` part: BN moments (tracked), branch moments, ratios, coefficients."""
+        moments = branch_moments(mean_in, u, self._bn_moments(x, mean_in, u))
+        mean_w, var_w = self._ratios(moments, reduce_weight, ratio_weight, ratio_bias)
+        return mix_coefficients(moments, mean_w, var_w, weight, bias, self.eps, self.mixture)
+
+    def _params(self):
+        return (self.weight, self.bias, self.reduce_weight, self.ratio_weight, self.ratio_bias)
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
@@ -336,6 +426,9 @@ class ExemplarNorm(nn.Module):
         return self._forward(x)
 
     def _forward(self, x: Tensor) -> Tensor:
+        if use_fused_path(x):
+            return _FusedExemplarNorm.apply(x, self, *self._params())
+        # compile / export / low precision: plain differentiable ops (same math)
         mean_in, _, u = instance_moments(x, self.in_variance == 'unbiased')
         moments = branch_moments(mean_in, u, self._bn_moments(x, mean_in, u))
         mean_w, var_w = self.ratios(moments)
