@@ -304,7 +304,7 @@ def test_autocast_bf16_float32_statistics():
     twin = _randomize(ExemplarNorm(6, reduction=4))
     x = torch.randn(4, 3, 8, 8)
     with torch.autocast('cpu', dtype=torch.bfloat16):
-        h = conv(x)
+        h = conv(x).detach()
         y = layer(h)
     assert h.dtype == torch.bfloat16 and y.dtype == torch.bfloat16
     assert layer.running_mean.dtype == torch.float32
@@ -312,8 +312,33 @@ def test_autocast_bf16_float32_statistics():
     assert_close(layer.running_mean, twin.running_mean, rtol=1e-5, atol=1e-6)
     assert_close(layer.running_var, twin.running_var, rtol=1e-5, atol=1e-6)
     assert_close(y.float(), y_ref, rtol=2e-2, atol=2e-2)
-    y.float().sum().backward()
+    g = torch.randn(y.shape, generator=torch.Generator().manual_seed(3))
+    (y.float() * g).sum().backward()
+    (y_ref * g).sum().backward()
     assert layer.ratio_weight.grad.dtype == torch.float32
+    for name in PARAMS:  # bf16 products, float32 sums: close to the float32 gradients
+        a, b = getattr(layer, name).grad, getattr(twin, name).grad
+        assert_close(a, b, rtol=5e-2, atol=5e-2 * float(b.abs().max()),
+                     msg=lambda m: f'{name}: {m}')
+
+
+@pytest.mark.parametrize('fused', [True, False])
+def test_bf16_input_gradient_matches_float32(monkeypatch, fused):
+    """bf16 eager path (float32 sums of x and x^2) and the plain path against float32."""
+    monkeypatch.setattr(exemplar_norm, 'use_fused_path', lambda x: fused)
+    layer, twin = _randomize(ExemplarNorm(6, reduction=4)), _randomize(ExemplarNorm(6, reduction=4))
+    x32 = torch.randn(3, 6, 8, 8, generator=torch.Generator().manual_seed(4)) * 2 + 3
+    x16 = x32.bfloat16().requires_grad_()
+    x32 = x16.detach().float().requires_grad_()
+    y16, y32 = layer(x16), twin(x32)
+    assert y16.dtype == torch.bfloat16
+    assert_close(layer.running_var, twin.running_var, rtol=1e-4, atol=1e-5)
+    assert_close(y16.float(), y32, rtol=2e-2, atol=3e-2)
+    g = torch.randn(y32.shape, generator=torch.Generator().manual_seed(5))
+    (y16.float() * g).sum().backward()
+    (y32 * g).sum().backward()
+    assert x16.grad.dtype == torch.bfloat16
+    assert_close(x16.grad.float(), x32.grad, rtol=5e-2, atol=5e-2 * float(x32.grad.abs().max()))
 
 
 def test_norm_eval_owner_keeps_eval_and_freezes_ratio_network():

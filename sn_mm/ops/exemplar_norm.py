@@ -172,9 +172,9 @@ def apply_affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
 
 
 def use_fused_path(x: Tensor) -> bool:
-    """Eager float32/64 calls take :class:`_FusedExemplarNorm`; ``torch.compile``, export,
-    tracing, low precision and the meta device take the plain ops (:func:`mix_per_sample`)."""
-    return (x.dtype in (torch.float32, torch.float64) and x.device.type != 'meta'
+    """Eager calls take :class:`_FusedExemplarNorm`; ``torch.compile``, export, tracing
+    and the meta device take the plain ops (:func:`mix_per_sample`), the same math."""
+    return (x.device.type != 'meta'
             and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()
                      or torch.jit.is_tracing()))
 
@@ -189,8 +189,11 @@ class _FusedExemplarNorm(torch.autograd.Function):
     Backward: ``S = sum_l g x``, ``T = sum_l g`` (one product into a buffer, two
     reductions), the small graph's gradients from ``(S, T)`` (``torch.autograd.grad``), and
     ``dx = scale g + k x + c`` in place with ``k = 2 f du / L``,
-    ``c = dmean_in / L - mean_in k`` (SN_MATH.md's backward). Float32/64 only;
-    first-order only (double backward raises).
+    ``c = dmean_in / L - mean_in k`` (SN_MATH.md's backward). bfloat16/float16 inputs:
+    float32 statistics from ``sum x`` and ``sum x^2`` (read from ``x`` without a copy;
+    ``E[x^2] - E[x]^2``, whose float32 cancellation is far below the input's own
+    rounding), a plain affine pass, and float32 ``S``, ``T`` over low-precision products.
+    First-order only (double backward raises).
     """
 
     @staticmethod
@@ -198,9 +201,16 @@ class _FusedExemplarNorm(torch.autograd.Function):
         dims = tuple(range(2, x.dim()))
         n, c = x.shape[:2]
         length = math.prod(x.shape[2:])
-        mean = x.mean(dims, keepdim=True)
-        y = x - mean
-        var_in = torch.linalg.vector_norm(y, dim=dims).square_().div_(length)
+        acc = accumulation_dtype(x.dtype)
+        if x.dtype == acc:  # exact two-pass variance; the centred copy becomes the output
+            mean = x.mean(dims, keepdim=True)
+            y = x - mean
+            var_in = torch.linalg.vector_norm(y, dim=dims).square_().div_(length)
+        else:  # bf16/fp16: float32 sums of x and x^2 read straight from x (no copy)
+            y = None
+            mean = x.mean(dims, keepdim=True, dtype=acc)
+            sq = torch.linalg.vector_norm(x, dim=dims, dtype=acc).square_().div_(length)
+            var_in = (sq - mean.reshape(sq.shape).square()).clamp_min_(0.0)
         f = length / (length - 1) if (layer.in_variance == 'unbiased' and length > 1) else 1.0
         mean_in = mean.reshape(n, c)
         with torch.enable_grad():
@@ -210,8 +220,11 @@ class _FusedExemplarNorm(torch.autograd.Function):
             scale, shift = layer._small_step(x, leaf_mean, leaf_u, *leaves)
         view = (n, c) + (1,) * len(dims)
         sc = scale.detach()
-        torch.addcmul((shift.detach() + sc * mean_in).to(y.dtype).view(view), y,
-                      sc.to(y.dtype).view(view), out=y)  # in place: y = scale d + shift'
+        if y is None:
+            y = apply_affine(x, sc, shift.detach())
+        else:
+            torch.addcmul((shift.detach() + sc * mean_in).to(y.dtype).view(view), y,
+                          sc.to(y.dtype).view(view), out=y)  # in place: y = scale d + shift'
         ctx.save_for_backward(x)
         ctx.small = (leaf_mean, leaf_u, leaves, scale, shift, f, length)
         return y
@@ -224,8 +237,8 @@ class _FusedExemplarNorm(torch.autograd.Function):
         dims = tuple(range(2, x.dim()))
         view = scale.shape + (1,) * len(dims)
         buf = torch.mul(g, x)
-        s_sum = buf.sum(dims).to(scale.dtype)
-        t_sum = g.sum(dims).to(scale.dtype)
+        s_sum = buf.sum(dims, dtype=scale.dtype)
+        t_sum = g.sum(dims, dtype=scale.dtype)
         grads = torch.autograd.grad((scale, shift), [leaf_mean, leaf_u] + leaves,
                                     (s_sum, t_sum), allow_unused=True,
                                     retain_graph=True)  # (N, C)-sized; backward may rerun
