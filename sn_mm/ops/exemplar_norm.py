@@ -413,7 +413,9 @@ class ExemplarNorm(nn.Module):
         pad = (-c) % self._span
         if pad:
             desc = F.pad(desc, (0, pad))
-        z = F.conv1d(desc, reduce_weight.to(dtype), stride=self._span, groups=k)
+        # grouped 1-D convolution, kernel = stride = span: a per-normalizer weighted sum
+        z = torch.einsum('nkjr,kr->nkj', desc.reshape(n, k, -1, self._span),
+                         reduce_weight.to(dtype).reshape(k, self._span))
         relation = torch.bmm(z, z.transpose(1, 2)) / z.shape[-1]
         logits = F.linear(relation.reshape(n, k * k), ratio_weight.to(dtype),
                           ratio_bias.to(dtype))
