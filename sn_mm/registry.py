@@ -70,3 +70,9 @@ def _build_sw_resnet(*args, **kwargs):
 
 
 MODELS.register_module('SWResNet', module=_build_sw_resnet)
+
+# Exemplar Normalization (issue 19): per-sample importance ratios (sn_mm.ops.exemplar_norm)
+from .ops.exemplar_norm import ExemplarNorm, SyncExemplarNorm  # noqa: E402
+
+MODELS.register_module('EN', module=ExemplarNorm)
+MODELS.register_module('SyncEN', module=SyncExemplarNorm)

@@ -21,6 +21,7 @@ import sn_mm  # noqa: F401
 import sn_mm.datasets
 from sn_mm.ops import (SparseSwitchableNorm, SwitchableNorm, SwitchableWhitening,
                        SyncSwitchableNorm)
+from sn_mm.ops.exemplar_norm import ExemplarNorm
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 COCO_DIR = osp.join(ROOT, 'configs', 'mask_rcnn')
@@ -37,6 +38,7 @@ COCO_EXPECTED = {
     'mask-rcnn_r50_fpn_frozenbn_gn-head_2x_coco.py': ('FrozenBN', 'GN'),
     'mask-rcnn_r50_fpn_gn_sn-head_2x_coco.py': ('GN', 'SN'),
     'mask-rcnn_r50_fpn_sw-all_2x_coco.py': ('SW', 'SW'),
+    'mask-rcnn_r50_fpn_en-all_2x_coco.py': ('EN', 'EN'),
 }
 DEMO_EXPECTED = {
     'mask-rcnn_r18_fpn_sn-all_coco-demo.py': ('SN', 'SN'),
@@ -51,7 +53,7 @@ DEMO_EXPECTED = {
 }
 
 NORM_CLASSES = {'SN': SwitchableNorm, 'SyncSN': SyncSwitchableNorm, 'SSN': SparseSwitchableNorm,
-                'SW': SwitchableWhitening,
+                'SW': SwitchableWhitening, 'EN': ExemplarNorm,
                 'GN': nn.GroupNorm,
                 'BN': nn.BatchNorm2d, 'FrozenBN': nn.BatchNorm2d, 'SyncBN': nn.SyncBatchNorm}
 
@@ -111,14 +113,15 @@ def shrink_for_test(cfg, rois: int = 32) -> None:
 
 def norm_layers(module: nn.Module) -> List[nn.Module]:
     return [m for m in module.modules()
-            if isinstance(m, (SwitchableNorm, SwitchableWhitening, nn.GroupNorm, _BatchNorm))]
+            if isinstance(m, (SwitchableNorm, SwitchableWhitening, ExemplarNorm, nn.GroupNorm,
+                              _BatchNorm))]
 
 
 def norm_kind(layer: nn.Module) -> str:
     from mmengine.model.utils import _BatchNormXd
     if type(layer) is _BatchNormXd:  # what mmengine's revert_sync_batchnorm makes of SyncBN
         return 'SyncBN(reverted)'
-    for name in ('SyncSN', 'SN', 'SSN', 'SW', 'GN', 'SyncBN', 'BN'):
+    for name in ('SyncSN', 'SN', 'SSN', 'SW', 'EN', 'GN', 'SyncBN', 'BN'):
         if type(layer) is NORM_CLASSES[name]:
             return name
     return type(layer).__name__
@@ -150,12 +153,12 @@ def check_weight_decay(model, optim_wrapper, base_wd: float) -> None:
             module = owner[id(p)]
             if not p.requires_grad:
                 continue
-            if isinstance(module, SwitchableNorm):
+            if isinstance(module, (SwitchableNorm, ExemplarNorm)):
                 seen_sn += 1
                 assert group['weight_decay'] == 0.0, (module, group['weight_decay'])
             elif isinstance(module, (nn.Conv2d, nn.Linear)) and p.dim() > 1:
                 assert group['weight_decay'] == pytest.approx(base_wd)
-    num_sn = sum(1 for m in model.modules() if isinstance(m, SwitchableNorm)
+    num_sn = sum(1 for m in model.modules() if isinstance(m, (SwitchableNorm, ExemplarNorm))
                  for p in m.parameters() if p.requires_grad)
     assert seen_sn == num_sn
 
@@ -210,7 +213,7 @@ def test_coco_config_settings(name):
     else:
         assert bb.norm_eval is False  # explicit for SN/GN/SyncBN backbones
     ckpt = bb.init_cfg.checkpoint
-    if 'SN' in backbone:
+    if 'SN' in backbone or backbone == 'EN':  # EN starts from the SN checkpoint
         assert ckpt == 'data/pretrained/resnet50v1_sn_8x32.pth'
     elif backbone == 'GN':
         assert ckpt == 'open-mmlab://contrib/resnet50_gn'
@@ -273,3 +276,6 @@ def _check_step(model, optim_wrapper, log_vars, changed, backbone, head, frozen_
         assert 'roi_head.bbox_head.shared_convs.0.sn.var_weight' in changed
     if 'SN' in backbone:
         assert 'backbone.layer4.1.sn2.mean_weight' in changed
+    if backbone == 'EN':  # the ratio networks are trained
+        assert 'backbone.layer4.1.en2.ratio_weight' in changed
+        assert 'roi_head.mask_head.convs.0.en.ratio_weight' in changed

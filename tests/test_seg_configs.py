@@ -23,6 +23,7 @@ from torch.testing import assert_close
 import sn_mm  # noqa: F401
 from sn_mm.ops import (SparseSwitchableNorm, SwitchableNorm, SwitchableWhitening,
                        SyncSwitchableNorm)
+from sn_mm.ops.exemplar_norm import ExemplarNorm
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 REAL_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'deeplabv3', '*.py'))
@@ -31,13 +32,13 @@ DEMO_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'seg_demo', '*.py')))
 ALL_CONFIGS = REAL_CONFIGS + DEMO_CONFIGS
 NORM_TYPES = {'sn': SwitchableNorm, 'syncsn': SyncSwitchableNorm, 'ssn': SparseSwitchableNorm,
               'syncbn': SyncBatchNorm, 'sw': SwitchableWhitening,
-              'gn': nn.GroupNorm}
-SN_TYPES = ('sn', 'syncsn', 'ssn', 'sw')  # no weight decay on their parameters
+              'gn': nn.GroupNorm, 'en': ExemplarNorm}
+SN_TYPES = ('sn', 'syncsn', 'ssn', 'sw', 'en')  # no weight decay on their parameters
 
 
 def _norm_key(path):
     """The normalizer named in the file name: ``..._r50-d8-<norm>[-in1k-official]_...``."""
-    match = re.search(r'-d8-(sn|syncsn|ssn|syncbn|gn|sw)(-in1k-official)?_', osp.basename(path))
+    match = re.search(r'-d8-(sn|syncsn|ssn|syncbn|gn|sw|en)(-in1k-official)?_', osp.basename(path))
     assert match, f'config name {osp.basename(path)} does not name its normalizer'
     return match.group(1)
 
@@ -50,7 +51,7 @@ def test_config_set_is_complete():
     names = {osp.relpath(p, osp.join(ROOT, 'configs')) for p in ALL_CONFIGS}
     for model in ('deeplabv3', 'deeplabv3plus'):
         for schedule in ('4xb2-80k_cityscapes-512x1024', '4xb4-160k_ade20k-512x512'):
-            for norm in ('sn', 'syncsn', 'syncbn', 'gn', 'sn-in1k-official', 'sw'):
+            for norm in ('sn', 'syncsn', 'syncbn', 'gn', 'sn-in1k-official', 'sw', 'en'):
                 assert f'{model}/{model}_r50-d8-{norm}_{schedule}.py' in names
         for layout in ('cityscapes', 'ade20k'):
             for norm in ('sn', 'syncsn', 'syncbn', 'gn'):
@@ -59,7 +60,7 @@ def test_config_set_is_complete():
 
 def _norm_layers(model):
     kinds = (_BatchNorm, nn.GroupNorm, nn.LayerNorm, _InstanceNorm, SwitchableNorm,
-             SwitchableWhitening)
+             SwitchableWhitening, ExemplarNorm)
     return [(n, m) for n, m in model.named_modules() if isinstance(m, kinds)]
 
 
@@ -157,6 +158,8 @@ def test_config_builds_and_trains_one_step(path):
     sn_layers = [m for _, m in norms if isinstance(m, SwitchableNorm)]
     before = [m.mean_weight.detach().clone() for m in sn_layers]
     running = [m.running_mean.clone() for m in sn_layers]
+    en_layers = [m for _, m in norms if isinstance(m, ExemplarNorm)]
+    en_before = [m.ratio_weight.detach().clone() for m in en_layers]
     log = model.train_step(_small_batch(2, size, num_classes), optim_wrapper)
     loss = float(log['loss'].detach())
     assert math.isfinite(loss) and loss > 0
@@ -165,6 +168,8 @@ def test_config_builds_and_trains_one_step(path):
         assert torch.isfinite(m.mean_weight).all()
         assert not torch.equal(m.mean_weight, b)  # importance logits are trained
         assert not torch.equal(m.running_mean, r)  # BN-branch statistics are tracked
+    for m, b in zip(en_layers, en_before):
+        assert not torch.equal(m.ratio_weight, b)  # EN's ratio networks are trained
 
 
 def _official_sn_resnet50_state(seed=0):

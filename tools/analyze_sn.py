@@ -5,6 +5,7 @@
                                [--plot fig.png|.pdf] [--title TEXT] [--quiet]
     python tools/analyze_sn.py --compare [CKPT|results.json ...] [--labels ...] [--out t.md]
     python tools/analyze_sn.py --trajectories WORK_DIR [--layers] [--groups G ...] [--plot f.png]
+    python tools/analyze_sn.py --en-ratios CONFIG CKPT [--max-batches N] [--out summary.json]
 
 Reads mmengine checkpoints (``{'state_dict': {'backbone.layer1.0.sn1.mean_weight': ...}}``)
 and official SN checkpoints (``module.`` keys, 3 or 2 logits), prints the softmaxed
@@ -17,6 +18,8 @@ the allowlist of objects mmengine writes (``sn_mm.checkpoint.safe_load``).
 from the detection demo, the two segmentation demos and the digits study outputs.
 ``--trajectories``: share curves over training from a run's ``vis_data/scalars.json``
 (``SNRatioHook``; ``sn_mm.analysis.trajectories``).
+``--en-ratios``: the distribution of Exemplar Normalization's per-sample ratios over the
+config's val set, per EN layer and per class (``sn_mm.analysis.exemplar``).
 """
 import argparse
 import os
@@ -34,6 +37,10 @@ def parse_args(argv=None):
                         '(default sources: the demo and study outputs under work_dirs/)')
     parser.add_argument('--trajectories', metavar='RUN', help='plot the share trajectories '
                         'of a run (work_dir, vis_data folder or scalars.json)')
+    parser.add_argument('--en-ratios', nargs=2, metavar=('CONFIG', 'CKPT'),
+                        help='per-sample EN ratios of CONFIG + CKPT over its val set')
+    parser.add_argument('--max-batches', type=int, default=None,
+                        help='--en-ratios: only the first N val batches')
     parser.add_argument('--layers', action='store_true',
                         help='--trajectories: per-layer curves instead of stage averages')
     parser.add_argument('--groups', nargs='+', default=(),
@@ -45,11 +52,18 @@ def parse_args(argv=None):
     parser.add_argument('--title', default='', help='figure title')
     parser.add_argument('--quiet', action='store_true', help='do not print the tables')
     args = parser.parse_args(argv)
-    if args.compare and args.trajectories:
-        parser.error('--compare and --trajectories are separate commands; give one')
-    if not (args.compare or args.trajectories or args.checkpoints):
-        parser.error('expected checkpoint files, --compare or --trajectories RUN')
-    tables = ('.csv', '.json', '.md') if args.compare else ('.csv', '.json')
+    if sum(map(bool, (args.compare, args.trajectories, args.en_ratios))) > 1:
+        parser.error('--compare, --trajectories and --en-ratios are separate commands; '
+                     'give one')
+    if args.en_ratios and args.checkpoints:
+        parser.error(f'--en-ratios takes CONFIG CKPT only, got extra {args.checkpoints}')
+    if args.max_batches is not None and args.max_batches < 1:
+        parser.error(f'--max-batches must be a positive int, got {args.max_batches}')
+    if not (args.compare or args.trajectories or args.en_ratios or args.checkpoints):
+        parser.error('expected checkpoint files, --compare, --trajectories RUN or '
+                     '--en-ratios CONFIG CKPT')
+    tables = (('.csv', '.json', '.md') if args.compare else
+              ('.json',) if args.en_ratios else ('.csv', '.json'))
     if args.out and os.path.splitext(args.out)[1].lower() not in tables:
         parser.error(f'--out must end in {" or ".join(tables)}, got {args.out!r}')
     if args.labels and len(args.labels) != len(args.checkpoints):
@@ -67,7 +81,7 @@ def default_labels(paths):
 
 def main(argv=None):
     args = parse_args(argv)
-    if args.compare or args.trajectories:
+    if args.compare or args.trajectories or args.en_ratios:
         return extra_command(args)
     labels = args.labels or default_labels(args.checkpoints)
     tables = []
@@ -89,8 +103,12 @@ def main(argv=None):
 
 def extra_command(args):
     from sn_mm.analysis.compare import run_compare
+    from sn_mm.analysis.exemplar import run_en_ratios
     from sn_mm.analysis.trajectories import run_trajectories
     try:
+        if args.en_ratios:
+            return run_en_ratios(*args.en_ratios, max_batches=args.max_batches, out=args.out,
+                                 quiet=args.quiet)
         if args.compare:
             return run_compare(args.checkpoints, args.labels, args.plot, args.out, args.title,
                                args.quiet)

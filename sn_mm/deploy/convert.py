@@ -263,6 +263,26 @@ class _Checker:
         self.pending.clear()
 
 
+def check_no_exemplar_norm(modules: Dict[str, nn.Module]) -> None:
+    """Raise if the model has Exemplar Normalization layers: they cannot be made fixed.
+
+    EN's importance ratios are computed from each input by its ratio network, so no fixed
+    layer (BN, IN, LN or a fixed mixture) reproduces it: the error names the layers.
+    """
+    from sn_mm.ops.exemplar_norm import ExemplarNorm
+    found = [(n or '<root>', type(m).__name__) for n, m in modules.items()
+             if isinstance(m, ExemplarNorm)]
+    if found:
+        shown = ', '.join(f'{n} ({t})' for n, t in found[:5])
+        if len(found) > 5:
+            shown += f', ... ({len(found)} layers)'
+        raise ValueError(
+            f'cannot convert Exemplar Normalization layer(s) {shown} '
+            'to fixed layers: EN computes its importance ratios from every input (per '
+            'sample), so no fixed normalizer reproduces it. Deploy the model as it is '
+            '(it exports to ONNX), or train it with SN/SSN to deploy fixed layers.')
+
+
 def to_fixed_norms(model: nn.Module, tol: float = 0.0,
                    forward: Optional[Callable[[nn.Module], object]] = None,
                    fold: bool = True, inplace: bool = False) -> Conversion:
@@ -288,6 +308,7 @@ def to_fixed_norms(model: nn.Module, tol: float = 0.0,
         model = copy.deepcopy(model)
     model.eval()  # the converted model is an inference model
     modules = dict(model.named_modules())
+    check_no_exemplar_norm(modules)
     sn_names = [n for n, m in modules.items() if isinstance(m, SwitchableNorm)]
     if not sn_names:
         raise ValueError(f'no SwitchableNorm / SSN layer found in {type(model).__name__}')

@@ -21,7 +21,7 @@ import torch
 from mmengine.config import Config
 from mmengine.registry import MODELS, init_default_scope
 
-from .convert import Conversion, apply_plan, to_fixed_norms
+from .convert import Conversion, apply_plan, check_no_exemplar_norm, to_fixed_norms
 
 
 def build_fixed_norm_model(model: dict, layers: Sequence[dict] = (),
@@ -99,6 +99,7 @@ def deploy_checkpoint(config: str, checkpoint: str, out: str, tol: float = 0.0,
     if not out.endswith('.pth'):
         raise ValueError(f'--out must be a .pth file, got {out!r}')
     cfg, model = load_model(config, checkpoint, cfg_options)
+    check_no_exemplar_norm(dict(model.named_modules()))  # before loading any data
     batch = first_test_batch(cfg) if check else None
     forward = (lambda m: m.test_step(batch)) if check else None
     conversion: Conversion = to_fixed_norms(model, tol=tol, forward=forward)

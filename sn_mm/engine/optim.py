@@ -9,6 +9,8 @@ silently keep the full weight decay. ``SNOptimWrapperConstructor`` adds two
 - ``sn_decay_mult`` (float >= 0): weight decay of every SN/SyncSN parameter is
   ``weight_decay * sn_decay_mult``. If absent, ``norm_decay_mult`` (when given) is
   used for SN layers too; if both are absent SN parameters keep the base decay.
+  Exemplar Normalization layers (EN/SyncEN) get it on every parameter too (``weight``,
+  ``bias`` and the ratio network); ``sn_lr_mult`` does not apply to them.
 - ``sn_lr_mult`` (float >= 0): learning rate of the SN importance logits
   (``mean_weight`` and ``var_weight`` of every SN/SyncSN layer; not its ``weight``/``bias``,
   nothing else) is ``lr * sn_lr_mult``. Absent or 1.0: the logits train at the base
@@ -42,11 +44,12 @@ from mmengine.optim import DefaultOptimWrapperConstructor, OptimWrapper
 from torch import nn
 
 from ..ops import SwitchableNorm, SwitchableWhitening
+from ..ops.exemplar_norm import ExemplarNorm
 
 SN_KEYS = ('sn_decay_mult', 'sn_lr_mult')
 LOGIT_NAMES = ('mean_weight', 'var_weight', 'sw_mean_weight', 'sw_var_weight')
 # Switchable Whitening (SW/SyncSW) layers take the same multipliers as SN layers
-SN_LAYER_TYPES = (SwitchableNorm, SwitchableWhitening)
+SN_LAYER_TYPES = (SwitchableNorm, SwitchableWhitening, ExemplarNorm)
 
 
 def _check_mult(key: str, value) -> None:

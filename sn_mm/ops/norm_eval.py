@@ -95,7 +95,10 @@ def owner_of(layer: nn.Module) -> Optional[nn.Module]:
 
 def _freeze_logits(layer: nn.Module) -> bool:
     frozen = False
-    for param in (layer.mean_weight, layer.var_weight):
+    # SN: the two logit vectors; EN: its ratio network (``logit_parameters()``)
+    params = (layer.logit_parameters() if hasattr(layer, 'logit_parameters')
+              else (layer.mean_weight, layer.var_weight))
+    for param in params:
         if param.requires_grad:
             param.requires_grad_(False)
             frozen = True

@@ -1,0 +1,570 @@
+r"""Exemplar Normalization (EN) layers, pure torch.
+
+Exemplar Normalization (Zhang, Peng, Wu, Li, Luo, CVPR 2020, arXiv:2003.08761) is SN with
+*sample-dependent* importance ratios: every sample ``n`` gets its own mixture
+:math:`\lambda_n` of the normalizers, produced by a small ratio network from that sample's
+statistics. The paper's layer (its Eqn. 3, with :math:`\gamma, \beta` per channel):
+
+.. math::
+    y_{ncl} = \gamma_c \sum_k \lambda_{nk}\,
+              \frac{x_{ncl} - \mu_{k}[n, c]}{\sqrt{v_{k}[n, c] + \epsilon}} + \beta_c,
+    \qquad \sum_k \lambda_{nk} = 1, \quad k \in \{\mathrm{IN}, \mathrm{LN}, \mathrm{BN}\}.
+
+For one ``(n, c)`` row every branch term is an affine map of ``x``, so the mixture is one
+affine map, computed without ``K`` full-size normalizations:
+
+.. math::
+    \text{scale}_{nc} = \gamma_c \sum_k \lambda_{nk} r_k, \qquad
+    \text{shift}_{nc} = \beta_c - \gamma_c \sum_k \lambda_{nk} \mu_k r_k, \qquad
+    r_k = (v_k + \epsilon)^{-1/2}.
+
+``mixture='statistics'`` is the SN-style alternative (SN's Eqn. with per-sample weights,
+the ``(N, K)`` weights of the core op contract ``SN_MATH.md``): two ratio heads,
+:math:`a_n` for the means and :math:`b_n` for the variances,
+``mean = sum_k a_k mu_k``, ``var = sum_k b_k v_k``, ``scale = gamma (var + eps)^-1/2``,
+``shift = beta - mean * scale``. Both are the same one-hot limits (IN, LN, BN).
+
+Statistics (one pass over ``x``), exactly SN's (:mod:`sn_mm.ops.switchable_norm`): the
+instance moments ``mean_in``, ``var_in`` per ``(n, c)``; ``u = f var_in`` with Bessel's
+factor ``f = L/(L-1)`` in ``'unbiased'`` mode (official SN) and 1 in ``'biased'`` mode or
+for ``L == 1``; every branch pools them (IN: the row; LN: the sample's channels; BN: the
+batch) as ``mu_k = mean(mean_in)``, ``v_k = mean(u) + mean((mean_in - mu_k)^2)``. BN uses
+the running statistics in eval mode, the union batch of all ranks for SyncEN.
+
+Ratio network (the paper: descriptors from each normalizer's statistics, a small
+network with few parameters, a softmax over the normalizers; choices the paper's text
+leaves open, or that we could not read, are ours, listed in ``docs/en.md``):
+
+1. *descriptors* ``d[n, k, c] = (mean_in - mu_k) * r_k``: the spatial average of the
+   ``k``-th normalized map :math:`\hat x_k`, from ``(N, C)`` statistics only (no full-size
+   normalization). The IN descriptor is identically 0 (an instance-normalized map has
+   mean 0); it is kept so every branch has a row;
+2. *reduction*: a grouped 1-D convolution over the channel axis, one filter of length
+   ``r = min(reduction, C)`` and stride ``r`` per normalizer (``groups=K``, no bias; the
+   channel axis is zero-padded to a multiple of ``r``), initialised to ``1/r`` (average
+   pooling of ``r`` neighbouring channels): ``z[n, k, :]`` of length ``ceil(C / r)``;
+3. *relation*: the ``K x K`` Gram matrix of the normalizers, ``R = z z^T / len(z)``;
+4. *ratio generation*: a linear layer ``K^2 -> H K`` (``H = 1`` head for
+   ``'outputs'``, 2 for ``'statistics'``: means then variances), no activation, then a
+   softmax over ``K`` per head. Weight and bias start at 0: every sample starts at the
+   uniform ``1/K`` mixture, SN's initial mixture.
+
+Parameters: ``weight``, ``bias`` (C,); ``reduce_weight`` (K, 1, r); ``ratio_weight``
+(H K, K^2); ``ratio_bias`` (H K). Buffers: ``running_mean``, ``running_var`` (C,) when
+``using_bn``; same momentum convention as SN
+(``running = (1 - momentum) * running + momentum * batch``).
+
+EN cannot be folded into a fixed layer for deployment: its ratios depend on the input.
+"""
+import math
+from typing import NamedTuple, Optional, Tuple
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import norm_eval
+from .distributed import all_reduce_sum, sync_world_size
+
+__all__ = ['ExemplarNorm', 'SyncExemplarNorm', 'BranchMoments', 'instance_moments',
+           'branch_moments', 'mix_per_sample', 'MIXTURES']
+
+MIXTURES = ('outputs', 'statistics')
+IN_VARIANCE_MODES = ('unbiased', 'biased')
+Tensor = torch.Tensor
+
+
+class BranchMoments(NamedTuple):
+    """Per-branch moments, each ``(N, K, C)`` in the accumulation dtype, pool order."""
+
+    mu: Tensor
+    v: Tensor
+
+
+def accumulation_dtype(dtype: torch.dtype) -> torch.dtype:
+    """float64 for float64 inputs, float32 otherwise (SN's statistics dtype)."""
+    return torch.float64 if dtype == torch.float64 else torch.float32
+
+
+def instance_moments(x: Tensor, unbiased: bool) -> Tuple[Tensor, Tensor, Tensor]:
+    """``(mean_in, var_in, u)``, each ``(N, C)`` in the accumulation dtype (one pass).
+
+    ``var_in`` is biased; ``u = f var_in`` with ``f = L/(L-1)`` if ``unbiased`` and
+    ``L > 1``, else 1. Low-precision inputs are read in float32.
+    """
+    acc = accumulation_dtype(x.dtype)
+    dims = tuple(range(2, x.dim()))
+    if x.shape[0] == 0:  # an empty batch (e.g. 0 RoIs): empty moments (in the autograd
+        empty = x.to(acc).sum(dims)  # graph: SyncEN's backward collective must run)
+        return empty, empty, empty
+    xs = x if x.dtype == acc else x.to(acc)
+    var_in, mean_in = torch.var_mean(xs, dim=dims, correction=0)
+    length = math.prod(x.shape[2:])
+    f = length / (length - 1) if (unbiased and length > 1) else 1.0
+    return mean_in, var_in, var_in * f if f != 1.0 else var_in
+
+
+def _pooled(mean_in: Tensor, u: Tensor, dim: int) -> Tuple[Tensor, Tensor]:
+    mu = mean_in.mean(dim, keepdim=True)
+    v = u.mean(dim, keepdim=True) + (mean_in - mu).square().mean(dim, keepdim=True)
+    return mu, v
+
+
+def branch_moments(mean_in: Tensor, u: Tensor, bn: Optional[Tuple[Tensor, Tensor]]
+                   ) -> BranchMoments:
+    """IN, LN (and BN) moments as ``(N, K, C)``; ``bn`` = the BN ``(mu, v)`` of shape (C,)."""
+    mu_ln, v_ln = _pooled(mean_in, u, 1)
+    mus, vs = [mean_in, mu_ln.expand_as(mean_in)], [u, v_ln.expand_as(u)]
+    if bn is not None:
+        mus.append(bn[0].to(mean_in.dtype).expand_as(mean_in))
+        vs.append(bn[1].to(u.dtype).expand_as(u))
+    return BranchMoments(torch.stack(mus, 1), torch.stack(vs, 1))
+
+
+# ---------------------------------------------------------------------------------------
+# THE MIXING STEP. One function, swappable for the lead engineer's core op (SN_MATH.md §3-4:
+# the (N, C) step with per-sample (N, K) weights, then the affine pass). Its body is plain
+# torch for now. The core op computes the instance moments itself; EN needs them before
+# the weights (the ratio network reads them), so the swap needs the op's variant that
+# takes (or returns) the moments, or this function's signature unchanged with the op
+# inside. Only mixture='statistics' is the contract's mixture; 'outputs' (EN's Eqn. 3)
+# mixes the per-branch reciprocal standard deviations instead.
+# ---------------------------------------------------------------------------------------
+def mix_per_sample(x: Tensor, moments: BranchMoments, mean_w: Tensor, var_w: Tensor,
+                   weight: Tensor, bias: Tensor, eps: float, mixture: str) -> Tensor:
+    r"""``y = scale[n, c] * x + shift[n, c]`` with per-sample weights ``(N, K)``.
+
+    ``'statistics'``: ``mean = sum_k a_k mu_k``, ``var = sum_k b_k v_k``,
+    ``scale = weight (var + eps)^-1/2``, ``shift = bias - mean * scale``
+    (``a = mean_w``, ``b = var_w``).
+    ``'outputs'``: ``scale = weight sum_k l_k r_k``, ``shift = bias - weight sum_k l_k mu_k r_k``
+    with ``r_k = (v_k + eps)^-1/2`` and ``l = mean_w`` (``var_w`` must be the same tensor).
+
+    One full-size pass (the affine map); the output has ``x``'s dtype and memory format.
+    The layers' eager path (:class:`_FusedExemplarNorm`) runs the same two steps with a
+    hand-written full-size backward.
+    """
+    scale, shift = mix_coefficients(moments, mean_w, var_w, weight, bias, eps, mixture)
+    return apply_affine(x, scale, shift)
+
+
+def mix_coefficients(moments: BranchMoments, mean_w: Tensor, var_w: Tensor, weight: Tensor,
+                     bias: Tensor, eps: float, mixture: str) -> Tuple[Tensor, Tensor]:
+    """The ``(N, C)`` step of :func:`mix_per_sample`: ``(scale, shift)``."""
+    mu, v = moments
+    w, b = weight.to(mu.dtype), bias.to(mu.dtype)
+    if mixture == 'statistics':
+        mean = torch.einsum('nk,nkc->nc', mean_w, mu)
+        var = torch.einsum('nk,nkc->nc', var_w, v)
+        scale = w * torch.rsqrt(var + eps)
+        return scale, b - mean * scale
+    if mixture == 'outputs':
+        r = torch.rsqrt(v + eps)
+        return (w * torch.einsum('nk,nkc->nc', mean_w, r),
+                b - w * torch.einsum('nk,nkc->nc', mean_w, mu * r))
+    raise ValueError(f'mixture must be one of {MIXTURES}, got {mixture!r}')
+
+
+def apply_affine(x: Tensor, scale: Tensor, shift: Tensor) -> Tensor:
+    """``scale[n, c] * x + shift[n, c]`` in one pass, in ``x``'s dtype and memory format."""
+    view = scale.shape + (1,) * (x.dim() - 2)
+    return torch.addcmul(shift.to(x.dtype).view(view), x, scale.to(x.dtype).view(view))
+
+
+def use_fused_path(x: Tensor) -> bool:
+    """Eager calls take :class:`_FusedExemplarNorm`; ``torch.compile``, export, tracing
+    and the meta device take the plain ops (:func:`mix_per_sample`), the same math."""
+    return (x.device.type != 'meta'
+            and not (torch.compiler.is_compiling() or torch.compiler.is_exporting()
+                     or torch.jit.is_tracing()))
+
+
+class _FusedExemplarNorm(torch.autograd.Function):
+    """EN's eager path: the full-size work in four passes forward, five backward.
+
+    Forward: ``mean_in`` (one reduction), ``d = x - mean_in`` into the output buffer,
+    ``var_in = |d|^2 / L`` (one reduction), then the ``(N, C)`` step (ratio network,
+    :func:`mix_coefficients`) as a small autograd graph over detached leaves, and the
+    affine map written in place: ``y = scale d + (shift + scale mean_in)``.
+    Backward: ``S = sum_l g x``, ``T = sum_l g`` (one product into a buffer, two
+    reductions), the small graph's gradients from ``(S, T)`` (``torch.autograd.grad``), and
+    ``dx = scale g + k x + c`` in place with ``k = 2 f du / L``,
+    ``c = dmean_in / L - mean_in k`` (SN_MATH.md's backward). bfloat16/float16 inputs:
+    float32 statistics from ``sum x`` and ``sum x^2`` (read from ``x`` without a copy;
+    ``E[x^2] - E[x]^2``, whose float32 cancellation is far below the input's own
+    rounding), a plain affine pass, and float32 ``S``, ``T`` over low-precision products.
+    First-order only (double backward raises).
+    """
+
+    @staticmethod
+    def forward(ctx, x, layer, *params):
+        dims = tuple(range(2, x.dim()))
+        n, c = x.shape[:2]
+        length = math.prod(x.shape[2:])
+        acc = accumulation_dtype(x.dtype)
+        if x.dtype == acc:  # exact two-pass variance; the centred copy becomes the output
+            mean = x.mean(dims, keepdim=True)
+            y = x - mean
+            var_in = torch.linalg.vector_norm(y, dim=dims).square_().div_(length)
+        else:  # bf16/fp16: float32 sums of x and x^2 read straight from x (no copy)
+            y = None
+            mean = x.mean(dims, keepdim=True, dtype=acc)
+            sq = torch.linalg.vector_norm(x, dim=dims, dtype=acc).square_().div_(length)
+            var_in = (sq - mean.reshape(sq.shape).square()).clamp_min_(0.0)
+        f = length / (length - 1) if (layer.in_variance == 'unbiased' and length > 1) else 1.0
+        mean_in = mean.reshape(n, c)
+        with torch.enable_grad():
+            leaf_mean = mean_in.detach().requires_grad_()
+            leaf_u = (var_in * f).detach().requires_grad_()
+            leaves = [p.detach().requires_grad_() for p in params]
+            scale, shift = layer._small_step(x, leaf_mean, leaf_u, *leaves)
+        view = (n, c) + (1,) * len(dims)
+        sc = scale.detach()
+        if y is None:
+            y = apply_affine(x, sc, shift.detach())
+        else:
+            torch.addcmul((shift.detach() + sc * mean_in).to(y.dtype).view(view), y,
+                          sc.to(y.dtype).view(view), out=y)  # in place: y = scale d + shift'
+        ctx.save_for_backward(x)
+        ctx.small = (leaf_mean, leaf_u, leaves, scale, shift, f, length)
+        return y
+
+    @staticmethod
+    @torch.autograd.function.once_differentiable
+    def backward(ctx, g):
+        x, = ctx.saved_tensors
+        leaf_mean, leaf_u, leaves, scale, shift, f, length = ctx.small
+        dims = tuple(range(2, x.dim()))
+        view = scale.shape + (1,) * len(dims)
+        buf = torch.mul(g, x)
+        s_sum = buf.sum(dims, dtype=scale.dtype)
+        t_sum = g.sum(dims, dtype=scale.dtype)
+        grads = torch.autograd.grad((scale, shift), [leaf_mean, leaf_u] + leaves,
+                                    (s_sum, t_sum), allow_unused=True,
+                                    retain_graph=True)  # (N, C)-sized; backward may rerun
+        d_mean = grads[0] if grads[0] is not None else torch.zeros_like(leaf_mean)
+        d_u = grads[1] if grads[1] is not None else torch.zeros_like(leaf_u)
+        k = d_u * (2.0 * f / length)
+        c = d_mean / length - leaf_mean.detach() * k
+        torch.addcmul(c.to(g.dtype).view(view), x, k.to(g.dtype).view(view), out=buf)
+        buf.addcmul_(g, scale.detach().to(g.dtype).view(view))
+        return (buf, None) + tuple(grads[2:])
+
+
+class ExemplarNorm(nn.Module):
+    """Exemplar Normalization over ``(N, C, *spatial)`` inputs (see the module docstring).
+
+    Args:
+        num_features: channels ``C``.
+        eps: added to the variances.
+        momentum: torch meaning (official SN decay ``d`` == ``1 - momentum``).
+        using_moving_average: update the running statistics in training.
+        using_bn: include the BN branch (pool [IN, LN, BN]; else [IN, LN]).
+        last_gamma: initialise ``weight`` to 0.
+        in_variance: ``'unbiased'`` (official SN) or ``'biased'`` (one-hot limits equal
+            torch's InstanceNorm / LayerNorm / BatchNorm exactly).
+        mixture: ``'outputs'`` (EN's Eqn. 3, default) or ``'statistics'`` (SN's mixture of
+            means and variances with per-sample weights).
+        reduction: channel reduction ``r`` of the ratio network (stride and length of its
+            1-D filters), clipped to ``C``.
+    """
+
+    _abbr_ = 'en'
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 using_moving_average: bool = True, using_bn: bool = True,
+                 last_gamma: bool = False, in_variance: str = 'unbiased',
+                 mixture: str = 'outputs', reduction: int = 16, device=None, dtype=None,
+                 **unknown):
+        super().__init__()
+        if unknown:
+            raise TypeError(
+                f'{type(self).__name__} got unknown argument(s) {sorted(unknown)}; expected '
+                'num_features, eps, momentum, using_moving_average, using_bn, last_gamma, '
+                f'in_variance, mixture, reduction{self._extra_arg_names()}, device, dtype')
+        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
+            raise ValueError(f'num_features must be a positive int, got {num_features!r}')
+        if not (isinstance(eps, (int, float)) and eps > 0):
+            raise ValueError(f'eps must be a positive number, got {eps!r}')
+        if not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
+            raise ValueError(
+                f'momentum must be in [0, 1] (torch convention: new = (1-m)*old + m*batch), '
+                f'got {momentum!r}; the official decay d corresponds to momentum = 1 - d')
+        if in_variance not in IN_VARIANCE_MODES:
+            raise ValueError(f'in_variance must be one of {IN_VARIANCE_MODES}, got {in_variance!r}')
+        if mixture not in MIXTURES:
+            raise ValueError(f'mixture must be one of {MIXTURES}, got {mixture!r}')
+        if not isinstance(reduction, int) or isinstance(reduction, bool) or reduction < 1:
+            raise ValueError(f'reduction must be a positive int, got {reduction!r}')
+        self.num_features = num_features
+        self.eps = float(eps)
+        self.momentum = float(momentum)
+        self.using_moving_average = bool(using_moving_average)
+        self.using_bn = bool(using_bn)
+        self.last_gamma = bool(last_gamma)
+        self.in_variance = in_variance
+        self.mixture = mixture
+        self.reduction = reduction
+        self.branches = ('IN', 'LN', 'BN') if self.using_bn else ('IN', 'LN')
+        k = len(self.branches)
+        self._span = min(reduction, num_features)
+        heads = 2 if mixture == 'statistics' else 1
+
+        factory = dict(device=device, dtype=dtype)
+        self.weight = nn.Parameter(torch.empty(num_features, **factory))
+        self.bias = nn.Parameter(torch.empty(num_features, **factory))
+        self.reduce_weight = nn.Parameter(torch.empty(k, 1, self._span, **factory))
+        self.ratio_weight = nn.Parameter(torch.empty(heads * k, k * k, **factory))
+        self.ratio_bias = nn.Parameter(torch.empty(heads * k, **factory))
+        if self.using_bn:
+            self.register_buffer('running_mean', torch.zeros(num_features, **factory))
+            self.register_buffer('running_var', torch.ones(num_features, **factory))
+        else:
+            self.register_buffer('running_mean', None)
+            self.register_buffer('running_var', None)
+        self.reset_parameters()
+        norm_eval.bind_owner(self)
+
+    @staticmethod
+    def _extra_arg_names() -> str:
+        return ''
+
+    # ------------------------------------------------------------------ setup
+    def reset_running_stats(self) -> None:
+        if self.using_bn:
+            self.running_mean.zero_()
+            self.running_var.fill_(1.0)
+
+    def reset_parameters(self) -> None:
+        self.reset_running_stats()
+        with torch.no_grad():
+            self.weight.fill_(0.0 if self.last_gamma else 1.0)
+            self.bias.zero_()
+            self.reduce_weight.fill_(1.0 / self._span)
+            self.ratio_weight.zero_()
+            self.ratio_bias.zero_()
+
+    def logit_parameters(self) -> Tuple[nn.Parameter, ...]:
+        """The ratio network's parameters (what ``norm_eval`` freezes, like SN's logits)."""
+        return (self.reduce_weight, self.ratio_weight, self.ratio_bias)
+
+    def extra_repr(self) -> str:
+        return (f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, '
+                f'using_moving_average={self.using_moving_average}, '
+                f'using_bn={self.using_bn}, last_gamma={self.last_gamma}, '
+                f'in_variance={self.in_variance!r}, mixture={self.mixture!r}, '
+                f'reduction={self.reduction}')
+
+    def config(self) -> dict:
+        """Constructor arguments (except ``num_features``) that rebuild this layer."""
+        return dict(eps=self.eps, momentum=self.momentum,
+                    using_moving_average=self.using_moving_average, using_bn=self.using_bn,
+                    last_gamma=self.last_gamma, in_variance=self.in_variance,
+                    mixture=self.mixture, reduction=self.reduction)
+
+    def train(self, mode: bool = True):
+        """``nn.Module.train``, except inside a ``norm_eval=True`` owner (stays in eval)."""
+        return super().train(norm_eval.train_mode(self, mode))
+
+    def _apply(self, fn, recurse=True):
+        norm_eval.resolve_pending_freeze(self)
+        return super()._apply(fn, recurse)
+
+    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
+                              missing_keys, unexpected_keys, error_msgs):
+        # An SN checkpoint initialises EN's weight/bias/running statistics: the official SN
+        # layout stores them as (1, C, 1, 1) / (1, C, 1); EN (like SN) keeps (C,).
+        for name in ('weight', 'bias', 'running_mean', 'running_var'):
+            value = state_dict.get(prefix + name)
+            if (isinstance(value, torch.Tensor) and value.dim() != 1
+                    and value.numel() == self.num_features):
+                state_dict[prefix + name] = value.reshape(self.num_features)
+        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
+                                      missing_keys, unexpected_keys, error_msgs)
+
+    # ---------------------------------------------------------------- forward
+    def _check_input(self, x: Tensor) -> None:
+        if x.dim() < 3:
+            raise ValueError(
+                f'{type(self).__name__} expects input of shape (N, C, *spatial) with at least '
+                f'one spatial dimension, got shape {tuple(x.shape)} ({x.dim()}D)')
+        if x.shape[1] != self.num_features:
+            raise ValueError(
+                f'{type(self).__name__}({self.num_features}) got input with {x.shape[1]} '
+                f'channels (shape {tuple(x.shape)}); expected {self.num_features}')
+        if any(s == 0 for s in x.shape[2:]):
+            raise ValueError(
+                f'{type(self).__name__} got an empty spatial size, shape {tuple(x.shape)}')
+        if not x.is_floating_point():
+            raise TypeError(f'{type(self).__name__} expects a floating-point input, got {x.dtype}')
+
+    def ratios(self, moments: BranchMoments) -> Tuple[Tensor, Tensor]:
+        """Per-sample ``(mean, variance)`` weights ``(N, K)`` from the branch moments.
+
+        For ``'outputs'`` both are the same tensor :math:`\\lambda`.
+        """
+        return self._ratios(moments, self.reduce_weight, self.ratio_weight, self.ratio_bias)
+
+    def _ratios(self, moments, reduce_weight, ratio_weight, ratio_bias):
+        mu, v = moments
+        n, k, c = mu.shape
+        dtype = mu.dtype
+        desc = (mu[:, :1] - mu) * torch.rsqrt(v + self.eps)  # mu[:, 0] is mean_in
+        pad = (-c) % self._span
+        if pad:
+            desc = F.pad(desc, (0, pad))
+        # grouped 1-D convolution, kernel = stride = span: a per-normalizer weighted sum
+        z = torch.einsum('nkjr,kr->nkj', desc.reshape(n, k, -1, self._span),
+                         reduce_weight.to(dtype).reshape(k, self._span))
+        relation = torch.bmm(z, z.transpose(1, 2)) / z.shape[-1]
+        logits = F.linear(relation.reshape(n, k * k), ratio_weight.to(dtype),
+                          ratio_bias.to(dtype))
+        if self.mixture == 'statistics':
+            return F.softmax(logits[:, :k], 1), F.softmax(logits[:, k:], 1)
+        lam = F.softmax(logits, 1)
+        return lam, lam
+
+    def _small_step(self, x, mean_in, u, weight, bias, reduce_weight, ratio_weight, ratio_bias):
+        """The ``(N, C)`` part: BN moments (tracked), branch moments, ratios, coefficients."""
+        moments = branch_moments(mean_in, u, self._bn_moments(x, mean_in, u))
+        mean_w, var_w = self._ratios(moments, reduce_weight, ratio_weight, ratio_bias)
+        return mix_coefficients(moments, mean_w, var_w, weight, bias, self.eps, self.mixture)
+
+    def _params(self):
+        return (self.weight, self.bias, self.reduce_weight, self.ratio_weight, self.ratio_bias)
+
+    def forward(self, x: Tensor) -> Tensor:
+        self._check_input(x)
+        device_type = x.device.type
+        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
+            with torch.autocast(device_type, enabled=False):  # float32 statistics
+                return self._forward(x)
+        return self._forward(x)
+
+    def _forward(self, x: Tensor) -> Tensor:
+        if use_fused_path(x):
+            return _FusedExemplarNorm.apply(x, self, *self._params())
+        # compile / export / low precision: plain differentiable ops (same math)
+        mean_in, _, u = instance_moments(x, self.in_variance == 'unbiased')
+        moments = branch_moments(mean_in, u, self._bn_moments(x, mean_in, u))
+        mean_w, var_w = self.ratios(moments)
+        return mix_per_sample(x, moments, mean_w, var_w, self.weight, self.bias, self.eps,
+                              self.mixture)
+
+    @torch.no_grad()
+    def sample_ratios(self, x: Tensor) -> Tuple[Tensor, Tensor]:
+        """The ``(mean, variance)`` weights ``(N, K)`` this layer gives the samples of ``x``.
+
+        What :meth:`forward` mixes with, recomputed from the input without touching the
+        running statistics (eval: running statistics; training: this batch's moments);
+        float32/64, detached. Used by the analysis hooks (:mod:`sn_mm.analysis.exemplar`).
+        """
+        self._check_input(x)
+        with torch.autocast(x.device.type, enabled=False):
+            mean_in, _, u = instance_moments(x, self.in_variance == 'unbiased')
+            bn = None
+            if self.using_bn:
+                bn = ((self.running_mean, self.running_var) if not self.training or not len(x)
+                      else tuple(t[0] for t in _pooled(mean_in, u, 0)))
+            return self.ratios(branch_moments(mean_in, u, bn))
+
+    def _bn_moments(self, x: Tensor, mean_in: Tensor, u: Tensor
+                    ) -> Optional[Tuple[Tensor, Tensor]]:
+        """The BN branch's ``(mu, v)`` (C,), updating the running statistics in training."""
+        if not self.using_bn:
+            return None
+        if not self.training or x.shape[0] == 0:
+            return self.running_mean, self.running_var
+        length = math.prod(x.shape[2:])
+        if x.shape[0] * length <= 1:
+            raise ValueError(
+                f'Expected more than 1 value per channel when training the BN branch of '
+                f'{type(self).__name__}, got input size {tuple(x.shape)}')
+        mu, v = _pooled(mean_in, u, 0)
+        mu, v = mu[0], v[0]
+        self._track(mu, v, x.shape[0] * length)
+        return mu, v
+
+    def _track(self, mu: Tensor, v: Tensor, num_values) -> None:
+        if not self.using_moving_average:
+            return
+        with torch.no_grad():
+            var = v * (num_values / (num_values - 1)) if self.in_variance == 'biased' else v
+            self.running_mean.lerp_(mu.detach().to(self.running_mean.dtype), self.momentum)
+            self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
+
+
+class SyncExemplarNorm(ExemplarNorm):
+    """ExemplarNorm whose BN-branch moments are those of the union batch of all ranks.
+
+    In training inside an initialized ``torch.distributed`` run with more than one process
+    in ``process_group`` (default WORLD) the BN moments pool every rank's samples, each
+    weighted equally (unequal and empty local batches allowed): two all-reduces in forward
+    (``C + 1`` values, then ``C``) and one of ``2C`` in backward (:class:`_UnionBatchMoments`).
+    Outputs, running statistics and gradients (summed over ranks, as DDP does) then equal
+    :class:`ExemplarNorm` on the concatenated batch. The ratios stay per sample and local.
+    A rank with an empty batch still joins the collectives; its output must take part in
+    its loss (e.g. ``0 * y.sum()``), as for torch's SyncBatchNorm. In eval mode or outside
+    a distributed run it is exactly :class:`ExemplarNorm`.
+    """
+
+    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
+                 using_moving_average: bool = True, using_bn: bool = True,
+                 last_gamma: bool = False, in_variance: str = 'unbiased',
+                 mixture: str = 'outputs', reduction: int = 16, process_group=None,
+                 device=None, dtype=None, **unknown):
+        super().__init__(num_features, eps=eps, momentum=momentum,
+                         using_moving_average=using_moving_average, using_bn=using_bn,
+                         last_gamma=last_gamma, in_variance=in_variance, mixture=mixture,
+                         reduction=reduction, device=device, dtype=dtype, **unknown)
+        self.process_group = process_group
+
+    @staticmethod
+    def _extra_arg_names() -> str:
+        return ', process_group'
+
+    def _bn_moments(self, x, mean_in, u):
+        if (not self.using_bn or not self.training
+                or sync_world_size(self.process_group) == 1):
+            return super()._bn_moments(x, mean_in, u)
+        length = math.prod(x.shape[2:])
+        mu, v, total = _UnionBatchMoments.apply(mean_in, u, self.process_group, length,
+                                                type(self).__name__, tuple(x.shape))
+        self._track(mu, v, total * length)
+        return mu, v
+
+
+class _UnionBatchMoments(torch.autograd.Function):
+    """BN moments ``(mu, v)`` (C,) of the union batch of all ranks, from the IN moments.
+
+    Forward: two summing all-reduces (``[N, sum_n mean_in]``, then
+    ``sum_n (u + (mean_in - mu)^2)``); backward: one (the ``2C`` gradients w.r.t. the
+    shared moments, summed over ranks: the loss is the sum of every rank's loss), then
+    ``dmean_in = G_mu / N + 2 G_v / N (mean_in - mu)``, ``du = G_v / N`` (``N``: union
+    batch size; the ``mu`` term of ``v`` has no gradient since the deviations sum to 0).
+    Every rank runs the same collectives, also with an empty local batch.
+    """
+
+    @staticmethod
+    def forward(ctx, mean_in, u, group, length, layer_name, shape):
+        count = mean_in.new_full((1,), float(mean_in.shape[0]))
+        totals = all_reduce_sum(torch.cat([count, mean_in.sum(0)]), group)
+        total = float(totals[0])
+        if total * length <= 1:
+            raise ValueError(
+                f'Expected more than 1 value per channel when training the BN branch of '
+                f'{layer_name}, got {int(total)} sample(s) of {length} value(s) over all '
+                f'ranks (local input size {shape})')
+        mu = totals[1:] / total
+        v = all_reduce_sum((u + (mean_in - mu).square()).sum(0), group) / total
+        ctx.save_for_backward(mean_in, mu)
+        ctx.group, ctx.total = group, total
+        return mu, v, total
+
+    @staticmethod
+    def backward(ctx, g_mu, g_v, _):
+        mean_in, mu = ctx.saved_tensors
+        g = all_reduce_sum(torch.cat([g_mu, g_v]), ctx.group) / ctx.total
+        g_mu, g_v = g[:mu.numel()], g[mu.numel():]
+        d_mean = g_mu + 2 * g_v * (mean_in - mu)
+        return d_mean, g_v.expand_as(mean_in), None, None, None, None
