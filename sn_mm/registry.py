@@ -6,8 +6,10 @@ imported (``custom_imports=dict(imports=['sn_mm'])``). Added here (and nowhere e
 
 - ``MODELS``: ``'SN'`` (:class:`~sn_mm.ops.SwitchableNorm`), ``'SyncSN'``
   (:class:`~sn_mm.ops.SyncSwitchableNorm`), ``'SSN'`` (:class:`~sn_mm.ops.SparseSwitchableNorm`),
-  ``'SyncSSN'`` (:class:`~sn_mm.ops.SyncSparseSwitchableNorm`), and ``'FixedNormModel'``
-  (:func:`sn_mm.deploy.mm.build_fixed_norm_model`);
+  ``'SyncSSN'`` (:class:`~sn_mm.ops.SyncSparseSwitchableNorm`), ``'SW'``, ``'SyncSW'``
+  (:mod:`sn_mm.ops.switchable_whitening`), ``'EN'``, ``'SyncEN'``
+  (:mod:`sn_mm.ops.exemplar_norm`), ``'FixedNormModel'``
+  (:func:`sn_mm.deploy.mm.build_fixed_norm_model`) and ``'SWResNet'`` (:mod:`sn_mm.sw_resnet`);
 - ``HOOKS``: ``'SNRatioHook'`` (:mod:`sn_mm.engine.sn_ratio_hook`), ``'SNBatchAverageHook'``
   (:mod:`sn_mm.engine.batch_average_hook`), ``'SSNRadiusHook'``
   (:mod:`sn_mm.engine.ssn_radius_hook`), ``'ExactResumeHook'``
@@ -40,39 +42,35 @@ from .engine.sn_ratio_hook import SNRatioHook
 from .engine.ssn_radius_hook import SSNRadiusHook
 from .ops import (SparseSwitchableNorm, SwitchableNorm, SyncSparseSwitchableNorm,
                   SyncSwitchableNorm)
-
-MODELS.register_module('SN', module=SwitchableNorm)
-MODELS.register_module('SyncSN', module=SyncSwitchableNorm)
-MODELS.register_module('SSN', module=SparseSwitchableNorm)
-MODELS.register_module('SyncSSN', module=SyncSparseSwitchableNorm)
-MODELS.register_module('FixedNormModel', module=build_fixed_norm_model, force=True)
-HOOKS.register_module('SNRatioHook', module=SNRatioHook)
-HOOKS.register_module('SNBatchAverageHook', module=SNBatchAverageHook)
-HOOKS.register_module('SSNRadiusHook', module=SSNRadiusHook)
-OPTIM_WRAPPER_CONSTRUCTORS.register_module('SNOptimWrapperConstructor',
-                                           module=SNOptimWrapperConstructor)
-HOOKS.register_module('ExactResumeHook', module=ExactResumeHook)  # opt-in: exact resume
-HOOKS.register_module('SNFiniteCheckHook', module=SNFiniteCheckHook)  # opt-in: NaN/Inf check
-
-# Switchable Whitening (issue 19): norm_cfg=dict(type='SW', sw_type=2, num_pergroup=16, T=5)
-from .ops.switchable_whitening import SwitchableWhitening, SyncSwitchableWhitening  # noqa: E402
-
-MODELS.register_module('SW', module=SwitchableWhitening)
-MODELS.register_module('SyncSW', module=SyncSwitchableWhitening)
-
-# The SW authors' ResNet layout in mmdet (sn_mm.sw_resnet), for their ImageNet checkpoints;
-# a builder function, so that ``import sn_mm`` does not import mmdet
+from .ops.exemplar_norm import ExemplarNorm, SyncExemplarNorm
+from .ops.switchable_whitening import SwitchableWhitening, SyncSwitchableWhitening
 
 
 def _build_sw_resnet(*args, **kwargs):
+    """The SW authors' ResNet layout in mmdet (:mod:`sn_mm.sw_resnet`), for their ImageNet
+    checkpoints; a builder function, so that ``import sn_mm`` does not import mmdet."""
     from .sw_resnet import SWResNet
     return SWResNet(*args, **kwargs)
 
 
-MODELS.register_module('SWResNet', module=_build_sw_resnet)
-
-# Exemplar Normalization (issue 19): per-sample importance ratios (sn_mm.ops.exemplar_norm)
-from .ops.exemplar_norm import ExemplarNorm, SyncExemplarNorm  # noqa: E402
-
+# the norm layers: norm_cfg=dict(type=...)
+MODELS.register_module('SN', module=SwitchableNorm)
+MODELS.register_module('SyncSN', module=SyncSwitchableNorm)
+MODELS.register_module('SSN', module=SparseSwitchableNorm)
+MODELS.register_module('SyncSSN', module=SyncSparseSwitchableNorm)
+MODELS.register_module('SW', module=SwitchableWhitening)
+MODELS.register_module('SyncSW', module=SyncSwitchableWhitening)
 MODELS.register_module('EN', module=ExemplarNorm)
 MODELS.register_module('SyncEN', module=SyncExemplarNorm)
+# models
+MODELS.register_module('FixedNormModel', module=build_fixed_norm_model, force=True)
+MODELS.register_module('SWResNet', module=_build_sw_resnet)
+# hooks (ExactResumeHook and SNFiniteCheckHook act only in configs that name them)
+HOOKS.register_module('SNRatioHook', module=SNRatioHook)
+HOOKS.register_module('SNBatchAverageHook', module=SNBatchAverageHook)
+HOOKS.register_module('SSNRadiusHook', module=SSNRadiusHook)
+HOOKS.register_module('ExactResumeHook', module=ExactResumeHook)
+HOOKS.register_module('SNFiniteCheckHook', module=SNFiniteCheckHook)
+# the optimizer constructor (no weight decay / lr multipliers for SN, SW and EN parameters)
+OPTIM_WRAPPER_CONSTRUCTORS.register_module('SNOptimWrapperConstructor',
+                                           module=SNOptimWrapperConstructor)

@@ -101,7 +101,8 @@ def test_mmdet_resnet50_key_names_match_official_checkpoints():
 
 #: What ``import sn_mm`` adds to mmengine's root registries (sn_mm/registry.py), by registry.
 ADDED = {
-    'MODELS': {'SN', 'SyncSN', 'SSN', 'SyncSSN', 'FixedNormModel'},
+    'MODELS': {'SN', 'SyncSN', 'SSN', 'SyncSSN', 'SW', 'SyncSW', 'EN', 'SyncEN',
+               'FixedNormModel', 'SWResNet'},
     'HOOKS': {'SNRatioHook', 'SNBatchAverageHook', 'SSNRadiusHook', 'ExactResumeHook',
               'SNFiniteCheckHook'},
     'OPTIM_WRAPPER_CONSTRUCTORS': {'SNOptimWrapperConstructor'},
