@@ -116,6 +116,7 @@ def test_summarize_table_and_files(tmp_path):
     assert sn['metrics']['m']['mean'] == pytest.approx(0.51)
     assert sn['metrics']['m']['std'] == pytest.approx(0.01)
     assert sn['diff'] == {} and sn['undecided_layers'] == ['x']
+    assert sn['leanings']['neck + heads']['leans'] == 'undecided' and gn['leanings'] == {}
     # the same seed effect in every row: the paired difference has no spread
     assert gn['diff']['m']['mean'] == pytest.approx(-0.1)
     assert gn['diff']['m']['lo'] == pytest.approx(-0.1)
@@ -219,3 +220,23 @@ def test_schedule_options_one_rule_for_both_demos():
     for bad in (0, 2.5, True):
         with pytest.raises(ValueError, match='iters must be an int >= 1'):
             schedule_options(seg, bad)
+
+
+def test_part_leanings_need_every_seed_and_the_figure(tmp_path):
+    from sn_mm.analysis.seed_spread import part_leanings, plot_seed_shares
+    lean_in = [dict(name='backbone.a', mean=[0.7, 0.2, 0.1], var=[0.5, 0.3, 0.2]),
+               dict(name='neck.b', mean=[0.34, 0.33, 0.33], var=[0.33, 0.34, 0.33])]
+    lean_bn = [dict(name='backbone.a', mean=[0.1, 0.2, 0.7], var=[0.2, 0.3, 0.5]),
+               dict(name='neck.b', mean=[0.34, 0.33, 0.33], var=[0.33, 0.34, 0.33])]
+    agree = part_leanings([lean_in, lean_in])
+    assert agree['backbone']['leans'] == 'IN'
+    assert agree['backbone']['per_seed'][0] == pytest.approx([0.6, 0.25, 0.15])
+    assert agree['neck + heads']['leans'] == 'undecided'
+    assert part_leanings([lean_in, lean_bn])['backbone']['leans'] == 'seeds disagree'
+    assert part_leanings([[], []]) == {}
+    png = plot_seed_shares([('SN', [lean_in, lean_bn])], str(tmp_path / 'f.png'), 'title')
+    assert open(png, 'rb').read()[:4] == b'\x89PNG'
+    with pytest.raises(ValueError, match='at least one row with SN layers'):
+        plot_seed_shares([('BN', [[], []])], str(tmp_path / 'g.png'))
+    with pytest.raises(ValueError, match=r"must end in .png, .pdf or .svg, got 'x.txt'"):
+        plot_seed_shares([('SN', [lean_in])], 'x.txt')

@@ -128,3 +128,29 @@ def test_train_then_test_the_checkpoint(config, tmp_path):
                     load_from=result['checkpoint'])
     test = build_runner(cfg, unique_names=True).test()
     assert {k: float(test[k]) for k in val} == val
+
+
+def test_run_seg_demo_reports_beside_the_expected_values(tmp_path):
+    """What tools/demo_seg.py runs: data, training, the report with the recorded values."""
+    from sn_mm.apis.expected import update_expected
+    from sn_mm.apis.seg_demo import format_results, run_seg_demo
+    options = {'train_dataloader.batch_size': 2, 'train_dataloader.num_workers': 0,
+               'train_dataloader.persistent_workers': False, 'val_dataloader.num_workers': 0,
+               'val_dataloader.persistent_workers': False,
+               'train_dataloader.dataset.pipeline.3.crop_size': (64, 64),
+               'model.data_preprocessor.size': (64, 64)}
+    results = run_seg_demo(osp.join(ROOT, 'configs', 'seg_demo'), layouts=('cityscapes',),
+                           data_root=str(tmp_path / 'data'), work_root=str(tmp_path / 'work'),
+                           iters=2, seed=1, cfg_options=options, log=lambda line: None,
+                           **TINY['cityscapes'])
+    (result,) = results.values()
+    assert result['iterations'] == 2 and result['seed'] == 1
+    key = 'deeplabv3_r18-d8-sn_demo-cityscapes'
+    path = str(tmp_path / 'expected.json')
+    mean = result['metrics']['mIoU']
+    update_expected(path, {key: dict(iterations=2, seeds=[0, 1, 2], measured='today',
+                                     metrics={'mIoU': dict(mean=mean, std=1.0,
+                                                           values=[mean - 1, mean, mean + 1])})})
+    from sn_mm.apis.expected import load_expected
+    text = format_results(results, load_expected(path))
+    assert f'mIoU {mean:.1f} vs {mean:.1f} +- 1.0: typical (within mean +- 2 std)' in text

@@ -93,17 +93,27 @@ def main(argv=None):
         f'Mask R-CNN, half-width ResNet-18 FPN from scratch, synthetic COCO-format shapes, '
         f'{any_run["iterations"]} iterations x {any_run["images_per_iteration"]} images, '
         f'mAP x100 on the val split (mmdet CocoMetric).'))
+    leanings = compare.leanings_text(summary)
+    if leanings:
+        meta['note'] += ('\n\nLearned shares (backbone; neck + heads), averaged over layers and '
+                         'over mean and variance shares; a part "leans" to a branch only when '
+                         'every seed agrees:\n' + '\n'.join(leanings))
     paths = compare.write_outputs(args.work_dir, args.row_list, args.seeds, results, summary,
                                   HEADLINE, table, meta)
     if args.write_expected:
         update_expected(args.write_expected,
                         compare.expected_entries(args.row_list, summary, meta))
-    print('\n' + table + '\n' + meta['note'])
+    figure = compare.shares_figure(args.row_list, args.seeds, results,
+                                   osp.join(args.work_dir, 'shares_over_seeds.png'),
+                                   'learned SN shares per layer, over seeds')
+    print('\n' + table + '\n' + meta['note'] + '\n')
     for e in summary:
         if e['undecided_layers']:
             print(f'[compare] {e["name"]}: {len(e["undecided_layers"])} of {e["sn_layers"]} SN '
                   f'layers within {compare.UNDECIDED_TOL} of 1/3 on every seed: '
                   + ', '.join(e['undecided_layers']))
+    if figure:
+        print(f'[compare] figure: {figure}')
     print(f'[compare] table: {paths["table"]}, data: {paths["json"]}, {paths["csv"]}')
     return summary
 

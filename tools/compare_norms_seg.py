@@ -97,17 +97,27 @@ def main(argv=None):
         f'{title} R18-D8 (half width, from scratch), {any_run["iterations"]} iterations x '
         f'{any_run["images_per_iteration"]} crops of 128x128, mIoU on the 20 val images '
         '(mmseg IoUMetric, single scale).'))
+    leanings = compare.leanings_text(summary)
+    if leanings:
+        meta['note'] += ('\n\nLearned shares (backbone; neck + heads), averaged over layers and '
+                         'over mean and variance shares; a part "leans" to a branch only when '
+                         'every seed agrees:\n' + '\n'.join(leanings))
     paths = compare.write_outputs(work_root, args.row_list, args.seeds, results, summary,
                                   HEADLINE, table, meta)
     if args.write_expected:
         update_expected(args.write_expected,
                         compare.expected_entries(args.row_list, summary, meta))
-    print('\n' + table + '\n' + meta['note'])
+    figure = compare.shares_figure(args.row_list, args.seeds, results,
+                                   osp.join(work_root, 'shares_over_seeds.png'),
+                                   'learned SN shares per layer, over seeds')
+    print('\n' + table + '\n' + meta['note'] + '\n')
     for e in summary:
         if e['undecided_layers']:
             print(f'[compare] {e["name"]}: {len(e["undecided_layers"])} of {e["sn_layers"]} SN '
                   f'layers within {compare.UNDECIDED_TOL} of 1/3 on every seed: '
                   + ', '.join(e['undecided_layers']))
+    if figure:
+        print(f'[compare] figure: {figure}')
     print(f'[compare] table: {paths["table"]}, data: {paths["json"]}, {paths["csv"]}')
     return summary
 

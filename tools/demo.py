@@ -1,7 +1,7 @@
 """The main job: Mask R-CNN with Switchable Normalization, end to end, on built-in data.
 
     python tools/demo.py [--config CONFIG] [--work-dir DIR] [--data-root data/coco_demo]
-                         [--iters N] [--cfg-options k=v ...]
+                         [--iters N] [--seed N] [--cfg-options k=v ...]
 
 1. Generates the synthetic COCO-format data set (``data/coco_demo``) unless an
    identical one is already there (sn_mm/datasets/coco_demo.py).
@@ -14,7 +14,8 @@
    its mAP beside the README's mean ± std over seeds for the same config
    (``docs/demo_expected.json``, written by ``tools/compare_norms_det.py``).
 
-About 8 minutes on 2 idle CPU cores (docs/benchmarks.md has the measured times).
+300 iterations by default (1000 before 2026-12-03; docs/benchmarks.md has the measured
+times).
 Library: ``sn_mm.apis.det_demo``.
 """
 import os

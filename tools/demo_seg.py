@@ -1,19 +1,21 @@
 """Semantic-segmentation demo in one command: generate data, train DeepLab with SN, evaluate.
 
     python tools/demo_seg.py [--layout {cityscapes,ade20k,both}] [--model {deeplabv3,deeplabv3plus}]
-                             [--norm {sn,syncsn,syncbn,gn}] [--iters N] [--threads N]
+                             [--norm {sn,syncsn,syncbn,gn,ssn}] [--iters N] [--seed N] [--threads N]
                              [--data-root data/seg_demo] [--work-dir work_dirs/seg_demo]
 
-For each layout (default: both), in this process, as ``tools/demo.py`` does for detection:
+For each layout (default: both), in this process, with the demo runner that
+``tools/demo.py`` and the comparison tools use (``sn_mm.apis.demo_run.run_demo``):
 
 1. writes the built-in data (Cityscapes layout: 100 train / 20 val street scenes,
    256x128; ADE20K layout: 100 / 20 indoor scenes up to 224x160), skipped when there;
-2. trains ``configs/seg_demo/<model>_r18-d8-<norm>_demo-<layout>.py`` (600 iterations
-   of 4 crops of 128x128 by default), validating at the end with mmseg's ``IoUMetric``;
+2. trains ``configs/seg_demo/<model>_r18-d8-<norm>_demo-<layout>.py`` (200 iterations
+   of 4 crops of 128x128 by default) and evaluates it at the end (mmseg ``IoUMetric``).
+
 It prints the mIoU per layout beside the README's mean ± std over seeds for the same
 config (``docs/demo_expected.json``, written by ``tools/compare_norms_seg.py``) and where
-the checkpoints and logs are. ``--threads`` sets
-torch's intra-op threads (on a busy machine 1 thread is often faster than 2).
+the checkpoints and logs are. ``--threads`` sets torch's intra-op threads (on a busy
+machine 1 thread is often faster than 2); ``--seed`` the seed.
 Library: ``sn_mm.apis.seg_demo``.
 """
 import argparse

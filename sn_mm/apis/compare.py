@@ -19,7 +19,10 @@ Statistics (:func:`summarize`), per row and metric over its seeds ``x_1..x_n``:
   difference the seeds support; one that contains 0 is not, at this number of seeds.
 
 Also per SN row: the layers whose learned shares stay within 0.05 of 1/3 (mean and
-variance shares, every branch) on every seed: layers that chose nothing.
+variance shares, every branch) on every seed (layers that chose nothing), and per part
+of the model the branch it leans to when every seed agrees
+(:func:`sn_mm.analysis.seed_spread.part_leanings`); :func:`shares_figure` draws every
+SN row's shares per layer with one mark per seed.
 """
 import csv
 import datetime
@@ -243,8 +246,36 @@ def summarize(rows: Sequence[Row], seeds: Sequence[int], results: dict,
         layer_runs = [results[(row.name, s)].get('sn_layers') or [] for s in have]
         entry['sn_layers'] = len(layer_runs[0]) if layer_runs else 0
         entry['undecided_layers'] = undecided_layers(layer_runs)
+        from sn_mm.analysis.seed_spread import part_leanings
+        entry['leanings'] = part_leanings(layer_runs)
         out.append(entry)
     return out
+
+
+def shares_figure(rows: Sequence[Row], seeds: Sequence[int], results: dict,
+                  path: str, title: str = '') -> Optional[str]:
+    """The learned shares of every row with SN layers, one mark per seed
+    (:func:`sn_mm.analysis.seed_spread.plot_seed_shares`); None when no row has SN."""
+    from sn_mm.analysis.seed_spread import plot_seed_shares
+    data = [(row.label, [results[(row.name, s)].get('sn_layers') or [] for s in seeds
+                         if (row.name, s) in results]) for row in rows]
+    data = [(label, runs) for label, runs in data if any(runs)]
+    return plot_seed_shares(data, path, title) if data else None
+
+
+def leanings_text(summary: Sequence[dict]) -> List[str]:
+    """One line per SN row: what each part leans to across the seeds, and how many
+    layers never left 1/3."""
+    lines = []
+    for e in summary:
+        if not e.get('leanings'):
+            continue
+        parts = '; '.join(f'{part}: {v["leans"]} (per seed IN/LN/BN '
+                          + ', '.join('/'.join(f'{x:.2f}' for x in s) for s in v['per_seed'])
+                          + ')' for part, v in e['leanings'].items())
+        lines.append(f'- {e["label"]}: {parts}; {len(e["undecided_layers"])} of '
+                     f'{e["sn_layers"]} SN layers within {UNDECIDED_TOL} of 1/3 on every seed.')
+    return lines
 
 
 def _fmt(stats: Optional[dict], scale: float, digits: int) -> str:

@@ -39,19 +39,23 @@ def data_options(data_root: str) -> Dict[str, object]:
 def run_seg_demo(config_dir: str, model: str = 'deeplabv3', norm: str = 'sn',
                  layouts=LAYOUTS, data_root: str = 'data/seg_demo',
                  work_root: str = 'work_dirs/seg_demo', iters: Optional[int] = None,
-                 seed: Optional[int] = None, log=print) -> Dict[str, dict]:
-    """Generate the data of each layout (unless there) and :func:`run_demo` its config;
-    returns ``{layout: summary}``."""
+                 seed: Optional[int] = None, cfg_options: Optional[dict] = None,
+                 log=print, **data_params) -> Dict[str, dict]:
+    """Generate the data of each layout (unless there; ``data_params``: ``num_train``,
+    ``num_val``, ``size`` of :func:`sn_mm.datasets.seg_demo.ensure_seg_demo`) and
+    :func:`run_demo` its config with ``cfg_options`` on top of the data root; returns
+    ``{layout: summary}``."""
     from sn_mm.datasets.seg_demo import ensure_seg_demo
     results = {}
     for layout in layouts:
         root = osp.join(data_root, layout)
-        ensure_seg_demo(root, layout, progress=log)
+        ensure_seg_demo(root, layout, progress=log, **data_params)
         log(f'\n=== {model} {norm} on the {layout}-layout demo ===')
         config = demo_config(model, norm, layout, config_dir)
         work_dir = osp.join(work_root, osp.splitext(osp.basename(config))[0])
-        results[layout] = run_demo(config, work_dir, data_options(root), iters=iters,
-                                   seed=seed)
+        options = data_options(root)
+        options.update(cfg_options or {})
+        results[layout] = run_demo(config, work_dir, options, iters=iters, seed=seed)
     return results
 
 
