@@ -47,11 +47,13 @@ demo: install
 demo-seg: install
 	$(PY) tools/demo_seg.py
 
+# every normalizer over seeds 0 1 2 (resumable: run again after an interruption); the
+# means +- std go to docs/demo_expected.json, which make demo / demo-seg print beside
 compare-det: install
-	$(PY) tools/compare_norms_det.py
+	$(PY) tools/compare_norms_det.py --write-expected docs/demo_expected.json
 
 compare-seg: install
-	$(PY) tools/compare_norms_seg.py --threads 1
+	$(PY) tools/compare_norms_seg.py --write-expected docs/demo_expected.json
 
 study: install
 	$(PY) tools/study.py --workers 2

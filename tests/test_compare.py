@@ -204,5 +204,39 @@ def test_missing_default_outputs_name_the_commands(tmp_path, monkeypatch, det_ck
     assert latest_checkpoint(str(tmp_path / 'iter_*.pth')) == det_ckpt  # 10 > 9
     with pytest.raises(FileNotFoundError, match="nope.pth' does not exist"):
         load_tasks([('x', str(tmp_path / 'nope.pth'))])
-    with pytest.raises(ValueError, match='task labels must be unique'):
+    with pytest.raises(ValueError, match="given twice; one checkpoint per run"):
         load_tasks([('x', det_ckpt), ('x', det_ckpt)])
+    with pytest.raises(ValueError, match='task labels must be unique'):
+        load_tasks([('digits', det_ckpt), ('digits b=2', str(tmp_path / 'iter_10.pth'))]
+                   + [('digits', _study_file(tmp_path))])
+
+
+def _study_file(tmp_path):
+    path = tmp_path / 'study_b2.json'
+    path.write_text(json.dumps(dict(settings='tiny', runs=[_study_run(2, 0, 0.1),
+                                                           _study_run(8, 0, 0.5)], summary={})))
+    return str(path)
+
+
+def test_a_label_given_for_several_checkpoints_is_one_task_over_seeds(tmp_path):
+    """Seeds: the mean over runs, and a choice named only where every run makes it."""
+    layers = {'backbone.sn1': (_logits(0, 3.0), _logits(0, 3.0)),
+              'backbone.layer1.0.sn1': (_logits(0, 2.0), _logits(0, 2.0))}
+    other = {'backbone.sn1': (_logits(0, 1.0), _logits(0, 1.0)),
+             'backbone.layer1.0.sn1': (_logits(2, 2.0), _logits(2, 2.0))}
+    (tmp_path / 'a').mkdir()
+    (tmp_path / 'b').mkdir()
+    a = _write_ckpt(tmp_path / 'a' / 'iter_10.pth', layers)
+    b = _write_ckpt(tmp_path / 'b' / 'iter_10.pth', other)
+    (task,) = load_tasks([('det', a), ('det', b)])
+    assert len(task.runs) == 2 and task.source == f'{a} + {b}'
+    stem = task.layers[0]
+    want = [(x + y) / 2 for x, y in zip(_softmax(_logits(0, 3.0)), _softmax(_logits(0, 1.0)))]
+    assert list(stem.mean) == pytest.approx(want)
+    line = next(l for l in findings([task]) if l.startswith('det: largest'))
+    # the stem leans to IN on both seeds; layer1 goes IN on one seed and BN on the other
+    assert '(2 seeds; a choice is named only where every seed makes it)' in line
+    assert 'stem IN' in line and 'layer1 seeds disagree' in line
+    png = tmp_path / 'seeds.png'
+    run_compare([a, b], ['det', 'det'], str(png), str(tmp_path / 'seeds.md'), quiet=True)
+    assert png.read_bytes()[:4] == b'\x89PNG'

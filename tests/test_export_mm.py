@@ -183,12 +183,16 @@ COMPILE = dict(backend='aot_eager')
 
 @pytest.mark.slow  # minutes on 2 shared cores
 def test_mmengine_compile_trains_the_deeplabv3_sn_demo(tmp_path):
+    from mmengine.config import Config
+
     from sn_mm.apis import build_cfg, train_in_process
-    from sn_mm.apis.seg_demo import demo_options
+    from sn_mm.apis.runner import schedule_options
+    from sn_mm.apis.seg_demo import data_options
     from sn_mm.datasets.seg_demo import ensure_seg_demo
     root = str(tmp_path / 'cityscapes')
     ensure_seg_demo(root, 'cityscapes', num_train=4, num_val=2, size=(64, 128))
-    options = demo_options(root, iters=2)
+    options = data_options(root)
+    options.update(schedule_options(Config.fromfile(SEG_CONFIG), 2))
     options.update({'train_dataloader.batch_size': 2, 'train_dataloader.num_workers': 0,
                     'train_dataloader.persistent_workers': False,
                     'train_cfg.val_interval': 1000,  # no validation: training is the test

@@ -9,7 +9,8 @@ import pytest
 from mmengine.config import Config
 from mmengine.registry import DefaultScope
 
-from sn_mm.apis.seg_demo import train_and_test
+from sn_mm.apis import build_cfg, build_runner
+from sn_mm.apis.demo_run import run_demo
 from sn_mm.datasets.seg_demo import (ADE20K_DEMO_CLASSES, CITYSCAPES_CLASSES, IGNORE_INDEX,
                                      ensure_seg_demo, generate_sample, is_generated,
                                      make_seg_demo)
@@ -94,13 +95,42 @@ def test_train_then_test_the_checkpoint(config, tmp_path):
                     'default_hooks.logger.interval': 1,
                     'train_dataloader.dataset.pipeline.3.crop_size': (64, 64),
                     'model.data_preprocessor.size': (64, 64)})
-    result = train_and_test(osp.join('configs', 'seg_demo', config), str(tmp_path / 'work'),
-                            options)
-    assert result['iters'] == ITERS and osp.isfile(result['checkpoint'])
+    path = osp.join('configs', 'seg_demo', config)
+    result = run_demo(path, str(tmp_path / 'work'), options, figures=False)
+    assert result['iterations'] == ITERS and osp.isfile(result['checkpoint'])
     assert result['checkpoint'].endswith(f'iter_{ITERS}.pth')
-    assert 0 < result['sec_per_iter'] < 60
-    val, test = result['val'], result['test']
-    assert set(val) == set(test) == {'aAcc', 'mIoU', 'mAcc'}
-    assert 0.0 <= test['mIoU'] <= 100.0 and 0.0 < test['aAcc'] <= 100.0
-    # Same weights and running statistics after the checkpoint round trip -> same numbers.
-    assert test == val
+    assert 0 < result['sec_per_iter'] < 60 and len(result['losses']) == ITERS
+    val = {k: result['metrics'][k] for k in ('aAcc', 'mIoU', 'mAcc')}
+    assert 0.0 <= val['mIoU'] <= 100.0 and 0.0 < val['aAcc'] <= 100.0
+    # The validation at the end of training is the checkpoint's result: evaluating the
+    # saved checkpoint with a fresh runner gives the same numbers.
+    cfg = build_cfg(path, work_dir=str(tmp_path / 'test'), cfg_options=options,
+                    load_from=result['checkpoint'])
+    test = build_runner(cfg, unique_names=True).test()
+    assert {k: float(test[k]) for k in val} == val
+
+
+def test_run_seg_demo_reports_beside_the_expected_values(tmp_path):
+    """What tools/demo_seg.py runs: data, training, the report with the recorded values."""
+    from sn_mm.apis.expected import update_expected
+    from sn_mm.apis.seg_demo import format_results, run_seg_demo
+    options = {'train_dataloader.batch_size': 2, 'train_dataloader.num_workers': 0,
+               'train_dataloader.persistent_workers': False, 'val_dataloader.num_workers': 0,
+               'val_dataloader.persistent_workers': False,
+               'train_dataloader.dataset.pipeline.3.crop_size': (64, 64),
+               'model.data_preprocessor.size': (64, 64)}
+    results = run_seg_demo(osp.join(ROOT, 'configs', 'seg_demo'), layouts=('cityscapes',),
+                           data_root=str(tmp_path / 'data'), work_root=str(tmp_path / 'work'),
+                           iters=2, seed=1, cfg_options=options, log=lambda line: None,
+                           **TINY['cityscapes'])
+    (result,) = results.values()
+    assert result['iterations'] == 2 and result['seed'] == 1
+    key = 'deeplabv3_r18-d8-sn_demo-cityscapes'
+    path = str(tmp_path / 'expected.json')
+    mean = result['metrics']['mIoU']
+    update_expected(path, {key: dict(iterations=2, seeds=[0, 1, 2], measured='today',
+                                     metrics={'mIoU': dict(mean=mean, std=1.0,
+                                                           values=[mean - 1, mean, mean + 1])})})
+    from sn_mm.apis.expected import load_expected
+    text = format_results(results, load_expected(path))
+    assert f'mIoU {mean:.1f} vs {mean:.1f} +- 1.0: typical (within mean +- 2 std)' in text

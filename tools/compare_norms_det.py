@@ -1,74 +1,121 @@
-"""Compare normalizers in Mask R-CNN on the built-in demo data: one command, one table.
+"""Compare normalizers in Mask R-CNN on the built-in demo data, over seeds.
 
-    python tools/compare_norms_det.py [--norms bn gn sn syncsn] [--iters N]
-                                      [--out work_dirs/compare_norms_det/table.md]
+    python tools/compare_norms_det.py [--rows sn gn bn ssn sn@lr1 sn@lr10] [--seeds 0 1 2]
+                                      [--iters N] [--threads 1] [--data-root data/coco_demo]
+                                      [--work-dir work_dirs/compare_norms_det]
+                                      [--write-expected docs/demo_expected.json]
 
-Trains the demo config of every normalizer in turn (``tools/demo.py``, each in its own
-process so timings do not interfere; same data, seed and schedule; the configs differ
-only in ``norm_cfg``), then prints and writes a README-ready markdown table: bbox mAP,
-segm mAP (mmdet's CocoMetric on the val split) and training seconds per iteration.
-Each run's results are read from the ``metrics.json`` that tools/demo.py writes.
+Every row (a normalizer of ``sn_mm.apis.norm_tables.DET_NORMS``; ``<norm>@lr<x>`` trains
+its SN logits at x times the lr instead of the demo's 30x) is trained with every seed
+(the same seeds for every row) by the demo runner (``sn_mm.apis.demo_run.run_demo``,
+what ``tools/demo.py`` runs), one run after another in this process. Progress lines name
+the row, the seed and the ETA of the whole comparison. Finished runs are stored under
+``--work-dir/<row>/seed<k>/result.json``; running the same command again (after an
+interruption, or with more rows or seeds) reuses them.
 
-Normalizers (``sn_mm.apis.norm_tables.DET_NORMS``): ``bn``, ``syncbn``, ``gn``, ``sn``,
-``syncsn`` (everywhere) and ``bn_sn-head``, ``bn_gn-head``, ``gn_sn-head`` (backbone /
-FPN+heads). In a single process SyncSN computes what SN does and SyncBN is reverted to
-BN by mmengine, so their rows show the cost of the synchronized layers only.
+Written to ``--work-dir``: ``table.md`` (bbox and segm mAP x100: mean ± std over the seeds
+and the paired difference to SN with its 95% t-interval; seconds per iteration),
+``results.json`` (everything, including the SN layers that stayed at 1/3 on every seed),
+``runs.csv`` (one line per run). ``--write-expected`` also records the mean ± std of the
+rows that train a demo config unchanged, which ``tools/demo.py`` prints its result beside.
 """
-import argparse
-import json
 import os
-import os.path as osp
-import subprocess
-import sys
-import time
 
-from sn_mm.apis.norm_tables import DET_NORMS, det_config, det_table
+os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')  # see tools/demo.py
 
-DEMO = osp.join(osp.dirname(osp.abspath(__file__)), 'demo.py')
+import argparse  # noqa: E402
+import os.path as osp  # noqa: E402
+import sys  # noqa: E402
+import time  # noqa: E402
 
+from sn_mm.apis import compare  # noqa: E402
+from sn_mm.apis.det_demo import HEADLINE, run_det_demo  # noqa: E402
+from sn_mm.apis.expected import update_expected  # noqa: E402
+from sn_mm.apis.norm_tables import det_rows  # noqa: E402
 
-def run_one(norm: str, work_root: str, iters, data_root: str, extra) -> dict:
-    work_dir = osp.join(work_root, norm)
-    cmd = [sys.executable, DEMO, '--config', det_config(norm), '--work-dir', work_dir,
-           '--data-root', data_root]
-    if iters is not None:
-        cmd += ['--iters', str(iters)]
-    cmd += extra
-    print(f'[compare] {norm}: {" ".join(cmd)}', flush=True)
-    subprocess.run(cmd, check=True)
-    with open(osp.join(work_dir, 'metrics.json')) as f:
-        return json.load(f)
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG_DIR = osp.join(REPO, 'configs', 'mask_rcnn_demo')
+DEFAULT_ROWS = ['sn', 'gn', 'bn', 'ssn', 'sn@lr1', 'sn@lr10']
 
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--norms', nargs='+', default=['bn', 'gn', 'sn', 'syncsn'],
-                   choices=sorted(DET_NORMS))
-    p.add_argument('--iters', type=int, help='training iterations (default: the config\'s)')
+    p.add_argument('--rows', '--norms', nargs='+', default=DEFAULT_ROWS,
+                   help=f'rows to run, in order (default: {" ".join(DEFAULT_ROWS)})')
+    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    p.add_argument('--iters', type=int, help="training iterations (default: the configs')")
+    p.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
     p.add_argument('--data-root', default='data/coco_demo')
+    p.add_argument('--num-train', type=int, help='demo images to generate (default: 400)')
+    p.add_argument('--num-val', type=int, help='default: 80')
     p.add_argument('--work-dir', default='work_dirs/compare_norms_det')
-    p.add_argument('--out', help='markdown file (default: WORK_DIR/table.md)')
-    p.add_argument('--demo-args', nargs=argparse.REMAINDER, default=[],
-                   help='further arguments passed to tools/demo.py (put last)')
-    return p.parse_args(argv)
+    p.add_argument('--write-expected', metavar='JSON',
+                   help='record the demo rows\' mean ± std here (docs/demo_expected.json)')
+    args = p.parse_args(argv)
+    for name in ('iters', 'threads', 'num_train', 'num_val'):
+        value = getattr(args, name)
+        if value is not None and value < 1:
+            p.error(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+    try:
+        args.row_list = det_rows(args.rows, CONFIG_DIR)
+        compare.check_rows(args.row_list, args.seeds)
+    except ValueError as err:
+        p.error(str(err))
+    return args
 
 
 def main(argv=None):
     args = parse_args(argv)
+    import torch
+    torch.set_num_threads(args.threads)
+    meta = compare.machine_meta(args.threads)
+    meta.update(commit=compare.source_commit(REPO), seeds=args.seeds,
+                command='python tools/compare_norms_det.py ' + ' '.join(sys.argv[1:] if argv is None else argv))
+
+    def run_one(row, seed, work_dir):
+        return run_det_demo(row.config, work_dir, args.data_root, args.num_train,
+                            args.num_val, args.iters, row.cfg_options, seed=seed,
+                            log=lambda line: print(line, flush=True))
+
+    common = dict(iters=args.iters, threads=args.threads, num_train=args.num_train,
+                  num_val=args.num_val)
     start = time.time()
-    results = {norm: run_one(norm, args.work_dir, args.iters, args.data_root, args.demo_args)
-               for norm in args.norms}
-    table = det_table(results)
-    out = args.out or osp.join(args.work_dir, 'table.md')
-    os.makedirs(osp.dirname(osp.abspath(out)), exist_ok=True)
-    with open(out, 'w') as f:
-        f.write(table + '\n')
-    with open(osp.splitext(out)[0] + '.json', 'w') as f:
-        json.dump(results, f, indent=1)
-    print('\n' + table + '\n')
-    print(f'[compare] {len(results)} runs in {(time.time() - start) / 60:.1f} min; '
-          f'table: {osp.abspath(out)}')
-    return results
+    results = compare.run_comparison(args.row_list, args.seeds, args.work_dir, run_one,
+                                     common, log=lambda line: print(line, flush=True))
+    meta.update(load_end=compare.machine_meta(args.threads)['load_start'],
+                minutes=(time.time() - start) / 60)
+    any_run = next(iter(results.values()))
+    meta['iterations'] = any_run['iterations']
+    summary = compare.summarize(args.row_list, args.seeds, results, HEADLINE)
+    table = compare.markdown_table(summary, {'coco/bbox_mAP': 'bbox mAP',
+                                             'coco/segm_mAP': 'segm mAP'}, scale=100)
+    meta['note'] = compare.note(meta, (
+        f'Mask R-CNN, half-width ResNet-18 FPN from scratch, synthetic COCO-format shapes, '
+        f'{any_run["iterations"]} iterations x {any_run["images_per_iteration"]} images, '
+        f'mAP x100 on the val split (mmdet CocoMetric).'))
+    leanings = compare.leanings_text(summary)
+    if leanings:
+        meta['note'] += ('\n\nLearned shares (backbone; neck + heads), averaged over layers and '
+                         'over mean and variance shares; a part "leans" to a branch only when '
+                         'every seed agrees:\n' + '\n'.join(leanings))
+    paths = compare.write_outputs(args.work_dir, args.row_list, args.seeds, results, summary,
+                                  HEADLINE, table, meta)
+    if args.write_expected:
+        update_expected(args.write_expected,
+                        compare.expected_entries(args.row_list, summary, meta))
+    figure = compare.shares_figure(args.row_list, args.seeds, results,
+                                   osp.join(args.work_dir, 'shares_over_seeds.png'),
+                                   'learned SN shares per layer, over seeds')
+    print('\n' + table + '\n' + meta['note'] + '\n')
+    for e in summary:
+        if e['undecided_layers']:
+            print(f'[compare] {e["name"]}: {len(e["undecided_layers"])} of {e["sn_layers"]} SN '
+                  f'layers within {compare.UNDECIDED_TOL} of 1/3 on every seed: '
+                  + ', '.join(e['undecided_layers']))
+    if figure:
+        print(f'[compare] figure: {figure}')
+    print(f'[compare] table: {paths["table"]}, data: {paths["json"]}, {paths["csv"]}')
+    return summary
 
 
 if __name__ == '__main__':

@@ -1,93 +1,125 @@
-"""README-ready table: SyncBN / GN / SN / SyncSN for DeepLab on both built-in demo datasets.
+"""Compare normalizers in DeepLab on both built-in segmentation demos, over seeds.
 
-    python tools/compare_norms_seg.py [--model {deeplabv3,deeplabv3plus}] [--iters N]
-                                      [--layouts cityscapes ade20k] [--norms syncbn gn sn syncsn]
-                                      [--threads N] [--data-root data/seg_demo]
+    python tools/compare_norms_seg.py [--model {deeplabv3,deeplabv3plus}]
+                                      [--rows sn syncbn gn ssn sn@lr1] [--seeds 0 1 2]
+                                      [--layouts cityscapes ade20k] [--iters N] [--threads 1]
+                                      [--data-root data/seg_demo]
                                       [--work-dir work_dirs/compare_norms_seg]
+                                      [--write-expected docs/demo_expected.json]
 
-Every (normalizer, layout) pair is trained on its demo config
-(``configs/seg_demo/<model>_r18-d8-<norm>_demo-<layout>.py``: same model, data, schedule
-and seed; only ``norm_cfg`` differs, plus no weight decay on SN parameters) and its
-checkpoint evaluated (mmseg ``IoUMetric``, val split, single scale), in this process
-(``sn_mm.apis.seg_demo.train_and_test``). On one process SyncBN is BN (mmengine reverts
+Every (layout, row) pair, where a row is a normalizer of
+``sn_mm.apis.norm_tables.SEG_NORMS`` (``<norm>@lr<x>``: SN logits at x times the lr
+instead of the demo's 30x), is trained with every seed (the same seeds for every row)
+by the demo runner (``sn_mm.apis.demo_run.run_demo``, what ``tools/demo_seg.py`` runs),
+in this process, one after another, with progress lines (row, seed, ETA of the whole
+comparison). Finished runs are stored under ``--work-dir/<model>/<layout>/<row>/seed<k>/``
+and reused when the command runs again. On one process SyncBN is BN (mmengine reverts
 it) and SyncSN is SN.
 
-Reported per run: mIoU, mean seconds per training iteration (mmengine's ``train/time``,
-first logging window dropped as warm-up) and, for SN runs, the learned importance
-shares IN/LN/BN averaged over layers and over the mean/variance weights. The Markdown
-table, the machine description (cores, threads, load average before and after: other
-work on the machine slows every run) and a JSON file go to ``--work-dir``.
+Written to ``--work-dir/<model>/``: ``table.md`` (mIoU: mean ± std over the seeds and the
+paired difference to SN of the same layout with its 95% t-interval; seconds per
+iteration), ``results.json``, ``runs.csv``; ``--write-expected`` records the demo rows'
+mean ± std for ``tools/demo_seg.py``.
 """
 import argparse
-import json
-import os
 import os.path as osp
-import platform
+import sys
 import time
 
-from sn_mm.apis.norm_tables import SEG_NORMS, load_average, seg_table
-from sn_mm.apis.seg_demo import LAYOUTS, MODELS, ROOT, demo_config, demo_options, train_and_test
+from sn_mm.apis import compare
+from sn_mm.apis.demo_run import run_demo
+from sn_mm.apis.expected import update_expected
+from sn_mm.apis.norm_tables import seg_rows
+from sn_mm.apis.seg_demo import HEADLINE, LAYOUTS, MODELS, data_options
+
+REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
+CONFIG_DIR = osp.join(REPO, 'configs', 'seg_demo')
+DEFAULT_ROWS = ['sn', 'syncbn', 'gn', 'ssn', 'sn@lr1']
 
 
 def parse_args(argv=None):
-    parser = argparse.ArgumentParser(description=__doc__.split('\n')[0])
-    parser.add_argument('--model', choices=MODELS, default='deeplabv3')
-    parser.add_argument('--layouts', nargs='+', choices=LAYOUTS, default=list(LAYOUTS))
-    parser.add_argument('--norms', nargs='+', choices=list(SEG_NORMS),
-                        default=['syncbn', 'gn', 'sn', 'syncsn'])
-    parser.add_argument('--iters', type=int, default=None, help='default: the configs (600)')
-    parser.add_argument('--threads', type=int, default=None,
-                        help='torch threads (default: torch default)')
-    parser.add_argument('--data-root', default='data/seg_demo')
-    parser.add_argument('--work-dir', default='work_dirs/compare_norms_seg')
-    args = parser.parse_args(argv)
-    if args.iters is not None and args.iters < 1:
-        parser.error(f'--iters must be >= 1, got {args.iters}')
+    p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
+    p.add_argument('--model', choices=MODELS, default='deeplabv3')
+    p.add_argument('--layouts', nargs='+', choices=LAYOUTS, default=list(LAYOUTS))
+    p.add_argument('--rows', '--norms', nargs='+', default=DEFAULT_ROWS,
+                   help=f'rows to run, in order (default: {" ".join(DEFAULT_ROWS)})')
+    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
+    p.add_argument('--iters', type=int, default=None, help="default: the configs'")
+    p.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
+    p.add_argument('--data-root', default='data/seg_demo')
+    p.add_argument('--work-dir', default='work_dirs/compare_norms_seg')
+    p.add_argument('--write-expected', metavar='JSON',
+                   help='record the demo rows\' mean ± std here (docs/demo_expected.json)')
+    args = p.parse_args(argv)
+    for name in ('iters', 'threads'):
+        if getattr(args, name) is not None and getattr(args, name) < 1:
+            p.error(f'--{name} must be >= 1, got {getattr(args, name)}')
+    try:
+        args.row_list = seg_rows(args.model, args.rows, args.layouts, CONFIG_DIR)
+        compare.check_rows(args.row_list, args.seeds)
+    except ValueError as err:
+        p.error(str(err))
     return args
 
 
 def main(argv=None):
     args = parse_args(argv)
     import torch
-    from mmengine.config import Config
 
-    from sn_mm.analysis import average_shares, ratios_from_checkpoint
     from sn_mm.datasets.seg_demo import ensure_seg_demo
-    if args.threads is not None:
-        torch.set_num_threads(args.threads)
+    torch.set_num_threads(args.threads)
     for layout in args.layouts:
         ensure_seg_demo(osp.join(args.data_root, layout), layout, progress=print)
-    cfg = Config.fromfile(osp.join(ROOT, demo_config(args.model, 'sn', args.layouts[0])))
-    meta = dict(model_title='DeepLabV3' if args.model == 'deeplabv3' else 'DeepLabV3+',
-                iters=args.iters or cfg.train_cfg.max_iters,
-                batch=cfg.train_dataloader.batch_size, cpus=os.cpu_count(),
-                cpu=platform.processor() or platform.machine(), torch=torch.__version__,
-                threads=torch.get_num_threads(), load_before=load_average())
+    meta = compare.machine_meta(args.threads)
+    meta.update(commit=compare.source_commit(REPO), seeds=args.seeds,
+                command='python tools/compare_norms_seg.py '
+                + ' '.join(sys.argv[1:] if argv is None else argv))
+
+    def run_one(row, seed, work_dir):
+        layout = row.name.split('/')[0]
+        options = data_options(osp.join(args.data_root, layout))
+        options.update(row.cfg_options)
+        return run_demo(row.config, work_dir, options, iters=args.iters, seed=seed)
+
+    work_root = osp.join(args.work_dir, args.model)
     start = time.time()
-    results = {}
-    for layout in args.layouts:
-        for norm in args.norms:
-            print(f'=== {args.model} {norm} on the {layout}-layout demo ===', flush=True)
-            config = demo_config(args.model, norm, layout)
-            work_dir = osp.join(args.work_dir, osp.splitext(osp.basename(config))[0])
-            r = train_and_test(config, work_dir,
-                               demo_options(osp.join(args.data_root, layout), args.iters))
-            if norm in ('sn', 'syncsn', 'ssn'):
-                r['shares'] = average_shares(ratios_from_checkpoint(r['checkpoint']))['both']
-            results[(norm, layout)] = r
-            print(f'    mIoU {r["test"]["mIoU"]:.2f}, {r["sec_per_iter"]:.2f} s/iter, '
-                  f'work dir {r["work_dir"]}', flush=True)
-    meta.update(load_after=load_average(), minutes=(time.time() - start) / 60)
-    table = seg_table(results, args.layouts, args.norms, meta)
-    os.makedirs(args.work_dir, exist_ok=True)
-    table_path = osp.join(args.work_dir, f'table_{args.model}.md')
-    with open(table_path, 'w') as f:
-        f.write(table)
-    with open(osp.join(args.work_dir, f'results_{args.model}.json'), 'w') as f:
-        json.dump(dict(meta=meta, runs={f'{n}/{l}': r for (n, l), r in results.items()}), f,
-                  indent=1)
-    print('\n' + table)
-    print(f'Table: {osp.abspath(table_path)}')
+    results = compare.run_comparison(args.row_list, args.seeds, work_root, run_one,
+                                     dict(iters=args.iters, threads=args.threads),
+                                     log=lambda line: print(line, flush=True))
+    meta.update(load_end=compare.machine_meta(args.threads)['load_start'],
+                minutes=(time.time() - start) / 60)
+    any_run = next(iter(results.values()))
+    meta['iterations'] = any_run['iterations']
+    summary = compare.summarize(args.row_list, args.seeds, results, HEADLINE)
+    table = compare.markdown_table(summary, {'mIoU': 'mIoU'}, digits=2)
+    title = 'DeepLabV3' if args.model == 'deeplabv3' else 'DeepLabV3+'
+    meta['note'] = compare.note(meta, (
+        f'{title} R18-D8 (half width, from scratch), {any_run["iterations"]} iterations x '
+        f'{any_run["images_per_iteration"]} crops of 128x128, mIoU on the 20 val images '
+        '(mmseg IoUMetric, single scale).'))
+    leanings = compare.leanings_text(summary)
+    if leanings:
+        meta['note'] += ('\n\nLearned shares (backbone; neck + heads), averaged over layers and '
+                         'over mean and variance shares; a part "leans" to a branch only when '
+                         'every seed agrees:\n' + '\n'.join(leanings))
+    paths = compare.write_outputs(work_root, args.row_list, args.seeds, results, summary,
+                                  HEADLINE, table, meta)
+    if args.write_expected:
+        update_expected(args.write_expected,
+                        compare.expected_entries(args.row_list, summary, meta))
+    figure = compare.shares_figure(args.row_list, args.seeds, results,
+                                   osp.join(work_root, 'shares_over_seeds.png'),
+                                   'learned SN shares per layer, over seeds')
+    print('\n' + table + '\n' + meta['note'] + '\n')
+    for e in summary:
+        if e['undecided_layers']:
+            print(f'[compare] {e["name"]}: {len(e["undecided_layers"])} of {e["sn_layers"]} SN '
+                  f'layers within {compare.UNDECIDED_TOL} of 1/3 on every seed: '
+                  + ', '.join(e['undecided_layers']))
+    if figure:
+        print(f'[compare] figure: {figure}')
+    print(f'[compare] table: {paths["table"]}, data: {paths["json"]}, {paths["csv"]}')
+    return summary
 
 
 if __name__ == '__main__':

@@ -58,6 +58,13 @@ DEFAULT_SOURCES = OrderedDict([
                     'python tools/demo_seg.py --layout ade20k')),
     ('digits', ('work_dirs/sn_study/results.json', 'python tools/study.py')),
 ])
+# The same tasks over seeds, written by the comparison tools: used instead of the single
+# demo run when present (one checkpoint per seed folder).
+DEFAULT_SEED_SOURCES = OrderedDict([
+    ('detection', 'work_dirs/compare_norms_det/sn/seed*/iter_*.pth'),
+    ('seg Cityscapes', 'work_dirs/compare_norms_seg/deeplabv3/cityscapes/sn/seed*/iter_*.pth'),
+    ('seg ADE20K', 'work_dirs/compare_norms_seg/deeplabv3/ade20k/sn/seed*/iter_*.pth'),
+])
 _STUDY_BASELINE = dict(norm='SN', depth=1, init='kaiming', schedule='cosine', solver='sgd',
                        ratios='per-layer')
 _ITER_RE = re.compile(r'iter_(\d+)\.pth$')
@@ -67,11 +74,17 @@ _HEAD_PARTS = ('neck', 'rpn_head', 'roi_head', 'bbox_head', 'mask_head', 'decode
 
 @dataclass(frozen=True)
 class Task:
-    """One run's learned shares: ``layers`` in depth order, ``source`` the file read."""
+    """One task's learned shares: ``layers`` in depth order, ``source`` the file(s) read.
+
+    A task read from several checkpoints (the same label given for each: one run per
+    seed) has ``runs``, the layers of every run, and ``layers``, their mean over the runs;
+    claims about it (:func:`findings`) are made only where every run agrees.
+    """
 
     label: str
     layers: Tuple[LayerRatios, ...]
     source: str
+    runs: Tuple[Tuple[LayerRatios, ...], ...] = ()
 
 
 # ------------------------------------------------------------------------ loading
@@ -174,6 +187,10 @@ def load_tasks(sources: Optional[Sequence[Tuple[str, str]]] = None) -> List[Task
     if sources is None:
         sources, missing = [], []
         for label, (pattern, command) in DEFAULT_SOURCES.items():
+            seeds = seed_checkpoints(DEFAULT_SEED_SOURCES.get(label))
+            if seeds:
+                sources += [(label, path) for path in seeds]
+                continue
             path = latest_checkpoint(pattern) if '*' in pattern else (
                 pattern if os.path.isfile(pattern) else None)
             if path is None:
@@ -186,17 +203,57 @@ def load_tasks(sources: Optional[Sequence[Tuple[str, str]]] = None) -> List[Task
     if not sources:
         raise ValueError('no sources to compare: expected (label, path) pairs')
     tasks: List[Task] = []
+    by_label: 'OrderedDict[str, List[str]]' = OrderedDict()
     for label, path in sources:
         if not os.path.isfile(path):
             raise FileNotFoundError(f'{label}: {path!r} does not exist (or is not a file)')
         if path.lower().endswith('.json'):
             tasks.extend(study_tasks(path, label))
-        else:
-            tasks.append(Task(label, tuple(ratios_from_checkpoint(path)), path))
+            continue
+        if path in by_label.get(label, []):
+            raise ValueError(f'{label}: {path!r} given twice; one checkpoint per run (seed)')
+        if label not in by_label:
+            by_label[label] = []
+            tasks.append(Task(label, (), ''))  # placeholder keeps the order
+        by_label[label].append(path)
+    for i, task in enumerate(tasks):
+        if task.source == '' and task.label in by_label:
+            paths = by_label[task.label]
+            runs = tuple(tuple(ratios_from_checkpoint(p)) for p in paths)
+            if len(runs) == 1:
+                tasks[i] = Task(task.label, runs[0], paths[0])
+            else:
+                tasks[i] = Task(task.label, tuple(mean_over_runs(runs, task.label)),
+                                ' + '.join(paths), runs)
     labels = [t.label for t in tasks]
     if len(set(labels)) != len(labels):
         raise ValueError(f'task labels must be unique, got {labels}')
     return tasks
+
+
+def seed_checkpoints(pattern: Optional[str]) -> List[str]:
+    """The latest checkpoint of every folder matching ``pattern``'s directory part
+    (``.../seed*/iter_*.pth``: one per seed), sorted; ``[]`` when none."""
+    if not pattern:
+        return []
+    folders = sorted({os.path.dirname(p) for p in glob.glob(pattern)})
+    found = [latest_checkpoint(os.path.join(f, os.path.basename(pattern))) for f in folders]
+    return [p for p in found if p]
+
+
+def mean_over_runs(runs: Sequence[Sequence[LayerRatios]], label: str) -> List[LayerRatios]:
+    """Each layer's shares averaged over ``runs`` (the same layers in every run)."""
+    names = [l.name for l in runs[0]]
+    for run in runs[1:]:
+        if [l.name for l in run] != names:
+            raise ValueError(f'{label}: the runs have different SN layers; expected the same '
+                             'model trained with different seeds')
+    out = []
+    for i, first in enumerate(runs[0]):
+        mean = tuple(math.fsum(r[i].mean[k] for r in runs) / len(runs) for k in range(3))
+        var = tuple(math.fsum(r[i].var[k] for r in runs) / len(runs) for k in range(3))
+        out.append(LayerRatios(first.name, mean, var, first.using_bn, first.stage, first.block))
+    return out
 
 
 # ---------------------------------------------------------------------- summaries
@@ -246,11 +303,20 @@ def findings(tasks: Sequence[Task]) -> List[str]:
                    f'{values[hi] - values[lo]:.2f}.')
     for t in tasks:
         avg = overall[t.label]
+        runs = [Task(t.label, r, t.source) for r in t.runs]
         parts = []
         for stage, shares in stage_shares(t).items():
-            parts.append(f'{stage} {_argmax(shares["both"])}')
-        out.append(f'{t.label}: largest share overall {_argmax(avg["both"])} '
-                   f'({"/".join(f"{v:.2f}" for v in avg["both"])} IN/LN/BN); per stage: '
+            choice = _argmax(shares['both'])
+            if runs and {_argmax(stage_shares(r)[stage]['both']) for r in runs} != {choice}:
+                choice = 'seeds disagree'
+            parts.append(f'{stage} {choice}')
+        choice = _argmax(avg['both'])
+        if runs and {_argmax(average_shares(r.layers)['both']) for r in runs} != {choice}:
+            choice = 'seeds disagree'
+        seeds = f' ({len(runs)} seeds; a choice is named only where every seed makes it)' \
+            if runs else ''
+        out.append(f'{t.label}: largest share overall {choice} '
+                   f'({"/".join(f"{v:.2f}" for v in avg["both"])} IN/LN/BN){seeds}; per stage: '
                    + ', '.join(parts) + '.')
         drop_bn = avg['mean'][2] - avg['var'][2]
         out.append(f'{t.label}: BN share of the means {avg["mean"][2]:.2f}, of the variances '
@@ -352,8 +418,10 @@ def plot_compare(tasks: Sequence[Task], path: str, title: str = '') -> str:
     """The cross-task figure (see :mod:`sn_mm.analysis.plot` for the colours).
 
     Top: per stage (and "all layers", beside the paper's ImageNet averages), one stacked
-    IN/LN/BN bar per task, mean shares left, variance shares right. Bottom: per backbone
-    layer, the IN, LN and BN shares of every task (solid: mean, dashed: variance).
+    IN/LN/BN bar per task, mean shares left, variance shares right; for a task over seeds
+    the bar is the mean and a black line on each boundary spans the seeds' range. Bottom:
+    per backbone layer, the IN, LN and BN shares of every task (solid: mean, dashed:
+    variance; faint marks: the single seeds).
     """
     from .plot import COLORS, new_figure
 
@@ -386,6 +454,18 @@ def plot_compare(tasks: Sequence[Task], path: str, title: str = '') -> str:
                            linewidth=0, label=branch if (ti, gi) == (0, 0) else None)
                     bottom += v
                 ax.text(x, 1.01, str(ti + 1), ha='center', va='bottom', fontsize=6)
+                if task.runs:  # seed range of the IN and IN+LN boundaries
+                    for cut in (1, 2):
+                        vals = []
+                        for r_layers in task.runs:
+                            rt = Task(task.label, r_layers, task.source)
+                            sh = (average_shares(rt.layers) if group == 'all layers'
+                                  else stage_shares(rt).get(group))
+                            if sh is not None:
+                                vals.append(sum(sh[kind][:cut]))
+                        if vals:
+                            ax.plot([x, x], [min(vals), max(vals)], color='black',
+                                    linewidth=0.8)
         # the paper's overall averages (one number per normalizer, mean and variance pooled)
         px = len(groups)
         pw = 0.8 / len(PAPER_SHARES)
@@ -424,6 +504,13 @@ def plot_compare(tasks: Sequence[Task], path: str, title: str = '') -> str:
                 ax.plot([x for x, _ in pts], [getattr(l, kind)[k] for _, l in pts], style,
                         color=color, marker=markers[ti % len(markers)], markersize=3,
                         linewidth=1, label=f'{ti + 1}: {task.label}' if kind == 'mean' else None)
+            for run in task.runs:  # one faint mark per seed around the mean line
+                per_run = layer_shares(Task(task.label, run, task.source))
+                for kind in ('mean', 'var'):
+                    seed_pts = [(xs[n], per_run[n]) for n in names if n in per_run]
+                    ax.plot([x for x, _ in seed_pts], [getattr(l, kind)[k] for _, l in seed_pts],
+                            markers[ti % len(markers)], color=color, markersize=2, alpha=0.35,
+                            markerfacecolor=color if kind == 'mean' else 'none', linestyle='')
         ax.axhline(1 / 3, color='0.6', linewidth=0.6, linestyle=':')
         ax.set_ylim(0, 1)
         ax.set_xlim(-0.5, len(names) - 0.5)

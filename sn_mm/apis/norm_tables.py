@@ -1,16 +1,16 @@
-"""Normalizer comparisons on the demo data: which config each normalizer trains, and the
-README-ready Markdown tables (``tools/compare_norms_det.py``, ``tools/compare_norms_seg.py``).
+"""Which config each normalizer trains in the comparisons, as rows of
+:mod:`sn_mm.apis.compare` (``tools/compare_norms_det.py``, ``tools/compare_norms_seg.py``).
 
 To compare another normalizer, add one line to :data:`DET_NORMS` or :data:`SEG_NORMS`
-(and its demo configs).
+(and its demo configs). A row name ``<norm>@lr<x>`` trains ``<norm>``'s config with the SN
+importance logits at ``x`` times the learning rate
+(``optim_wrapper.paramwise_cfg.sn_lr_mult``; the demo configs use 30). Config folders
+are arguments: the package does not know where a source checkout is.
 """
-import datetime
-import os
-import os.path as osp
-import platform
+import re
+from typing import List, Optional, Sequence, Tuple
 
-ROOT = osp.dirname(osp.dirname(osp.dirname(osp.abspath(__file__))))
-DET_DEMO_DIR = osp.join(ROOT, 'configs', 'mask_rcnn_demo')
+from .compare import Row
 
 #: detection: name -> (table label "backbone / FPN + heads", demo config file name)
 DET_NORMS = {
@@ -29,78 +29,72 @@ DET_NORMS = {
 SEG_NORMS = {'syncbn': 'SyncBN (= BN on one process)', 'gn': 'GN (16 groups)', 'sn': 'SN',
              'syncsn': 'SyncSN (= SN on one process)', 'ssn': 'SSN (sparsestmax)'}
 SEG_TITLES = {'cityscapes': 'Cityscapes-layout demo', 'ade20k': 'ADE20K-layout demo'}
+#: the sn_lr_mult of the demo configs
+DEMO_SN_LR_MULT = 30.0
+#: the row every other row is compared to
+REFERENCE = 'sn'
 
 
-def det_config(norm: str) -> str:
-    """Absolute path of the detection demo config of ``norm`` (a :data:`DET_NORMS` key)."""
+def parse_row_name(name: str, norms) -> Tuple[str, Optional[float]]:
+    """``'sn@lr1'`` -> ``('sn', 1.0)``; ``'gn'`` -> ``('gn', None)``."""
+    match = re.fullmatch(r'([A-Za-z0-9_-]+)(?:@lr([0-9]+(?:\.[0-9]+)?))?', name)
+    if match is None or match.group(1) not in norms:
+        raise ValueError(f'unknown row {name!r}; expected a normalizer of {sorted(norms)}, '
+                         "optionally with '@lr<sn_lr_mult>' (for example 'sn@lr1')")
+    return match.group(1), None if match.group(2) is None else float(match.group(2))
+
+
+def _lr_options(mult: Optional[float]) -> dict:
+    if mult is None:
+        return {}
+    return {'optim_wrapper.paramwise_cfg.sn_lr_mult': mult}
+
+
+def _lr_label(label: str, mult: Optional[float]) -> str:
+    shown = DEMO_SN_LR_MULT if mult is None else mult
+    return f'{label}, logits at {shown:g}x lr' if mult is not None else label
+
+
+def det_config(norm: str, config_dir: str) -> str:
+    """Path of the detection demo config of ``norm`` (a :data:`DET_NORMS` key)."""
+    import os.path as osp
     if norm not in DET_NORMS:
         raise ValueError(f'unknown normalizer {norm!r}; expected one of {sorted(DET_NORMS)}')
-    return osp.join(DET_DEMO_DIR, DET_NORMS[norm][1])
+    return osp.join(config_dir, DET_NORMS[norm][1])
 
 
-def _pct(value) -> str:
-    return '-' if value is None else f'{100 * value:.1f}'
+def det_rows(names: Sequence[str], config_dir: str) -> List[Row]:
+    """Detection rows (each compared to ``sn`` when present)."""
+    rows = []
+    for name in names:
+        norm, mult = parse_row_name(name, DET_NORMS)
+        rows.append(Row(name=name, label=_lr_label(DET_NORMS[norm][0], mult),
+                        config=det_config(norm, config_dir), cfg_options=_lr_options(mult)))
+    return _with_reference(rows)
 
 
-def _loads(results: dict) -> str:
-    loads = [x for r in results.values() for x in r.get('load_average_1min', []) if x >= 0]
-    return f'{min(loads):.1f}-{max(loads):.1f}' if loads else 'unknown'
+def seg_rows(model: str, norms: Sequence[str], layouts: Sequence[str],
+             config_dir: str) -> List[Row]:
+    """Segmentation rows ``<layout>/<norm>``, grouped by layout, each compared to the
+    ``sn`` row of its layout when present."""
+    from .seg_demo import demo_config
+    rows = []
+    for layout in layouts:
+        group = []
+        for name in norms:
+            norm, mult = parse_row_name(name, SEG_NORMS)
+            group.append(Row(name=f'{layout}/{name}', label=_lr_label(SEG_NORMS[norm], mult),
+                             config=demo_config(model, norm, layout, config_dir),
+                             cfg_options=_lr_options(mult), group=SEG_TITLES[layout]))
+        rows += _with_reference(group, prefix=f'{layout}/')
+    return rows
 
 
-def det_table(results: dict) -> str:
-    """Markdown table of ``{norm: tools/demo.py summary}`` plus a line on how it was run."""
-    any_result = next(iter(results.values()))
-    lines = ['| Normalizer (backbone / FPN + heads) | bbox mAP | bbox AP50 | segm mAP | '
-             'segm AP50 | train s/iter | train CPU s/iter |',
-             '|---|---:|---:|---:|---:|---:|---:|']
-    for norm, r in results.items():
-        m, cpu = r['metrics'], r.get('train_cpu_seconds_per_iteration')
-        lines.append(f'| {DET_NORMS[norm][0]} | {_pct(m.get("coco/bbox_mAP"))} '
-                     f'| {_pct(m.get("coco/bbox_mAP_50"))} | {_pct(m.get("coco/segm_mAP"))} '
-                     f'| {_pct(m.get("coco/segm_mAP_50"))} '
-                     f'| {r["train_seconds_per_iteration"]:.2f} '
-                     f'| {"-" if cpu is None else f"{cpu:.2f}"} |')
-    lines += ['', (
-        f'Mask R-CNN, half-width ResNet-18 FPN from scratch, synthetic COCO-format shapes '
-        f'(256x256, 4 classes), {any_result["iterations"]} iterations x '
-        f'{any_result["images_per_iteration"]} images, mAP x100 on the val split '
-        f'(mmdet CocoMetric). Measured {datetime.date.today().isoformat()} on '
-        f'{os.cpu_count()} CPU cores ({platform.processor() or platform.machine()}), '
-        f'{any_result.get("torch_threads", "?")} torch threads, 1-minute load average '
-        f'{_loads(results)} during training (wall s/iter grows with other jobs on the '
-        f'machine; CPU s/iter, summed over the threads, much less), '
-        f'`python tools/compare_norms_det.py`.')]
-    return '\n'.join(lines)
-
-
-def load_average() -> str:
-    try:
-        return '/'.join(f'{x:.1f}' for x in os.getloadavg())
-    except OSError:
-        return 'n/a'
-
-
-def seg_table(results: dict, layouts, norms, meta: dict) -> str:
-    """Markdown table of ``{(norm, layout): seg_demo.train_and_test result}`` plus notes."""
-    head = ['Normalizer'] + [f'{SEG_TITLES[l]} mIoU' for l in layouts] \
-        + [f'{SEG_TITLES[l]} s/iter' for l in layouts] + ['SN shares IN/LN/BN']
-    lines = ['| ' + ' | '.join(head) + ' |', '|' + '---|' * len(head)]
-    for norm in norms:
-        row = [SEG_NORMS[norm]]
-        row += [f'{results[(norm, l)]["test"]["mIoU"]:.2f}' for l in layouts]
-        row += [f'{results[(norm, l)]["sec_per_iter"]:.2f}' for l in layouts]
-        shares = [results[(norm, l)].get('shares') for l in layouts]
-        row.append(', '.join(f'{l}: ' + '/'.join(f'{v:.2f}' for v in s)
-                             for l, s in zip(layouts, shares) if s) or '-')
-        lines.append('| ' + ' | '.join(row) + ' |')
-    notes = [
-        '',
-        f'{meta["model_title"]} R18-D8 (half width, from scratch), {meta["iters"]} iterations x '
-        f'{meta["batch"]} crops of 128x128, SGD lr 0.02 poly, 1 process; mIoU on the 20 val '
-        'images (mmseg IoUMetric, single scale; classes absent from the val split are skipped).',
-        f'Machine: {meta["cpus"]} CPU cores ({meta["cpu"]}), torch {meta["torch"]}, '
-        f'{meta["threads"]} torch threads; load average (1/5/15 min) {meta["load_before"]} '
-        f'before, {meta["load_after"]} after; wall time {meta["minutes"]:.1f} min. '
-        'Other processes on the machine slow every run; compare times within one table.',
-    ]
-    return '\n'.join(lines + notes) + '\n'
+def _with_reference(rows: List[Row], prefix: str = '') -> List[Row]:
+    names = {r.name for r in rows}
+    ref = prefix + REFERENCE
+    if ref in names:
+        for r in rows:
+            if r.name != ref:
+                r.reference = ref
+    return rows

@@ -9,6 +9,8 @@
 - :func:`train_in_process`: ``runner.train()``, then the validation metrics (as the
   ValLoop passes them to its hooks), seconds per iteration (``train/time``, written by
   mmengine's ``IterTimerHook`` every iteration), wall and CPU time and load average.
+- :func:`schedule_options`: ``cfg_options`` that compress a config's schedule to fewer
+  (or more) iterations, the one rule every demo and comparison uses.
 """
 import itertools
 import os
@@ -114,6 +116,46 @@ class RunRecorder(Hook):
         self.times['val_end'] = time.time()
 
 
+def schedule_options(cfg: Config, iters: int) -> Dict[str, object]:
+    """``cfg_options`` that train ``cfg`` for ``iters`` iterations on the same schedule shape.
+
+    Every ``begin``/``end``/``milestones`` of ``cfg.param_scheduler`` is scaled by
+    ``iters / cfg.train_cfg.max_iters`` (rounded, at least 1 and at most ``iters``; a
+    scheduler's ``end`` stays after its ``begin``), validation and the checkpoint come at
+    the end, and the logger writes about 10 times per run (every 20 iterations at most).
+    One rule for detection and segmentation: a warm-up of 100 of 1000 iterations becomes
+    30 of 300, a milestone at 75% stays at 75%.
+    """
+    if not isinstance(iters, int) or isinstance(iters, bool) or iters < 1:
+        raise ValueError(f'iters must be an int >= 1, got {iters!r}')
+    base = cfg.train_cfg.get('max_iters')
+    if not isinstance(base, int) or base < 1:
+        raise ValueError(f'schedule_options needs an iteration-based config '
+                         f'(train_cfg.max_iters an int >= 1), got {base!r}')
+
+    def scale(x: int) -> int:
+        return min(iters, max(1, round(x * iters / base)))
+
+    options: Dict[str, object] = {
+        'train_cfg.max_iters': iters, 'train_cfg.val_interval': iters,
+        'default_hooks.checkpoint.interval': iters,
+        'default_hooks.logger.interval': min(20, max(1, iters // 10))}
+    schedulers = cfg.get('param_scheduler') or []
+    if isinstance(schedulers, dict):
+        schedulers = [schedulers]
+    for i, sched in enumerate(schedulers):
+        if sched.get('by_epoch', True):
+            raise ValueError(f'param_scheduler[{i}] ({sched.get("type")}) is epoch-based; '
+                             'schedule_options rescales iteration-based schedules only')
+        begin = scale(sched.get('begin', 0)) if sched.get('begin', 0) else 0
+        end = max(begin + 1, scale(min(sched.get('end', base), base)))
+        options[f'param_scheduler.{i}.begin'] = begin
+        options[f'param_scheduler.{i}.end'] = end
+        if 'milestones' in sched:
+            options[f'param_scheduler.{i}.milestones'] = [scale(m) for m in sched.milestones]
+    return options
+
+
 def iteration_times(message_hub, skip: int = 0):
     """Seconds of every training iteration (``train/time``), the first ``skip`` dropped
     (warm-up) unless that would leave none."""
@@ -129,7 +171,8 @@ def train_in_process(cfg: Config, warmup_iters: int = 1) -> dict:
     Keys: ``runner``, ``metrics`` (``{name: value}`` of the last validation, as the
     evaluator returned them), ``iterations``, ``train_seconds``,
     ``sec_per_iter`` (mean of ``train/time`` without the first ``warmup_iters``),
-    ``train_cpu_seconds``, ``val_seconds``, ``load_average_1min`` (start, end).
+    ``train_cpu_seconds``, ``val_seconds``, ``load_average_1min`` (start, end),
+    ``losses`` (``train/loss`` of every iteration, as mmengine recorded it).
     """
     runner = build_runner(cfg, unique_names=True)
     recorder = RunRecorder()
@@ -138,9 +181,13 @@ def train_in_process(cfg: Config, warmup_iters: int = 1) -> dict:
     end = time.time()
     t = recorder.times
     times = iteration_times(runner.message_hub, warmup_iters)
+    hub = runner.message_hub
+    losses = ([float(v) for v in hub.get_scalar('train/loss').data[0]]
+              if 'train/loss' in hub.log_scalars else [])
     return dict(runner=runner, metrics=recorder.metrics, iterations=runner.iter,
                 train_seconds=t.get('val_start', end) - t['train_start'],
                 sec_per_iter=sum(times) / len(times) if times else float('nan'),
                 train_cpu_seconds=t.get('train_cpu', time.process_time() - t['cpu_start']),
                 val_seconds=t.get('val_end', end) - t.get('val_start', end),
-                load_average_1min=(t['load_start'], t.get('load_end', os.getloadavg()[0])))
+                load_average_1min=(t['load_start'], t.get('load_end', os.getloadavg()[0])),
+                losses=losses)
