@@ -158,9 +158,9 @@ def test_sw_parameters_follow_sn_decay_mult_and_norm_eval():
     assert all(not m.sw_mean_weight.requires_grad for m in sw_layers)
 
 
-def test_sw_to_convs_folds_a_resnet_and_keeps_its_outputs():
+def test_to_fixed_norms_folds_an_sw_resnet_and_keeps_its_outputs():
     from mmdet.models.backbones import ResNet
-    from sn_mm.deploy import sw_to_convs
+    from sn_mm.deploy import apply_plan, to_fixed_norms
     torch.manual_seed(0)
     model = ResNet(18, norm_cfg=dict(type='SW', sw_type=1, num_pergroup=16), norm_eval=False)
     model.train()
@@ -174,12 +174,21 @@ def test_sw_to_convs_folds_a_resnet_and_keeps_its_outputs():
     model.eval()
     x = torch.randn(2, 3, 64, 64)
     expected = model(x)
-    converted, report = sw_to_convs(model)
+    conversion = to_fixed_norms(model)
+    report = conversion.layers
     assert len(report) == 1 + 2 * 8 + 3
-    assert all(became.startswith('folded into') for _, became in report), report
+    assert all(r.became.startswith('SW map folded into') for r in report), report
+    converted = conversion.model
     assert not any(isinstance(m, SwitchableWhitening) for m in converted.modules())
     for a, b in zip(converted(x), expected):
         assert_close(a, b, rtol=1e-4, atol=1e-4)
+    # the plan rebuilds the structure from the config (tools/deploy_sn.py's FixedNormModel)
+    rebuilt = apply_plan(ResNet(18, norm_cfg=dict(type='SW', sw_type=1, num_pergroup=16)),
+                         **conversion.plan)
+    rebuilt.load_state_dict(converted.state_dict())
+    rebuilt.eval()  # mmdet's ResNet.train() returns None
+    for a, b in zip(rebuilt(x), expected):
+        assert_close(a, b, rtol=1e-4, atol=1e-4)
     mixed = ResNet(18, norm_cfg=dict(type='SW', sw_type=2, num_pergroup=16))
-    _, report = sw_to_convs(mixed)
-    assert all(became.startswith('kept: depends on the sample') for _, became in report)
+    with pytest.raises(ValueError, match=r"layer 'conv1'|layer 'norm1'|depends on the sample"):
+        to_fixed_norms(mixed)

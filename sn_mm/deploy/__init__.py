@@ -1,4 +1,4 @@
-"""Deployment: turn trained SN/SSN models into models built only of plain, fixed layers.
+"""Deployment: turn trained SN/SSN/SW models into models built only of plain, fixed layers.
 
 ``import sn_mm.deploy`` needs torch only (no mm* package):
 
@@ -10,14 +10,15 @@
   ``tools/deploy_sn.py``, not by this package) converts a checkpoint of an mmdet/mmseg
   config and writes a checkpoint plus a config that ``tools/test.py`` runs: its model is
   ``dict(type='FixedNormModel', model=<the original model>, layers=..., conv_biases=...)``,
-  which builds the original model and gives it the converted structure;
-- :func:`sw_to_convs` (pure torch): eval-mode batch-branch SW layers as grouped 1x1 convs,
-  folded into the preceding conv where possible.
+  which builds the original model and gives it the converted structure.
+
+Switchable Whitening layers whose instance branches have weight 0 (``sw_type=1``) are a
+fixed per-group affine map in eval mode: :func:`to_fixed_norms` folds them into the conv
+that feeds them, or makes them a grouped 1x1 conv; others depend on the sample and are
+refused with an error naming the layer, as EN layers are.
 """
 from .convert import (Conversion, LayerReport, apply_plan, build_fixed, conv_norm_pairs,
                       fold_bn_into_conv, format_report, plan_of, spec_of, to_fixed_norms)
-from .sw import sw_to_convs
 
 __all__ = ['Conversion', 'LayerReport', 'apply_plan', 'build_fixed', 'conv_norm_pairs',
-           'fold_bn_into_conv', 'format_report', 'plan_of', 'spec_of', 'to_fixed_norms',
-           'sw_to_convs']
+           'fold_bn_into_conv', 'format_report', 'plan_of', 'spec_of', 'to_fixed_norms']

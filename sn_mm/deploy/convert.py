@@ -30,6 +30,8 @@ from torch import nn
 from sn_mm.ops import SwitchableNorm
 from sn_mm.deploy.fixed_norms import SNInstanceNorm, BesselLayerNorm, FixedMixtureNorm
 from sn_mm.ops.pool import OFFICIAL_POOLS
+from sn_mm.ops.sw_fold import fold_into_conv, to_grouped_conv
+from sn_mm.ops.switchable_whitening import SwitchableWhitening
 
 
 
@@ -106,8 +108,24 @@ def spec_of(layer: SwitchableNorm, tol: float = 0.0) -> Tuple[dict, Tuple, Tuple
     return spec, mean_w, var_w
 
 
+def sw_spec_of(layer: SwitchableWhitening) -> Tuple[dict, Tuple, Tuple]:
+    """The replacement spec of an eval-mode SW layer that is a fixed per-group affine map
+    (only batch branches weighted): a grouped 1x1 conv; and its (mean, cov) weights."""
+    mean_w, var_w = (tuple(float(v) for v in w.double().cpu()) for w in layer.importance())
+    if not layer.is_fixed_affine():
+        raise ValueError(
+            f'{type(layer).__name__} (sw_type={layer.sw_type}) weights its instance branches '
+            f'(mean {mean_w}, covariance {var_w}), so its map depends on the sample and no '
+            'fixed layer reproduces it; only SW whose instance weights are 0 (e.g. sw_type=1, '
+            'batch whitening) converts')
+    c = layer.num_features
+    return dict(type='Conv2d', in_channels=c, out_channels=c, kernel_size=1,
+                groups=layer.num_groups, bias=True), mean_w, var_w
+
+
 _BUILDERS: Dict[str, Callable[..., nn.Module]] = {
     'BatchNorm2d': nn.BatchNorm2d, 'GroupNorm': nn.GroupNorm, 'Identity': nn.Identity,
+    'Conv2d': nn.Conv2d,
     'SNInstanceNorm': SNInstanceNorm, 'BesselLayerNorm': BesselLayerNorm,
     'FixedMixtureNorm': FixedMixtureNorm}
 
@@ -129,6 +147,8 @@ def describe(spec: dict) -> str:
     if kind == 'SNInstanceNorm':
         return f"SNInstanceNorm = GroupNorm({spec['num_channels']}, {spec['num_channels']}), " \
                f"{spec['in_variance']}"
+    if kind == 'Conv2d':
+        return f"grouped 1x1 Conv2d({spec['in_channels']}, groups={spec['groups']}) (SW)"
     if kind == 'FixedMixtureNorm':
         fmt = lambda w: '/'.join(f'{x:.3g}' for x in w)  # noqa: E731
         return f"FixedMixtureNorm(mean {fmt(spec['mean_weights'])}, var " \
@@ -309,24 +329,38 @@ def to_fixed_norms(model: nn.Module, tol: float = 0.0,
     model.eval()  # the converted model is an inference model
     modules = dict(model.named_modules())
     check_no_exemplar_norm(modules)
-    sn_names = [n for n, m in modules.items() if isinstance(m, SwitchableNorm)]
+    sn_names = [n for n, m in modules.items()
+                if isinstance(m, (SwitchableNorm, SwitchableWhitening))]
     if not sn_names:
-        raise ValueError(f'no SwitchableNorm / SSN layer found in {type(model).__name__}')
+        raise ValueError(f'no SwitchableNorm / SSN / SW layer found in {type(model).__name__}')
     reports, replacements = {}, {}
     for name in sn_names:
-        spec, mean_w, var_w = spec_of(modules[name], tol)
-        replacements[name] = _filled(modules[name], spec).eval()
+        layer = modules[name]
+        if isinstance(layer, SwitchableWhitening):
+            try:
+                spec, mean_w, var_w = sw_spec_of(layer)
+            except ValueError as err:
+                raise ValueError(f'layer {name!r}: {err}') from None
+            replacements[name] = to_grouped_conv(layer).eval()
+        else:
+            spec, mean_w, var_w = spec_of(layer, tol)
+            replacements[name] = _filled(layer, spec).eval()
         reports[name] = LayerReport(name, mean_w, var_w, spec, describe(spec))
-    folds = {}  # norm -> (conv, the conv with the BN folded in)
+    folds = {}  # norm -> (conv, the conv with the BN or SW map folded in)
     if fold:
         for conv_name, norm_name in conv_norm_pairs(model):
             new = replacements.get(norm_name)
-            used = {conv for conv, _ in folds.values()}
-            if isinstance(new, nn.BatchNorm2d) and norm_name not in folds \
-                    and conv_name not in used:
-                folded = copy.deepcopy(modules[conv_name])
+            conv = modules[conv_name]
+            used = {c for c, _ in folds.values()}
+            if norm_name in folds or conv_name in used:
+                continue
+            if isinstance(new, nn.BatchNorm2d):
+                folded = copy.deepcopy(conv)
                 fold_bn_into_conv(folded, new)
                 folds[norm_name] = (conv_name, folded)
+            elif isinstance(modules[norm_name], SwitchableWhitening) and _plain_conv(conv) \
+                    and conv.groups == 1:
+                folds[norm_name] = (conv_name, fold_into_conv(conv, modules[norm_name]))
     checker = None
     if forward is not None:
         checker = _Checker(modules, replacements, folds)
@@ -343,7 +377,8 @@ def to_fixed_norms(model: nn.Module, tol: float = 0.0,
             model.set_submodule(conv_name, folded)
             model.set_submodule(name, nn.Identity())
             report.folded_into = conv_name
-            report.became = f'BatchNorm2d folded into {conv_name}'
+            kind = 'SW map' if report.spec['type'] == 'Conv2d' else 'BatchNorm2d'
+            report.became = f'{kind} folded into {conv_name}'
         else:
             model.set_submodule(name, replacements[name])
         if checker is not None:
@@ -382,8 +417,8 @@ def apply_plan(model: nn.Module, layers: Sequence[dict], conv_biases: Sequence[s
     for edit in layers:
         name = edit['name']
         old = modules.get(name)
-        if not isinstance(old, SwitchableNorm):
-            raise ValueError(f'plan names {name!r}, which is not an SN/SSN layer of '
+        if not isinstance(old, (SwitchableNorm, SwitchableWhitening)):
+            raise ValueError(f'plan names {name!r}, which is not an SN/SSN/SW layer of '
                              f'{type(model).__name__} (found {type(old).__name__}); '
                              'is the config the one the model was converted from?')
         model.set_submodule(name, build_fixed(edit['spec']).to(old.weight.device))
@@ -411,7 +446,8 @@ def format_report(layers: Sequence[LayerReport]) -> str:
                      f'{r.became}  ({dev})')
     counts: Dict[str, int] = {}
     for r in layers:
-        key = 'BatchNorm2d (folded)' if r.folded_into else r.spec['type']
+        key = ('SW (folded)' if r.spec['type'] == 'Conv2d' else 'BatchNorm2d (folded)') \
+            if r.folded_into else r.spec['type']
         counts[key] = counts.get(key, 0) + 1
     lines.append('totals: ' + ', '.join(f'{k} {v}' for k, v in sorted(counts.items())))
     return '\n'.join(lines)
