@@ -515,7 +515,7 @@ def test_single_branch_pools_equal_torch_norms(pool, torch_norm):
 def _sync_worker(rank, world_size, init_file, batches, pool, per_sample, out_dir):
     """One rank of a 2-process gloo SyncSN run through the kernels and sn_mm's collectives."""
     import torch.distributed as dist
-    from sn_mm.ops import mixing
+    from sn_mm.ops import distributed
     dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
                             world_size=world_size)
     calls = [0]
@@ -536,11 +536,11 @@ def _sync_worker(rank, world_size, init_file, batches, pool, per_sample, out_dir
         length = 12
         out = tk.forward(x[start:stop], p['weight'], p['bias'], a, b, None, None, pool, 2,
                          'given', 1e-5, True, True,
-                         sync_moments=lambda m, u: mixing.sync_batch_moments(m, u, length, 1))
+                         sync_moments=lambda m, u: distributed.sync_batch_moments(m, u, length, 1))
         forward_calls = calls[0]
         grads = tk.backward(grad_y[start:stop], x[start:stop], out[1], out[2], p['weight'], a,
                             b, out[3], out[4], out[5], pool, 2, 'given', 1e-5, True, True,
-                            True, sync_grad=lambda gm, gv: mixing.sync_bn_grad(gm, gv, 1))
+                            True, sync_grad=lambda gm, gv: distributed.sync_bn_grad(gm, gv, 1))
         torch.save(dict(out=out, grads=grads, forward_calls=forward_calls,
                         backward_calls=calls[0] - forward_calls),
                    os.path.join(out_dir, f'rank{rank}.pt'))

@@ -19,6 +19,7 @@ the kernels of ``sn_mm::switchable_norm`` call (the C++ kernel through the dispa
 travels as an integer handle (:func:`group_handle`): 0 means "no synchronization", 1 is
 WORLD.
 """
+import functools
 from typing import Dict, List, Optional, Tuple
 
 import torch
@@ -274,7 +275,20 @@ def _eval_check(layer, store, ranks, me, base, signature) -> None:
         time.sleep(_POLL_S)
 
 
-@torch.compiler.disable
+def _not_compiled(fn):
+    """``torch.compiler.disable(fn)``, applied at the first call: decorating at import would
+    import torch._dynamo (and with it triton) with ``import sn_mm``."""
+    disabled = []
+
+    @functools.wraps(fn)
+    def call(*args, **kwargs):
+        if not disabled:
+            disabled.append(torch.compiler.disable(fn))
+        return disabled[0](*args, **kwargs)
+    return call
+
+
+@_not_compiled
 def check_sync_layer(layer, x: torch.Tensor) -> None:
     """Compare ``layer``'s signature (mode, channels, dtype, BN branch) across the ranks of
     its process group; raise :class:`SyncSNMismatchError` on every rank that sees a
