@@ -86,3 +86,53 @@ def test_analyze_sn_en_ratios_argument_errors():
                       '--max-batches must be a positive int, got 0'),
                      (['--en-ratios', 'c.py', 'k.pth', '--compare'], 'separate commands')):
         assert msg in run_tool('analyze_sn.py', *bad, expect_rc=2)
+
+
+def test_analyze_sn_en_ratios_end_to_end(tmp_path):
+    """``tools/analyze_sn.py --en-ratios`` on the detection demo (tiny data, random EN model):
+    per-layer distribution and per-class rows for the backbone, as a user runs it."""
+    import json
+    import os.path as osp
+
+    from mmengine.config import Config
+    from mmengine.registry import init_default_scope
+
+    from tests.cli import ROOT, run_tool
+    data = tmp_path / 'coco_demo'
+    run_tool('make_coco_demo.py', '--out', data, '--num-train', '2', '--num-val', '3',
+             '--image-size', '64', '--min-size', '12', '--max-size', '40')
+    base = osp.join(ROOT, 'configs', 'mask_rcnn_demo', 'mask-rcnn_r18_fpn_sn-all_coco-demo.py')
+    cfg_path = tmp_path / 'en_demo.py'
+    cfg_path.write_text(
+        f"_base_ = {base!r}\n"
+        "norm_cfg = dict(type='EN', requires_grad=True)\n"
+        "model = dict(backbone=dict(norm_cfg=norm_cfg), neck=dict(norm_cfg=norm_cfg),\n"
+        "             roi_head=dict(bbox_head=dict(norm_cfg=norm_cfg),\n"
+        "                           mask_head=dict(norm_cfg=norm_cfg)))\n"
+        f"val_dataloader = dict(batch_size=2, num_workers=0, persistent_workers=False,\n"
+        f"                      dataset=dict(data_root={str(data) + '/'!r}))\n")
+    cfg = Config.fromfile(str(cfg_path))
+    init_default_scope('mmdet')
+    from mmdet.registry import MODELS
+    torch.manual_seed(0)
+    model = MODELS.build(cfg.model)
+    with torch.no_grad():  # a non-uniform ratio network, so samples differ
+        for m in model.modules():
+            if isinstance(m, ExemplarNorm):
+                m.ratio_bias.normal_()
+                m.ratio_weight.normal_(std=0.5)
+    ckpt = tmp_path / 'en.pth'
+    torch.save(dict(state_dict=model.state_dict()), ckpt)
+    out = tmp_path / 'en_ratios.json'
+    text = run_tool('analyze_sn.py', '--en-ratios', cfg_path, ckpt, '--max-batches', '1',
+                    '--out', out)
+    print(text)
+    assert 'backbone.en1' in text  # the stem's EN layer (mmcv's abbreviation 'en')
+    assert 'per class, backbone' in text and f'EN ratio summary written to {out}' in text
+    summary = json.loads(out.read_text())
+    layers = summary['layers']
+    stem = next(name for name in layers if name.startswith('backbone.'))
+    assert layers[stem]['samples'] == 2 and layers[stem]['per_class']
+    assert summary['classes'] and len(layers[stem]['mean']['quantiles']) == 5
+    heads = [n for n in layers if n.startswith('roi_head.mask_head')]
+    assert heads and all(layers[n]['per_class'] == {} for n in heads)  # RoI rows

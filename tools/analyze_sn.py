@@ -60,7 +60,7 @@ def parse_args(argv=None):
     if args.max_batches is not None and args.max_batches < 1:
         parser.error(f'--max-batches must be a positive int, got {args.max_batches}')
     if not (args.compare or args.trajectories or args.en_ratios or args.checkpoints):
-        parser.error('expected checkpoint files, --compare, --trajectories RUN or '
+        parser.error('expected checkpoint files, --compare or --trajectories RUN, or '
                      '--en-ratios CONFIG CKPT')
     tables = (('.csv', '.json', '.md') if args.compare else
               ('.json',) if args.en_ratios else ('.csv', '.json'))

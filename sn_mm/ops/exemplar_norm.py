@@ -414,7 +414,7 @@ class ExemplarNorm(nn.Module):
         if pad:
             desc = F.pad(desc, (0, pad))
         # grouped 1-D convolution, kernel = stride = span: a per-normalizer weighted sum
-        z = torch.einsum('nkjr,kr->nkj', desc.reshape(n, k, -1, self._span),
+        z = torch.einsum('nkjr,kr->nkj', desc.reshape(n, k, desc.shape[-1] // self._span, self._span),
                          reduce_weight.to(dtype).reshape(k, self._span))
         relation = torch.bmm(z, z.transpose(1, 2)) / z.shape[-1]
         logits = F.linear(relation.reshape(n, k * k), ratio_weight.to(dtype),
