@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import norm_eval
+from . import norm_eval, options
 from .distributed import all_reduce_sum, sync_world_size
 
 __all__ = ['ExemplarNorm', 'SyncExemplarNorm', 'BranchMoments', 'instance_moments',
@@ -384,19 +384,7 @@ class ExemplarNorm(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def _check_input(self, x: Tensor) -> None:
-        if x.dim() < 3:
-            raise ValueError(
-                f'{type(self).__name__} expects input of shape (N, C, *spatial) with at least '
-                f'one spatial dimension, got shape {tuple(x.shape)} ({x.dim()}D)')
-        if x.shape[1] != self.num_features:
-            raise ValueError(
-                f'{type(self).__name__}({self.num_features}) got input with {x.shape[1]} '
-                f'channels (shape {tuple(x.shape)}); expected {self.num_features}')
-        if any(s == 0 for s in x.shape[2:]):
-            raise ValueError(
-                f'{type(self).__name__} got an empty spatial size, shape {tuple(x.shape)}')
-        if not x.is_floating_point():
-            raise TypeError(f'{type(self).__name__} expects a floating-point input, got {x.dtype}')
+        options.check_input(self, x)
 
     def ratios(self, moments: BranchMoments) -> Tuple[Tensor, Tensor]:
         """Per-sample ``(mean, variance)`` weights ``(N, K)`` from the branch moments.

@@ -17,7 +17,7 @@ import numbers
 from typing import Any, Optional, Sequence
 
 __all__ = ['OptionError', 'OptionTypeError', 'check_bool', 'check_positive_int',
-           'check_int', 'check_number', 'check_choice']
+           'check_int', 'check_number', 'check_choice', 'check_input']
 
 
 class OptionError(ValueError):
@@ -128,3 +128,21 @@ def check_choice(layer, key: str, value: Any, choices: Sequence) -> Any:
         if type(value) is type(choice) and value == choice:
             return value
     raise _fail(layer, key, value, f'one of {tuple(choices)!r}')
+
+
+def check_input(layer, x) -> None:
+    """A norm layer's input: floating point ``(N, layer.num_features, *spatial)`` with at
+    least one spatial dimension, none of them empty (``N`` may be 0)."""
+    owner = type(layer).__name__
+    if x.dim() < 3:
+        raise ValueError(
+            f'{owner} expects input of shape (N, C, *spatial) with at least '
+            f'one spatial dimension, got shape {tuple(x.shape)} ({x.dim()}D)')
+    if x.shape[1] != layer.num_features:
+        raise ValueError(
+            f'{owner}({layer.num_features}) got input with {x.shape[1]} '
+            f'channels (shape {tuple(x.shape)}); expected {layer.num_features}')
+    if any(s == 0 for s in x.shape[2:]):
+        raise ValueError(f'{owner} got an empty spatial size, shape {tuple(x.shape)}')
+    if not x.is_floating_point():
+        raise TypeError(f'{owner} expects a floating-point input, got {x.dtype}')

@@ -201,19 +201,7 @@ class SwitchableNorm(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() < 3:
-            raise ValueError(
-                f'{type(self).__name__} expects input of shape (N, C, *spatial) with at least '
-                f'one spatial dimension, got shape {tuple(x.shape)} ({x.dim()}D)')
-        if x.shape[1] != self.num_features:
-            raise ValueError(
-                f'{type(self).__name__}({self.num_features}) got input with {x.shape[1]} '
-                f'channels (shape {tuple(x.shape)}); expected {self.num_features}')
-        if any(s == 0 for s in x.shape[2:]):
-            raise ValueError(
-                f'{type(self).__name__} got an empty spatial size, shape {tuple(x.shape)}')
-        if not x.is_floating_point():
-            raise TypeError(f'{type(self).__name__} expects a floating-point input, got {x.dtype}')
+        options.check_input(self, x)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)

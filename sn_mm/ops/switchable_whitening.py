@@ -76,7 +76,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import norm_eval
+from . import norm_eval, options
 from .distributed import sync_world_size
 from .sw_functional import (affine_groups, instance_moments, mix_statistics,
                             newton_inverse_sqrt, pooled_moments, union_moments)
@@ -273,19 +273,7 @@ class SwitchableWhitening(nn.Module):
 
     # ---------------------------------------------------------------- forward
     def _check_input(self, x: torch.Tensor) -> None:
-        if x.dim() < 3:
-            raise ValueError(
-                f'{type(self).__name__} expects input of shape (N, C, *spatial) with at least '
-                f'one spatial dimension, got shape {tuple(x.shape)} ({x.dim()}D)')
-        if x.shape[1] != self.num_features:
-            raise ValueError(
-                f'{type(self).__name__}({self.num_features}) got input with {x.shape[1]} '
-                f'channels (shape {tuple(x.shape)}); expected {self.num_features}')
-        if any(s == 0 for s in x.shape[2:]):
-            raise ValueError(
-                f'{type(self).__name__} got an empty spatial size, shape {tuple(x.shape)}')
-        if not x.is_floating_point():
-            raise TypeError(f'{type(self).__name__} expects a floating-point input, got {x.dtype}')
+        options.check_input(self, x)
 
     def _use_batch(self, x: torch.Tensor) -> bool:
         """Batch statistics (and a running update) in training with a non-empty batch."""
