@@ -664,10 +664,12 @@ def sn_layer_pool(state_dict: Mapping, name: str,
 
     The candidates are ``branches`` (when it has as many names as the layer has logits),
     then the official pool of that count (:func:`logit_pool`). When the layer's ``weight``
-    is there (a whole layer, not only its logits), the first candidate that has a batch
-    branch exactly when the layer has running statistics is taken, so ``branches=('IN',
-    'LN', 'GN')`` leaves the 3 logits of an ordinary layer in the same file ``[IN, LN, BN]``;
-    with no such candidate it is an error naming the layer and the option.
+    and ``bias`` are there (a whole layer, not only its logits), the first candidate that
+    has a batch branch exactly when the layer has running statistics is taken, so
+    ``branches=('IN', 'LN', 'GN')`` leaves the 3 logits of an ordinary layer in the same
+    file ``[IN, LN, BN]``, and 3 logits without statistics are not read as ``[IN, LN, BN]``;
+    with no such candidate it is an error naming the layer and the option. With only the
+    logits (no ``weight``/``bias``) the first candidate is taken.
     """
     logits = state_dict[_key(name, 'mean_weight')]
     var_logits = state_dict[_key(name, 'var_weight')]
@@ -684,8 +686,8 @@ def sn_layer_pool(state_dict: Mapping, name: str,
     candidates += [p for p in pool_table.OFFICIAL_POOLS if len(p) == count and p not in candidates]
     if not candidates:
         logit_pool(count, branches, name)  # raises: the count needs branches
-    if _key(name, 'weight') not in state_dict:
-        return candidates[0]
+    if not all(_key(name, attr) in state_dict for attr in ('weight', 'bias')):
+        return candidates[0]  # only some of the layer's tensors: its logits decide
     has_stats = any(_key(name, b) in state_dict for b in _SN_BUFFERS)
     for pool in candidates:
         if pool_table.uses_batch(pool) == has_stats:

@@ -16,8 +16,8 @@ def plot_ratios(*args, **kwargs):
     return _plot(*args, **kwargs)
 
 
-__all__ = ['BRANCHES', 'LayerRatios', 'average_shares', 'block_of', 'columns_of', 'depth_order',
-           'extract_ratios', 'find_sn_layers', 'format_table', 'plot_ratios',
+__all__ = ['BRANCHES', 'LayerRatios', 'average_shares', 'block_of', 'columns_of',
+           'depth_order', 'extract_ratios', 'find_sn_layers', 'format_table', 'plot_ratios',
            'ratios_from_checkpoint', 'ratios_from_model', 'ratios_from_state_dict', 'rows',
            'share_of', 'softmax_shares', 'stage_averages', 'stage_of', 'strip_prefix',
            'unwrap_state_dict', 'write_table']

@@ -55,11 +55,12 @@ from .layers import block_of, depth_order, stage_of
 #: Shares aligned to :data:`sn_mm.ops.pool.NAMES` (see the module docstring).
 Shares = Tuple[float, ...]
 Branches = Optional[Sequence[str]]
-#: The default pool, the first columns of every table (:data:`sn_mm.ops.pool.DEFAULT_POOL`).
-BRANCHES = pool_table.DEFAULT_POOL
-if pool_table.NAMES[:len(BRANCHES)] != BRANCHES:  # the alignment rule relies on it
+DEFAULT_POOL = pool_table.DEFAULT_POOL
+#: The default pool under its old name, for the modules that tabulate only its columns.
+BRANCHES = DEFAULT_POOL
+if pool_table.NAMES[:len(DEFAULT_POOL)] != DEFAULT_POOL:  # the alignment rule relies on it
     raise ImportError(f'sn_mm.ops.pool: NAMES {pool_table.NAMES} must start with the default '
-                      f'pool {BRANCHES}')
+                      f'pool {DEFAULT_POOL}')
 
 
 def align(values: Sequence[float], pool: Sequence[str]) -> Shares:
@@ -68,7 +69,7 @@ def align(values: Sequence[float], pool: Sequence[str]) -> Shares:
     if len(values) != len(pool):
         raise ValueError(f'{len(values)} shares for the {len(pool)} branches {tuple(pool)}')
     by_name = dict(zip(pool, (float(v) for v in values)))
-    size = max([len(BRANCHES)] + [pool_table.NAMES.index(b) + 1 for b in pool])
+    size = max([len(DEFAULT_POOL)] + [pool_table.NAMES.index(b) + 1 for b in pool])
     return tuple(by_name.get(name, 0.0) for name in pool_table.NAMES[:size])
 
 
@@ -79,7 +80,7 @@ def share_of(shares: Shares, branch: str) -> float:
 
 
 def _pool_of(shares_len: int, using_bn: bool) -> Tuple[str, ...]:
-    names = pool_table.NAMES[:max(shares_len, len(BRANCHES))]
+    names = pool_table.NAMES[:max(shares_len, len(DEFAULT_POOL))]
     return tuple(b for b in names if using_bn or not pool_table.BY_NAME[b].over_batch)
 
 
@@ -101,11 +102,11 @@ class LayerRatios:
     pool: Optional[Tuple[str, ...]] = None
 
     def __post_init__(self):
-        if len(self.mean) != len(self.var) or len(self.mean) < len(BRANCHES) or \
+        if len(self.mean) != len(self.var) or len(self.mean) < len(DEFAULT_POOL) or \
                 len(self.mean) > len(pool_table.NAMES):
             raise ValueError(f'LayerRatios {self.name!r}: mean and var must each hold one share '
                              f'per name of {pool_table.NAMES[:len(self.mean)]} (from '
-                             f'{len(BRANCHES)} to {len(pool_table.NAMES)}), got '
+                             f'{len(DEFAULT_POOL)} to {len(pool_table.NAMES)}), got '
                              f'{len(self.mean)} and {len(self.var)}')
         pool = _pool_of(len(self.mean), self.using_bn) if self.pool is None else tuple(
             b for b in pool_table.NAMES if b in self.pool)
@@ -141,7 +142,7 @@ def columns_of(layers: Sequence[LayerRatios]) -> Tuple[str, ...]:
     """The branch columns of a table or figure of ``layers``: the default pool, then any
     other branch of :data:`~sn_mm.ops.pool.NAMES` that some layer mixes."""
     used = {b for layer in layers for b in layer.pool}
-    return BRANCHES + tuple(b for b in pool_table.NAMES if b not in BRANCHES and b in used)
+    return DEFAULT_POOL + tuple(b for b in pool_table.NAMES if b not in DEFAULT_POOL and b in used)
 
 
 def _values(logits) -> torch.Tensor:

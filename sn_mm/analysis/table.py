@@ -11,12 +11,12 @@ import json
 import os
 from typing import List, Sequence, Tuple
 
-from .ratios import BRANCHES, LayerRatios, average_shares, columns_of, share_of
+from .ratios import DEFAULT_POOL, LayerRatios, average_shares, columns_of, share_of
 
 Labelled = Sequence[Tuple[str, Sequence[LayerRatios]]]
 
 
-def columns(branches: Sequence[str] = BRANCHES) -> List[str]:
+def columns(branches: Sequence[str] = DEFAULT_POOL) -> List[str]:
     """The CSV columns for the branch columns ``branches``."""
     return ['checkpoint', 'name', 'stage', 'block', 'using_bn'] + [
         f'{kind}_{b}' for kind in ('mean', 'var') for b in branches]
