@@ -298,3 +298,21 @@ def test_analyze_sn_cli_with_branches(tmp_path):
     assert "SN layer 'layer1.0.sn1'" in err and 'got 4' in err and '--branches' in err
     assert '--branches applies to checkpoint files' in run_tool(
         'analyze_sn.py', '--compare', '--branches', 'IN,LN', expect_rc=2)
+
+
+def test_compare_and_trajectories_read_the_default_pool_columns_of_gn_layers(tmp_path):
+    from sn_mm.analysis.compare import Task, table_rows
+    from sn_mm.analysis.trajectories import format_trajectories, read_trajectories
+
+    model = PoolNet(POOLS[0], seed=7)
+    layers = tuple(ratios_from_model(model))
+    row = table_rows([Task('gn', layers, '')])[0]
+    assert [k for k in row if k.startswith('mean_')] == ['mean_IN', 'mean_LN', 'mean_BN']
+    assert row['mean_BN'] == round(average_shares(layers)['mean'][2], 4)
+    scalars = dict(ratio_scalars(model), step=3)
+    (tmp_path / 'scalars.json').write_text(json.dumps(scalars) + '\n')
+    traj = read_trajectories(str(tmp_path / 'scalars.json'), averages=False)
+    assert set(traj['layer1.0.sn1']['var']) == {'IN', 'LN', 'BN'}  # GN curves not read
+    assert traj['layer1.0.sn1']['var']['BN'] == ([3], [pytest.approx(
+        scalars['sn_ratio/layer1.0.sn1/var_BN'])])
+    assert 'layer1.0.sn1' in format_trajectories(traj)
