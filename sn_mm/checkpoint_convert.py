@@ -200,7 +200,8 @@ def format_sn_table(rows: List[dict]) -> str:
     pools = [_row_pool(r) for r in rows]
     used = {b for pool in pools for b in pool}
     branches = tuple(b for b in pool_table.NAMES
-                     if b in used or (b in pool_table.DEFAULT_POOL and b != 'BN'))
+                     if b in used or (b in pool_table.DEFAULT_POOL
+                                      and not pool_table.BY_NAME[b].over_batch))
     shares = [{kind: dict(zip(pool, r[kind])) for kind in ('mean', 'var')}
               for r, pool in zip(rows, pools)]
     same = [s for s, pool in zip(shares, pools) if set(branches) <= set(pool)]

@@ -25,18 +25,17 @@ branch counts 0 in it, as in :func:`sn_mm.analysis.average_shares`).
 With ``skip_without_sn=True`` a model without SN layers (a BN/GN config sharing the
 hook through a base config) logs nothing and says so once; by default it is an error.
 A ``using_bn=False`` layer has no ``BN`` keys (its share is 0 by construction), and a
-model without a GN branch no ``GN`` keys. Keys have
-no ``train/`` prefix, so they do not crowd the LoggerHook's text line.
+model without a GN branch no ``GN`` keys. Keys have no ``train/`` prefix, so they do not
+crowd the LoggerHook's text line.
 """
 from typing import Dict, Optional
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from sn_mm.analysis import average_shares, ratios_from_model, stage_averages
-from sn_mm.analysis.ratios import share_of
-from sn_mm.ops import pool as pool_table
+from sn_mm.analysis import average_shares, ratios_from_model, share_of, stage_averages
 from sn_mm.ops import SwitchableNorm
+from sn_mm.ops import pool as pool_table
 
 
 def ratio_scalars(model, prefix: str = 'sn_ratio', per_layer: bool = True,
