@@ -68,7 +68,7 @@ import zipfile
 import zlib
 from collections import OrderedDict
 from tempfile import TemporaryDirectory
-from typing import Callable, Container, List, Mapping, Optional, Tuple, Union
+from typing import Callable, Container, List, Mapping, Optional, Sequence, Tuple, Union
 
 import numpy as np
 import torch
@@ -77,11 +77,14 @@ from mmengine.fileio import get_file_backend
 from mmengine.logging import HistoryBuffer, print_log
 from mmengine.runner import checkpoint as mm_checkpoint
 
+from .ops import pool as pool_table
+
 __all__ = ['UnsafeCheckpointError', 'NotACheckpointError', 'CorruptCheckpointError',
            'ChecksumMismatchError', 'MMENGINE_SAFE_GLOBALS', 'SCHEMES', 'verify_file',
            'hash_in_name', 'sha256_of', 'safe_load', 'read_checkpoint', 'read_state_dict',
            'load_from_local', 'load_from_http', 'unwrap_state_dict', 'strip_prefix',
            'strip_key', 'find_sn_layers', 'find_bn_layers', 'check_sn_layer', 'is_sparse_layer',
+           'logit_pool', 'parse_branches', 'branches_arg', 'sn_layer_pool',
            'coverage', 'CheckpointCoverageError', 'check_coverage', 'check_model_coverage',
            'publish_checkpoint']
 
@@ -607,30 +610,117 @@ def is_sparse_layer(state_dict: Mapping, name: str) -> bool:
     return _key(name, 'radius') in state_dict
 
 
-def check_sn_layer(state_dict: Mapping, name: str) -> int:
-    """Validate one SN layer's tensors (2 or 3 logits, affine and statistics sizes);
-    returns its channel count. Raises ``ValueError`` naming the layer."""
+def parse_branches(text: Union[str, Sequence[str]]) -> Tuple[str, ...]:
+    """A pool from its names, ``'IN,LN,BN,GN'`` (the tools' ``--branches``) or a sequence,
+    validated against :mod:`sn_mm.ops.pool` (known, distinct, at least two)."""
+    names = [b.strip() for b in text.split(',')] if isinstance(text, str) else list(text)
+    return pool_table.resolve_pool(names, 'BN' in names, owner='branches')
+
+
+def branches_arg(text: str) -> Tuple[str, ...]:
+    """argparse ``type`` of the tools' ``--branches IN,LN,BN,GN``: :func:`parse_branches`,
+    its error as the option's error message."""
+    import argparse
+
+    try:
+        return parse_branches(text)
+    except (TypeError, ValueError) as err:
+        raise argparse.ArgumentTypeError(str(err)) from None
+
+
+def logit_pool(count: int, branches: Optional[Sequence[str]] = None,
+               layer: Optional[str] = None) -> Tuple[str, ...]:
+    """The pool (names of :mod:`sn_mm.ops.pool`, in logit order) of an SN layer saved with
+    ``count`` importance logits per vector.
+
+    A state dict holds the logits but not the names: a layer whose count matches
+    ``branches`` has that pool; otherwise 2 and 3 logits are the official pools
+    (:data:`~sn_mm.ops.pool.OFFICIAL_POOLS`), and any other count is an error naming the
+    layer, the count and the ``branches`` option (``--branches`` of the tools).
+    """
+    if branches is not None:
+        pool = parse_branches(branches)
+        if len(pool) == count:
+            return pool
+    for pool in pool_table.OFFICIAL_POOLS:
+        if len(pool) == count:
+            return pool
+    where = f'SN layer {layer!r}: ' if layer is not None else ''
+    official = ' or '.join(f'{len(p)} ([{", ".join(p)}])'
+                           for p in sorted(pool_table.OFFICIAL_POOLS, key=len))
+    given = (f'; branches={tuple(branches)!r} has {len(parse_branches(branches))}'
+             if branches is not None else '')
+    raise ValueError(f'{where}expected {official} importance logits (an official SN pool) or '
+                     f'as many as the branches given, got {count}{given}; for another pool '
+                     "give the layer's branches, e.g. branches=('IN', 'LN', 'BN', 'GN') "
+                     '(--branches IN,LN,BN,GN in tools/analyze_sn.py and '
+                     'tools/convert_checkpoint.py print)')
+
+
+def sn_layer_pool(state_dict: Mapping, name: str,
+                  branches: Optional[Sequence[str]] = None) -> Tuple[str, ...]:
+    """The pool of the SN layer ``name`` of a state dict; its ``mean_weight`` and
+    ``var_weight`` must hold as many logits.
+
+    The candidates are ``branches`` (when it has as many names as the layer has logits),
+    then the official pool of that count (:func:`logit_pool`). When the layer's ``weight``
+    and ``bias`` are there (a whole layer, not only its logits), the first candidate that
+    has a batch branch exactly when the layer has running statistics is taken, so
+    ``branches=('IN', 'LN', 'GN')`` leaves the 3 logits of an ordinary layer in the same
+    file ``[IN, LN, BN]``, and 3 logits without statistics are not read as ``[IN, LN, BN]``;
+    with no such candidate it is an error naming the layer and the option. With only the
+    logits (no ``weight``/``bias``) the first candidate is taken.
+    """
     logits = state_dict[_key(name, 'mean_weight')]
     var_logits = state_dict[_key(name, 'var_weight')]
-    if logits.numel() not in (2, 3) or var_logits.numel() != logits.numel():
-        raise ValueError(f'SN layer {name!r}: mean_weight/var_weight must both hold 3 '
-                         f'([IN, LN, BN]) or 2 ([IN, LN]) logits, got '
-                         f'{tuple(logits.shape)} and {tuple(var_logits.shape)}')
+    count = logits.numel()
+    if var_logits.numel() != count:
+        official = ' or '.join(f'{len(p)} ([{", ".join(p)}])' for p in pool_table.OFFICIAL_POOLS)
+        raise ValueError(f'SN layer {name!r}: {_key(name, "mean_weight")} has {count} '
+                         f'logits but {_key(name, "var_weight")} has {var_logits.numel()}; '
+                         f'expected equal lengths, one logit per branch of the pool ({official} '
+                         'for the official pools)')
+    candidates = []
+    if branches is not None and len(parse_branches(branches)) == count:
+        candidates.append(parse_branches(branches))
+    candidates += [p for p in pool_table.OFFICIAL_POOLS if len(p) == count and p not in candidates]
+    if not candidates:
+        logit_pool(count, branches, name)  # raises: the count needs branches
+    if not all(_key(name, attr) in state_dict for attr in ('weight', 'bias')):
+        return candidates[0]  # only some of the layer's tensors: its logits decide
+    has_stats = any(_key(name, b) in state_dict for b in _SN_BUFFERS)
+    for pool in candidates:
+        if pool_table.uses_batch(pool) == has_stats:
+            return pool
+    read = ' or '.join(str(list(p)) for p in candidates)
+    raise ValueError(
+        f'SN layer {name!r}: {count} logits read as {read}, a pool '
+        f'{"without" if has_stats else "with"} a BN branch, but the layer has '
+        f'{"" if has_stats else "no "}running statistics; the file is not a consistent SN '
+        "layout, or the layer has another pool: give its branches, e.g. branches=('IN', "
+        "'LN', 'GN') (--branches IN,LN,GN in tools/analyze_sn.py and "
+        'tools/convert_checkpoint.py print)')
+
+
+def check_sn_layer(state_dict: Mapping, name: str,
+                   branches: Optional[Sequence[str]] = None) -> int:
+    """Validate one SN layer's tensors (logits of a pool: :func:`sn_layer_pool`; affine and
+    statistics sizes; running statistics exactly when the pool has a batch branch);
+    returns its channel count. Raises ``ValueError`` naming the layer."""
+    pool = sn_layer_pool(state_dict, name, branches)
+    count = len(pool)
     weight = state_dict.get(_key(name, 'weight'))
     if weight is None or _key(name, 'bias') not in state_dict:
         raise ValueError(f'SN layer {name!r} has logits but no weight/bias')
     channels = weight.numel()
-    using_bn = logits.numel() == 3
+    using_bn = pool_table.uses_batch(pool)
     for attr in ('bias',) + (_SN_BUFFERS if using_bn else ()):
         value = state_dict.get(_key(name, attr))
         if value is None:
-            raise ValueError(f'SN layer {name!r} has {logits.numel()} logits but no {attr}')
+            raise ValueError(f'SN layer {name!r} has {count} logits {list(pool)} but no {attr}')
         if value.numel() != channels:
             raise ValueError(f'SN layer {name!r}: {attr} has {value.numel()} values, '
                              f'expected {channels} (the size of its weight)')
-    if not using_bn and any(_key(name, b) in state_dict for b in _SN_BUFFERS):
-        raise ValueError(f'SN layer {name!r} has 2 logits (using_bn=False) but also '
-                         'running statistics; the file is not a consistent SN layout')
     return channels
 
 

@@ -19,7 +19,8 @@ Three jobs:
   ``[IN, LN, BN] = [0, 0, log(2p / (1 - p))]`` for both the mean and the variance,
   so ``softmax`` gives BN ``p`` and IN, LN ``(1 - p) / 2`` each.
 - :func:`describe_sn` / :func:`format_sn_table` — each SN layer's mean and variance
-  shares [IN, LN, BN] (``--print``; softmax, or sparsestmax for SSN layers), found and computed by
+  shares [IN, LN, BN] (``--print``; softmax, or sparsestmax for SSN layers; another pool,
+  e.g. with a GN branch, with ``branches``/``--branches``), found and computed by
   :mod:`sn_mm.analysis.ratios` (the one home of SN layer discovery and shares).
 
 Files are read, unwrapped and their layers found by :mod:`sn_mm.checkpoint`
@@ -29,14 +30,14 @@ format, plain Python values only).
 import math
 import re
 from collections import OrderedDict
-from typing import Dict, List, Mapping, Optional, Tuple
+from typing import Dict, List, Mapping, Optional, Sequence, Tuple
 
 import torch
 
-from .analysis.ratios import layer_shares
+from .analysis.ratios import layer_shares, share_of
 from .checkpoint import (check_sn_layer, find_bn_layers, find_sn_layers, read_checkpoint,
-                         strip_prefix, unwrap_state_dict)
-from .ops import BRANCHES
+                         sn_layer_pool, strip_prefix, unwrap_state_dict)
+from .ops import pool as pool_table
 
 __all__ = ['read_checkpoint', 'split_checkpoint', 'strip_prefix', 'find_sn_layers',
            'find_bn_layers', 'official_to_mmengine', 'bn_to_sn', 'bn_share_logits',
@@ -97,7 +98,7 @@ def official_to_mmengine(ckpt: Mapping, prefix: str = '', keep_fc: bool = False,
             key = _key(name, attr)
             if key in state_dict:
                 state_dict[key] = state_dict[key].reshape(channels).clone()
-    using_bn = {state_dict[_key(n, 'mean_weight')].numel() == 3 for n in layers}
+    using_bn = {pool_table.uses_batch(sn_layer_pool(state_dict, n)) for n in layers}
     meta = dict(converted_by='sn_mm tools/convert_checkpoint.py official',
                 source=source, num_sn_layers=len(layers),
                 using_bn=using_bn.pop() if len(using_bn) == 1 else 'mixed')
@@ -108,14 +109,18 @@ def official_to_mmengine(ckpt: Mapping, prefix: str = '', keep_fc: bool = False,
 
 
 def bn_share_logits(bn_share: Optional[float], using_bn: bool = True) -> torch.Tensor:
-    """Logits [IN, LN(, BN)]: all 1 (uniform) for ``None``, else BN share ``bn_share``."""
+    """Logits of the default pool [IN, LN(, BN)] (:func:`sn_mm.ops.pool.resolve_pool`): all
+    1 (uniform) for ``None``, else BN share ``bn_share`` (the others share the rest)."""
+    pool = pool_table.resolve_pool(None, using_bn)
     if bn_share is None:
-        return torch.ones(3 if using_bn else 2)
+        return torch.ones(len(pool))
     if not using_bn:
         raise ValueError('bn_share needs the BN branch; it cannot be used with using_bn=False')
     if not (isinstance(bn_share, (int, float)) and 0.0 < bn_share < 1.0):
         raise ValueError(f'bn_share must be a number in (0, 1), got {bn_share!r}')
-    return torch.tensor([0.0, 0.0, math.log(2.0 * bn_share / (1.0 - bn_share))])
+    logits = torch.zeros(len(pool))
+    logits[pool.index('BN')] = math.log((len(pool) - 1) * bn_share / (1.0 - bn_share))
+    return logits
 
 
 _BN_NAME = re.compile(r'^bn(\d*)$')
@@ -155,41 +160,66 @@ def bn_to_sn(state_dict: Mapping, bn_share: Optional[float] = None, using_bn: bo
     return _drop_and_prefix(out, keep_fc, prefix)
 
 
-def describe_sn(state_dict: Mapping) -> List[dict]:
-    """Per SN layer: ``name``, ``channels``, ``using_bn``, ``mean``/``var`` shares (softmax;
-    sparsestmax at the saved radius for Sparse SN layers:
-    :func:`~sn_mm.analysis.ratios.layer_shares`)."""
+def _table_order(pool) -> Tuple[str, ...]:
+    return tuple(b for b in pool_table.NAMES if b in pool)
+
+
+def describe_sn(state_dict: Mapping, branches: Optional[Sequence[str]] = None) -> List[dict]:
+    """Per SN layer: ``name``, ``channels``, ``using_bn``, ``mean``/``var`` shares of the
+    branches it mixes, in the table's order (softmax; sparsestmax at the saved radius for
+    Sparse SN layers: :func:`~sn_mm.analysis.ratios.layer_shares`), and ``branches`` (those
+    names) when the pool is not an official one ([IN, LN, BN] for 3 logits, [IN, LN] for
+    2, which the counts imply). ``branches``: the pool of the layers with as many logits
+    (:func:`sn_mm.checkpoint.logit_pool`; needed for counts other than 3 and 2)."""
     rows = []
     for name in find_sn_layers(state_dict):
-        channels = check_sn_layer(state_dict, name)
-        n = state_dict[_key(name, 'mean_weight')].numel()  # 3: [IN, LN, BN]; 2: [IN, LN]
-        mean, var = layer_shares(state_dict, name)
-        rows.append(dict(name=name, channels=channels, using_bn=n == 3,
-                         mean=list(mean)[:n], var=list(var)[:n]))
+        channels = check_sn_layer(state_dict, name, branches)
+        pool = sn_layer_pool(state_dict, name, branches)
+        mean, var = layer_shares(state_dict, name, pool)
+        order = _table_order(pool)
+        row = dict(name=name, channels=channels, using_bn=pool_table.uses_batch(pool),
+                   mean=[share_of(mean, b) for b in order],
+                   var=[share_of(var, b) for b in order])
+        if pool not in pool_table.OFFICIAL_POOLS:
+            row['branches'] = list(order)
+        rows.append(row)
     return rows
 
 
+def _row_pool(row: dict) -> Tuple[str, ...]:
+    return tuple(row['branches']) if 'branches' in row else \
+        _table_order(pool_table.pool_of_logits(len(row['mean'])))
+
+
 def format_sn_table(rows: List[dict]) -> str:
-    """A text table of :func:`describe_sn` rows plus the average over layers."""
+    """A text table of :func:`describe_sn` rows plus the average over the layers that mix
+    every column. Columns: IN, LN (and BN when a layer has it), then any other branch of
+    :data:`sn_mm.ops.pool.NAMES` that a layer mixes; ``-`` where a layer does not."""
     if not rows:
         return 'no SN layer found'
-    n_avg = sum(1 for r in rows if r['using_bn']) or len(rows)
-    width = max(len(f'average ({n_avg} layers)'), max(len(r['name']) for r in rows))
-    branches = BRANCHES if any(r['using_bn'] for r in rows) else BRANCHES[:2]
+    pools = [_row_pool(r) for r in rows]
+    used = {b for pool in pools for b in pool}
+    branches = tuple(b for b in pool_table.NAMES
+                     if b in used or (b in pool_table.DEFAULT_POOL
+                                      and not pool_table.BY_NAME[b].over_batch))
+    shares = [{kind: dict(zip(pool, r[kind])) for kind in ('mean', 'var')}
+              for r, pool in zip(rows, pools)]
+    same = [s for s, pool in zip(shares, pools) if set(branches) <= set(pool)]
+    width = max(len(f'average ({len(same)} layers)'), max(len(r['name']) for r in rows))
 
-    def cells(values):
-        values = list(values) + [float('nan')] * (len(branches) - len(values))
-        return ' '.join(f'{v:6.3f}' if v == v else f'{"-":>6}' for v in values)
+    def cells(values: Dict[str, float]):
+        return ' '.join(f'{values[b]:6.3f}' if b in values else f'{"-":>6}' for b in branches)
 
     head = ' '.join(f'{b:>6}' for b in branches)
     lines = [f'{"layer":<{width}}  {"C":>5}  mean: {head}  |  var: {head}']
-    for r in rows:
-        lines.append(f'{r["name"]:<{width}}  {r["channels"]:>5}  mean: {cells(r["mean"])}'
-                     f'  |  var: {cells(r["var"])}')
-    n = len(branches)
-    same = [r for r in rows if len(r['mean']) == n]
-    avg_mean = [sum(r['mean'][i] for r in same) / len(same) for i in range(n)]
-    avg_var = [sum(r['var'][i] for r in same) / len(same) for i in range(n)]
+    for r, s in zip(rows, shares):
+        lines.append(f'{r["name"]:<{width}}  {r["channels"]:>5}  mean: {cells(s["mean"])}'
+                     f'  |  var: {cells(s["var"])}')
+    if not same:
+        lines.append(f'no layer mixes every branch ({", ".join(branches)}): no average')
+        return '\n'.join(lines)
+    avg = {kind: {b: sum(s[kind][b] for s in same) / len(same) for b in branches}
+           for kind in ('mean', 'var')}
     lines.append(f'{"average (" + str(len(same)) + " layers)":<{width}}  {"":>5}  mean: '
-                 f'{cells(avg_mean)}  |  var: {cells(avg_var)}')
+                 f'{cells(avg["mean"])}  |  var: {cells(avg["var"])}')
     return '\n'.join(lines)

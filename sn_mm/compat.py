@@ -24,8 +24,8 @@ calls :func:`install`, which *replaces* two mmengine components, and nothing els
 2. **``'Pretrained'`` in ``WEIGHT_INITIALIZERS``** (``init_cfg=dict(type='Pretrained')``),
    replaced (registry ``force=True``) by :class:`sn_mm.engine.pretrained.SNPretrainedInit`:
    mmengine's ``PretrainedInit`` plus checks, before anything is copied, that the SN
-   layers of the checkpoint and of the model agree on ``using_bn`` (2 or 3 importance
-   logits) and, for a module with SN layers, that the checkpoint holds every tensor of
+   layers of the checkpoint and of the model agree on the number of importance logits
+   (one per branch of the layer's pool: 3 or 2 for ``using_bn``) and, for a module with SN layers, that the checkpoint holds every tensor of
    it (``partial=True`` allows partial loading). The file is read by
    :func:`sn_mm.checkpoint.read_checkpoint` (safe, verified).
 

@@ -3,6 +3,7 @@
 
     python tools/analyze_sn.py CKPT [CKPT ...] [--labels A B ...] [--out table.csv|.json]
                                [--plot fig.png|.pdf] [--title TEXT] [--quiet]
+                               [--branches IN,LN,BN,GN]
     python tools/analyze_sn.py --compare [CKPT|results.json ...] [--labels ...] [--out t.md]
     python tools/analyze_sn.py --trajectories WORK_DIR [--layers] [--groups G ...] [--plot f.png]
     python tools/analyze_sn.py --en-ratios CONFIG CKPT [--max-batches N] [--out summary.json]
@@ -20,6 +21,10 @@ from the detection demo, the two segmentation demos and the digits study outputs
 (``SNRatioHook``; ``sn_mm.analysis.trajectories``).
 ``--en-ratios``: the distribution of Exemplar Normalization's per-sample ratios over the
 config's val set, per EN layer and per class (``sn_mm.analysis.exemplar``).
+
+``--branches``: the pool (names of ``sn_mm.ops.pool``, in logit order) of the layers with
+as many logits; a checkpoint holds logits, not names, so counts other than 3 and 2 need it
+(a GN branch adds ``mean_GN``/``var_GN`` columns and a GN bar).
 """
 import argparse
 import os
@@ -27,6 +32,7 @@ import pickle
 import sys
 
 from sn_mm.analysis import format_table, plot_ratios, ratios_from_checkpoint, write_table
+from sn_mm.checkpoint import branches_arg
 
 
 def parse_args(argv=None):
@@ -51,10 +57,16 @@ def parse_args(argv=None):
     parser.add_argument('--plot', help='write the figure to this .png, .pdf or .svg file')
     parser.add_argument('--title', default='', help='figure title')
     parser.add_argument('--quiet', action='store_true', help='do not print the tables')
+    parser.add_argument('--branches', type=branches_arg, default=None, metavar='IN,LN,BN,GN',
+                        help='the pool of the SN layers with as many logits (needed for '
+                             'counts other than 3 [IN, LN, BN] and 2 [IN, LN])')
     args = parser.parse_args(argv)
     if sum(map(bool, (args.compare, args.trajectories, args.en_ratios))) > 1:
         parser.error('--compare, --trajectories and --en-ratios are separate commands; '
                      'give one')
+    if args.branches and (args.compare or args.trajectories or args.en_ratios):
+        parser.error('--branches applies to checkpoint files, not to --compare, '
+                     '--trajectories or --en-ratios')
     if args.en_ratios and args.checkpoints:
         parser.error(f'--en-ratios takes CONFIG CKPT only, got extra {args.checkpoints}')
     if args.max_batches is not None and args.max_batches < 1:
@@ -87,7 +99,7 @@ def main(argv=None):
     tables = []
     for label, path in zip(labels, args.checkpoints):
         try:
-            layers = ratios_from_checkpoint(path)
+            layers = ratios_from_checkpoint(path, args.branches)
         except (ValueError, FileNotFoundError, pickle.UnpicklingError) as err:
             sys.exit(f'error: {err}')
         tables.append((label, layers))

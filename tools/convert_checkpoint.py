@@ -11,6 +11,8 @@
 
     # list each SN layer's importance shares [IN, LN, BN] (mean | var; softmax, sparsestmax for SSN)
     python tools/convert_checkpoint.py print r50_sn.pth        # or: --print r50_sn.pth
+    #   ... a model with another pool (any count but 3 or 2 logits needs it):
+    python tools/convert_checkpoint.py print gn_sn.pth --branches IN,LN,BN,GN
 
 Inputs may be local paths or any mmengine scheme (https://, torchvision://, ...); they
 are loaded with ``weights_only=True`` and sn_mm's allowlist.
@@ -22,6 +24,7 @@ import sys
 
 import torch
 
+from sn_mm.checkpoint import branches_arg
 from sn_mm.checkpoint_convert import (bn_to_sn, describe_sn, format_sn_table,
                                       official_to_mmengine, read_checkpoint,
                                       split_checkpoint, strip_prefix)
@@ -57,6 +60,10 @@ def parse_args(argv=None):
     show = sub.add_parser('print', help="list each SN layer's importance shares")
     show.add_argument('src')
     show.add_argument('--json', action='store_true', help='machine-readable output')
+    show.add_argument('--branches', type=branches_arg, default=None, metavar='IN,LN,BN,GN',
+                      help='the pool of the SN layers (names of sn_mm.ops.pool, in logit '
+                           'order) for layers with as many logits; needed for counts other '
+                           'than 3 [IN, LN, BN] and 2 [IN, LN]')
     return parser.parse_args(argv)
 
 
@@ -91,7 +98,10 @@ def main(argv=None):
         _save(dict(meta=meta, state_dict=converted), args.dst)
     else:
         state_dict, _ = split_checkpoint(ckpt)
-        rows = describe_sn(strip_prefix(state_dict, 'module.'))
+        try:
+            rows = describe_sn(strip_prefix(state_dict, 'module.'), args.branches)
+        except ValueError as err:
+            sys.exit(f'error: {args.src}: {err}')
         print(json.dumps(rows, indent=1) if args.json else format_sn_table(rows))
 
 

@@ -2,19 +2,27 @@
 
 For each checkpoint (one column each, side by side) two panels: the shares of the mean
 (top) and of the variance (bottom). Each layer is one stacked bar IN / LN / BN (bottom
-to top, summing to 1), layers in depth order; thin grey lines separate blocks, dashed
-black lines separate stages, whose names are written above the top panel (without the
-prefix all of them share, e.g. ``backbone.``, which goes into the column title). Where a
+to top, summing to 1; a branch outside the default pool that some layer mixes, GN, is
+stacked on top: :func:`sn_mm.analysis.ratios.columns_of`), layers in depth order; thin
+grey lines separate blocks, dashed black lines separate stages, whose names are written
+above the top panel (without the prefix all of them share, e.g. ``backbone.``, which goes
+into the column title). Where a
 name is wider than its stage (the 1-layer stem of a ResNet-50), the names alternate
 between two rows, so none overlaps its neighbour. A legend (IN, LN, BN) sits above the
-panels at the right.
+panels at the right. Every normalizer of :data:`sn_mm.ops.pool.NAMES` has a colour in
+:data:`COLORS`.
 """
 import os
 from typing import List, Sequence, Tuple
 
-from .ratios import BRANCHES, LayerRatios, average_shares
+from ..ops import pool as pool_table
+from .ratios import LayerRatios, average_shares, columns_of, share_of
 
-COLORS = {'IN': '#4C72B0', 'LN': '#55A868', 'BN': '#C44E52'}
+COLORS = {'IN': '#4C72B0', 'LN': '#55A868', 'BN': '#C44E52', 'GN': '#DD8452'}
+_uncoloured = [name for name in pool_table.NAMES if name not in COLORS]
+if _uncoloured:
+    raise ImportError(f'sn_mm.analysis.plot.COLORS has no colour for {_uncoloured}, '
+                      f'normalizers of sn_mm.ops.pool')
 Labelled = Sequence[Tuple[str, Sequence[LayerRatios]]]
 
 
@@ -40,11 +48,12 @@ def _common_prefix(names: Sequence[str]) -> str:
     return '.'.join(prefix) + '.' if prefix else ''
 
 
-def _panel(ax, layers: Sequence[LayerRatios], kind: str, show_stages: bool, fontsize: float):
+def _panel(ax, layers: Sequence[LayerRatios], kind: str, show_stages: bool, fontsize: float,
+           branches: Sequence[str]):
     xs = range(len(layers))
     bottom = [0.0] * len(layers)
-    for k, branch in enumerate(BRANCHES):
-        heights = [getattr(layer, kind)[k] for layer in layers]
+    for branch in branches:
+        heights = [layer.share(kind, branch) for layer in layers]
         ax.bar(xs, heights, bottom=bottom, width=0.85, color=COLORS[branch], label=branch,
                linewidth=0)
         bottom = [b + h for b, h in zip(bottom, heights)]
@@ -57,7 +66,7 @@ def _panel(ax, layers: Sequence[LayerRatios], kind: str, show_stages: bool, font
         _stage_labels(ax, layers, 8.0)
     avg = average_shares(layers)[kind]
     ax.set_ylabel(f'{"mean" if kind == "mean" else "variance"} share\n'
-                  + ' '.join(f'{b} {v:.2f}' for b, v in zip(BRANCHES, avg)), fontsize=8)
+                  + ' '.join(f'{b} {share_of(avg, b):.2f}' for b in branches), fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_xlim(-0.6, len(layers) - 0.4)
 
@@ -110,6 +119,7 @@ def plot_ratios(tables: Labelled, path: str, title: str = '') -> str:
         raise ValueError(f'plot file must end in .png, .pdf or .svg, got {path!r}')
     most = max(len(layers) for _, layers in tables)
     col_width = min(max(3.5, 0.17 * most + 1.2), 14.0)
+    branches = columns_of([layer for _, layers in tables for layer in layers])
     fig = new_figure(col_width * len(tables), 6.8)
     axes = fig.subplots(2, len(tables), squeeze=False)
     for col, (label, layers) in enumerate(tables):
@@ -118,7 +128,8 @@ def plot_ratios(tables: Labelled, path: str, title: str = '') -> str:
         prefix = _common_prefix([l.name for l in layers])
         for row, kind in enumerate(('mean', 'var')):
             ax = axes[row][col]
-            _panel(ax, layers, kind, show_stages=row == 0, fontsize=fontsize)
+            _panel(ax, layers, kind, show_stages=row == 0, fontsize=fontsize,
+                   branches=branches)
             ax.set_xticks(range(len(layers)))
             if row == 1:
                 ax.set_xticklabels([l.name[len(prefix):] for l in layers], rotation=90,
@@ -130,7 +141,7 @@ def plot_ratios(tables: Labelled, path: str, title: str = '') -> str:
                 shown = f'{label} ({stage_prefix.rstrip(".")})' if stage_prefix else label
                 ax.set_title(shown, fontsize=10, pad=36, loc='left')
     handles, names = axes[0][0].get_legend_handles_labels()
-    fig.legend(handles, names, loc='upper right', ncol=3, fontsize=9, frameon=False,
+    fig.legend(handles, names, loc='upper right', ncol=len(branches), fontsize=9, frameon=False,
                title='normalizer', title_fontsize=8)
     if title:
         fig.suptitle(title, fontsize=11, x=0.01, ha='left')

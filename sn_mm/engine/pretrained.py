@@ -7,8 +7,8 @@ with ``using_bn=True`` (or the reverse) would leave every SN layer at its initia
 values behind a warning. :class:`SNPretrainedInit` is mmengine's ``PretrainedInit``
 plus one check before anything is copied: every SN layer of the module whose
 ``mean_weight``/``var_weight`` are in the checkpoint must have the same number of
-logits, otherwise :class:`SNCheckpointMismatchError` names the layers and the
-``norm_cfg`` setting to use.
+logits (one per branch of its pool, ``layer.pool``), otherwise
+:class:`SNCheckpointMismatchError` names the layers and the ``norm_cfg`` setting to use.
 
 Strict by default for a module that holds SN layers: every tensor of the module
 (``num_batches_tracked`` counters excepted; the SSN buffers ``radius``/``*_fixed``
@@ -34,6 +34,7 @@ from torch import nn
 
 from ..checkpoint import check_model_coverage, read_checkpoint, strip_prefix, unwrap_state_dict
 from ..ops import SwitchableNorm
+from ..ops import pool as pool_table
 
 __all__ = ['SNCheckpointMismatchError', 'check_sn_state_dict', 'SNPretrainedInit']
 
@@ -43,22 +44,29 @@ class SNCheckpointMismatchError(ValueError):
 
 
 def _describe(num_logits: int) -> str:
-    if num_logits == 3:
-        return 'using_bn=True (3 importance logits [IN, LN, BN] and BN running statistics)'
-    if num_logits == 2:
-        return ('using_bn=False (2 importance logits [IN, LN], no running statistics: '
-                'the official (8,1) models)')
-    return f'{num_logits} importance logits (not an SN layout: expected 3 or 2)'
+    """What a checkpoint's logit count means (:data:`sn_mm.ops.pool.OFFICIAL_POOLS`)."""
+    for pool in pool_table.OFFICIAL_POOLS:
+        if len(pool) != num_logits:
+            continue
+        names = f'{num_logits} importance logits [{", ".join(pool)}]'
+        if pool_table.uses_batch(pool):
+            return f'using_bn=True ({names} and BN running statistics)'
+        return (f'using_bn=False ({names}, no running statistics: the official (8,1) '
+                'models)')
+    counts = ' or '.join(str(len(p)) for p in pool_table.OFFICIAL_POOLS)
+    return (f'{num_logits} importance logits (not an official SN layout, which has '
+            f'{counts}: another pool of sn_mm.ops.pool, or not SN logits)')
 
 
 def check_sn_state_dict(module: nn.Module, state_dict: Mapping, source: str = 'checkpoint',
                         prefix: str = '') -> None:
-    """Raise if an SN layer's logits in ``state_dict`` don't match the layer's ``using_bn``.
+    """Raise if an SN layer's logit count in ``state_dict`` doesn't match the layer's pool
+    (``layer.pool``, one logit per branch: 3 for the default pool, 2 for ``using_bn=False``).
 
     ``state_dict`` keys are relative to ``module`` (``prefix`` + module names); layers
     absent from ``state_dict`` are not checked (they are reported as missing keys).
     """
-    mismatched: Dict[Tuple[int, bool], List[str]] = OrderedDict()
+    mismatched: Dict[Tuple[int, Tuple[str, ...], bool], List[str]] = OrderedDict()
     for name, layer in module.named_modules():
         if not isinstance(layer, SwitchableNorm):
             continue
@@ -67,22 +75,29 @@ def check_sn_state_dict(module: nn.Module, state_dict: Mapping, source: str = 'c
             if value is None or not hasattr(value, 'numel'):
                 continue
             if value.numel() != getattr(layer, param).numel():
-                mismatched.setdefault((value.numel(), layer.using_bn), []).append(
-                    name or '<root>')
+                mismatched.setdefault((value.numel(), tuple(layer.pool), layer.using_bn),
+                                      []).append(name or '<root>')
                 break
     if not mismatched:
         return
     lines = []
-    for (num_logits, built_using_bn), names in mismatched.items():
+    official = {len(p): p for p in pool_table.OFFICIAL_POOLS}
+    for (num_logits, built_pool, built_using_bn), names in mismatched.items():
         shown = ', '.join(names[:6]) + (f', ... ({len(names)} layers)' if len(names) > 6 else '')
-        if num_logits in (2, 3):
-            fix = (f'build them with using_bn={num_logits == 3}, e.g. '
-                   f"norm_cfg=dict(type='SN', using_bn={num_logits == 3}) in the model "
+        if num_logits in official and built_pool in pool_table.OFFICIAL_POOLS:
+            file_using_bn = pool_table.uses_batch(official[num_logits])
+            fix = (f'build them with using_bn={file_using_bn}, e.g. '
+                   f"norm_cfg=dict(type='SN', using_bn={file_using_bn}) in the model "
                    '(model.backbone.norm_cfg for a detector/segmentor backbone)')
+            built = f'using_bn={built_using_bn}'
         else:
-            fix = 'this file does not hold SN importance logits for these layers'
+            fix = ('build them with the branches the checkpoint was trained with, e.g. '
+                   f"norm_cfg=dict(type='SN', branches=(...), num_groups=G) with "
+                   f'{num_logits} names of sn_mm.ops.pool (or the file does not hold SN '
+                   'importance logits for these layers)')
+            built = f'branches={built_pool} ({len(built_pool)} logits)'
         lines.append(f'{source} has SN layers trained with {_describe(num_logits)}, but the '
-                     f'model builds them with using_bn={built_using_bn}: {shown}; {fix}.')
+                     f'model builds them with {built}: {shown}; {fix}.')
     raise SNCheckpointMismatchError('\n'.join(lines))
 
 

@@ -13,46 +13,51 @@ softmaxed shares of every :class:`sn_mm.ops.SwitchableNorm` are written as scala
 ``runner.visualizer.add_scalars`` (step = iterations done) and into
 ``runner.message_hub`` (``message_hub.get_scalar(key).current()``):
 
-- ``{prefix}/{layer}/{mean|var}_{IN|LN|BN}`` per layer (``per_layer=True``);
+- ``{prefix}/{layer}/{mean|var}_{IN|LN|BN}`` per layer (``per_layer=True``), one key per
+  branch of the layer's pool (``layer.pool``: ``..._GN`` too for a layer with a GN branch);
 - ``{prefix}_avg/{stage}/{mean|var}_{IN|LN|BN}`` averaged over the layers of each stage
   (``stem``, ``layer1`` ... as in :func:`sn_mm.analysis.stage_of`);
 - ``{prefix}_avg/all/{mean|var}_{IN|LN|BN}`` averaged over all layers.
 
+An average has a key per branch that some layer of the model mixes (a layer without the
+branch counts 0 in it, as in :func:`sn_mm.analysis.average_shares`).
+
 With ``skip_without_sn=True`` a model without SN layers (a BN/GN config sharing the
 hook through a base config) logs nothing and says so once; by default it is an error.
-A ``using_bn=False`` layer has no ``BN`` keys (its share is 0 by construction). Keys have
-no ``train/`` prefix, so they do not crowd the LoggerHook's text line.
+A ``using_bn=False`` layer has no ``BN`` keys (its share is 0 by construction), and a
+model without a GN branch no ``GN`` keys. Keys have no ``train/`` prefix, so they do not
+crowd the LoggerHook's text line.
 """
 from typing import Dict, Optional
 
 from mmengine.hooks import Hook
 from mmengine.model import is_model_wrapper
 
-from sn_mm.analysis import BRANCHES, average_shares, ratios_from_model, stage_averages
+from sn_mm.analysis import average_shares, ratios_from_model, share_of, stage_averages
 from sn_mm.ops import SwitchableNorm
+from sn_mm.ops import pool as pool_table
 
 
 def ratio_scalars(model, prefix: str = 'sn_ratio', per_layer: bool = True,
                   per_stage: bool = True) -> Dict[str, float]:
     """The scalar dict the hook logs for ``model`` (see the module docstring)."""
     layers = ratios_from_model(model)
-    with_bn = any(layer.using_bn for layer in layers)
+    used = {branch for layer in layers for branch in layer.pool}
+    model_pool = tuple(b for b in pool_table.NAMES if b in used)  # the table's order
     scalars: Dict[str, float] = {}
 
-    def put(group: str, shares: dict, has_bn: bool):
+    def put(group: str, shares: dict, pool):
         for kind in ('mean', 'var'):
-            for branch, value in zip(BRANCHES, shares[kind]):
-                if branch != 'BN' or has_bn:
-                    scalars[f'{group}/{kind}_{branch}'] = float(value)
+            for branch in pool:
+                scalars[f'{group}/{kind}_{branch}'] = share_of(shares[kind], branch)
 
     if per_layer:
         for layer in layers:
-            put(f'{prefix}/{layer.name}', {'mean': layer.mean, 'var': layer.var},
-                layer.using_bn)
+            put(f'{prefix}/{layer.name}', {'mean': layer.mean, 'var': layer.var}, layer.pool)
     if per_stage:
         for stage, shares in stage_averages(layers).items():
-            put(f'{prefix}_avg/{stage}', shares, with_bn)
-    put(f'{prefix}_avg/all', average_shares(layers), with_bn)
+            put(f'{prefix}_avg/{stage}', shares, model_pool)
+    put(f'{prefix}_avg/all', average_shares(layers), model_pool)
     return scalars
 
 
@@ -61,7 +66,7 @@ class SNRatioHook(Hook):
 
     Args:
         interval: logging period in iterations (>= 1).
-        per_layer: log every layer's six shares.
+        per_layer: log every layer's shares (two per branch of its pool).
         per_stage: log the shares averaged per stage.
         log_start: also log before the first iteration (the initial 1/3 shares).
         prefix: key prefix.
