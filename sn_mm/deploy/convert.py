@@ -418,7 +418,7 @@ def apply_plan(model: nn.Module, layers: Sequence[dict], conv_biases: Sequence[s
         name = edit['name']
         old = modules.get(name)
         if not isinstance(old, (SwitchableNorm, SwitchableWhitening)):
-            raise ValueError(f'plan names {name!r}, which is not an SN/SSN/SW layer of '
+            raise ValueError(f'plan names {name!r}, which is not an SN/SSN layer (nor SW) of '
                              f'{type(model).__name__} (found {type(old).__name__}); '
                              'is the config the one the model was converted from?')
         model.set_submodule(name, build_fixed(edit['spec']).to(old.weight.device))
