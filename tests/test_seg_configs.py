@@ -238,8 +238,8 @@ def test_official_sn_checkpoint_initialises_the_whole_backbone(name, tmp_path):
 
 
 def test_bn_imagenet_weights_initialise_the_convs_of_sn_configs(tmp_path):
-    """The SN configs keep mmseg's BN-trained ``open-mmlab://resnet50_v1c`` backbone:
-    its conv weights load, the SN layers (no counterpart for ``bn``/``stem.1`` keys) keep
+    """The SN configs keep mmseg's BN-trained ``open-mmlab://resnet50_v1c`` backbone, as an
+    explicit partial load (``partial=True``): its conv weights load, the SN layers (no counterpart for ``bn``/``stem.1`` keys) keep
     their initial values. Simulated with a local BN ResNetV1c-50 file of the same layout."""
     from mmseg.registry import MODELS
     with DefaultScope.overwrite_default_scope('mmseg'):
@@ -250,8 +250,10 @@ def test_bn_imagenet_weights_initialise_the_convs_of_sn_configs(tmp_path):
     torch.save(dict(state_dict=bn_state), ckpt)
     cfg = Config.fromfile(osp.join(ROOT, 'configs', 'deeplabv3',
                                    'deeplabv3_r50-d8-sn_4xb4-160k_ade20k-512x512.py'))
-    assert cfg.model.pretrained == 'open-mmlab://resnet50_v1c'
-    cfg.model.pretrained = str(ckpt)
+    assert cfg.model.pretrained is None  # explicit partial load of mmseg's BN ResNetV1c
+    assert cfg.model.backbone.init_cfg == dict(type='Pretrained', partial=True,
+                                               checkpoint='open-mmlab://resnet50_v1c')
+    cfg.model.backbone.init_cfg.checkpoint = str(ckpt)
     with DefaultScope.overwrite_default_scope('mmseg'):
         model = MODELS.build(cfg.model)
     model.init_weights()

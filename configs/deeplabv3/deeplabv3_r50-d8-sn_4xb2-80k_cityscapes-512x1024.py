@@ -9,7 +9,13 @@ custom_imports = dict(imports=['sn_mm'], allow_failed_imports=False)
 # exact --resume: checkpoints carry the RNG states (sn_mm.engine.exact_resume_hook)
 default_hooks = dict(exact_resume=dict(type='ExactResumeHook'))
 norm_cfg = dict(type='SN', requires_grad=True)
-model = dict(backbone=dict(norm_cfg=norm_cfg), decode_head=dict(norm_cfg=norm_cfg),
+# mmseg's BN-trained ResNetV1c initialises the convolutions; the SN layers have no
+# counterpart in it, so the load is partial, explicitly (strict Pretrained refuses it
+# otherwise: docs/checkpoints.md). Same file as mmseg's model.pretrained.
+model = dict(pretrained=None,
+             backbone=dict(norm_cfg=norm_cfg, init_cfg=dict(
+                 type='Pretrained', checkpoint='open-mmlab://resnet50_v1c', partial=True)),
+             decode_head=dict(norm_cfg=norm_cfg),
              auxiliary_head=dict(norm_cfg=norm_cfg))
 # No weight decay on SN parameters (gamma, beta, importance logits), as in the official SN
 # segmentation code (sn_mm.engine.optim); everything else keeps mmseg's.

@@ -5,4 +5,5 @@
 # checkpoint also set norm_cfg using_bn=False everywhere.
 _base_ = ['./deeplabv3plus_r50-d8-sn_4xb2-80k_cityscapes-512x1024.py', '../_base_/sn_imagenet.py']
 model = dict(pretrained=None, backbone=dict(
-    type='ResNet', init_cfg=dict(type='Pretrained', checkpoint={{_base_.sn_imagenet_checkpoint}})))
+    type='ResNet', init_cfg=dict(type='Pretrained', checkpoint={{_base_.sn_imagenet_checkpoint}},
+                                 partial=False)))
