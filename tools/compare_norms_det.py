@@ -74,9 +74,10 @@ def main(argv=None):
                 command='python tools/compare_norms_det.py ' + ' '.join(sys.argv[1:] if argv is None else argv))
 
     def run_one(row, seed, work_dir):
-        return run_det_demo(row.config, work_dir, args.data_root, args.num_train,
-                            args.num_val, args.iters, row.cfg_options, seed=seed,
-                            log=lambda line: print(line, flush=True))
+        result = run_det_demo(row.config, work_dir, args.data_root, args.num_train,
+                              args.num_val, args.iters, row.cfg_options, seed=seed,
+                              log=lambda line: print(line, flush=True))
+        return dict(result, commit=meta['commit'])  # the code this run trained with
 
     common = dict(iters=args.iters, threads=args.threads, num_train=args.num_train,
                   num_val=args.num_val)

@@ -80,7 +80,8 @@ def main(argv=None):
         layout = row.name.split('/')[0]
         options = data_options(osp.join(args.data_root, layout))
         options.update(row.cfg_options)
-        return run_demo(row.config, work_dir, options, iters=args.iters, seed=seed)
+        result = run_demo(row.config, work_dir, options, iters=args.iters, seed=seed)
+        return dict(result, commit=meta['commit'])  # the code this run trained with
 
     work_root = osp.join(args.work_dir, args.model)
     results = compare.run_comparison(args.row_list, args.seeds, work_root, run_one,

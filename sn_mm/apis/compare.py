@@ -346,7 +346,7 @@ def write_outputs(work_root: str, rows: Sequence[Row], seeds: Sequence[int], res
         f.write(table + ('\n' + meta['note'] + '\n' if meta.get('note') else ''))
     keep = ('metrics', 'seed', 'iterations', 'train_seconds_per_iteration', 'sec_per_iter',
             'train_cpu_seconds_per_iteration', 'load_average_1min', 'torch_threads',
-            'sn_shares_in_ln_bn', 'checkpoint')
+            'sn_shares_in_ln_bn', 'checkpoint', 'commit')
     runs = [dict(row=name, **{k: r.get(k) for k in keep}) for (name, _), r in results.items()]
     with open(paths['json'], 'w') as f:
         json.dump(dict(meta=meta, seeds=list(seeds), summary=list(summary), runs=runs), f,
@@ -376,7 +376,8 @@ def expected_entries(rows: Sequence[Row], summary: Sequence[dict], meta: dict) -
             continue
         out[osp.splitext(osp.basename(row.config))[0]] = dict(
             iterations=meta.get('iterations'), seeds=e['seeds'], threads=meta.get('threads'),
-            measured=meta.get('date'), commit=meta.get('commit'),
+            measured=meta.get('runs_finished') or meta.get('date'),
+            commit=', '.join(meta.get('run_commits') or [str(meta.get('commit'))]),
             command=meta.get('command'),
             metrics={m: dict(mean=round(s['mean'], 5), std=round(s['std'], 5),
                              values=[round(v, 5) for v in s['values']])
@@ -427,6 +428,7 @@ def runs_meta(rows: Sequence[Row], seeds: Sequence[int], work_root: str,
                        f'{datetime.datetime.fromtimestamp(max(stamps), utc):{fmt}} UTC')
         if stamps else None,
         run_load_1min=[min(loads), max(loads)] if loads else None,
+        run_commits=sorted({str(r.get('commit', 'unrecorded')) for r in results.values()}),
         run_minutes=sum(r.get('total_seconds') or 0 for r in results.values()) / 60)
 
 
@@ -440,5 +442,6 @@ def note(meta: dict, what: str) -> str:
             f'on {meta["cpus"]} CPU cores ({meta["cpu"]}), torch {meta["torch"]}, '
             f'{meta["threads"]} torch thread(s), 1-minute load average {loads} (other jobs '
             f'shared the machine: wall s/iter is not comparable across tables; CPU s/iter '
-            f'is less affected), sn_mm {meta.get("commit")}, {meta.get("run_minutes", 0):.0f} '
-            f'min of runs; `{meta["command"]}`.')
+            f'is less affected), runs on sn_mm {", ".join(meta.get("run_commits") or ["?"])}, '
+            f'{meta.get("run_minutes", 0):.0f} min of runs; report by sn_mm '
+            f'{meta.get("commit")}: `{meta["command"]}`.')
