@@ -196,6 +196,9 @@ def test_expected_file_and_the_demo_line(tmp_path):
     far = expected_line(dict(run, metrics={'coco/bbox_mAP': 0.40}), expected, ['coco/bbox_mAP'],
                         scale=100)
     assert far.endswith('OUTSIDE mean +- 2 std of the recorded seeds')
+    update_expected(path, {'demo-a': dict(entry, threads=1)})
+    two = expected_line(dict(run, torch_threads=2), load_expected(path), ['coco/bbox_mAP'])
+    assert 'typical (within mean +- 2 std) (recorded with 1 torch thread(s), this run 2' in two
     assert 'are for 5 iterations; this run trained 300' in expected_line(
         dict(run, config='demo-b.py'), expected, ['coco/bbox_mAP'])
     assert 'no recorded mean +- std for demo-c' in expected_line(
