@@ -69,7 +69,7 @@ def main(argv=None):
 
     from sn_mm.datasets.seg_demo import ensure_seg_demo
     torch.set_num_threads(args.threads)
-    for layout in args.layouts:
+    for layout in ([] if args.report_only else args.layouts):
         ensure_seg_demo(osp.join(args.data_root, layout), layout, progress=print)
     meta = compare.machine_meta(args.threads)
     meta.update(commit=compare.source_commit(REPO), seeds=args.seeds,
