@@ -96,6 +96,16 @@ def test_run_comparison_order_progress_eta_and_resume(tmp_path):
             (tmp_path / name / f'seed{seed}' / 'result.json').unlink()
     calls.clear()
     lines.clear()
+    # a report of what has finished trains nothing
+    partial = compare.run_comparison(rows, seeds, str(tmp_path), run_one, dict(iters=7),
+                                     log=lines.append, run_missing=False)
+    assert calls == [] and set(partial) == {('sn', 0), ('sn', 1), ('gn', 0), ('gn', 1)}
+    assert sum('not run yet, left out of this report' in l for l in lines) == 2
+    summary = compare.summarize(rows, seeds, partial, ['m'])
+    assert [e['name'] for e in summary] == ['sn', 'gn']  # rows without runs are left out
+    meta = compare.runs_meta(rows, seeds, str(tmp_path), partial)
+    assert meta['runs_finished'].endswith(' UTC') and meta['run_load_1min'] is None
+    lines.clear()
     again = compare.run_comparison(rows, seeds, str(tmp_path), run_one, dict(iters=7),
                                    log=lines.append, clock=lambda: next(ticks))
     assert calls == [('bn', 0), ('bn', 1)]
@@ -186,6 +196,9 @@ def test_expected_file_and_the_demo_line(tmp_path):
     far = expected_line(dict(run, metrics={'coco/bbox_mAP': 0.40}), expected, ['coco/bbox_mAP'],
                         scale=100)
     assert far.endswith('OUTSIDE mean +- 2 std of the recorded seeds')
+    update_expected(path, {'demo-a': dict(entry, threads=1)})
+    two = expected_line(dict(run, torch_threads=2), load_expected(path), ['coco/bbox_mAP'])
+    assert 'typical (within mean +- 2 std) (recorded with 1 torch thread(s), this run 2' in two
     assert 'are for 5 iterations; this run trained 300' in expected_line(
         dict(run, config='demo-b.py'), expected, ['coco/bbox_mAP'])
     assert 'no recorded mean +- std for demo-c' in expected_line(

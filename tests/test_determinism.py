@@ -47,7 +47,7 @@ def _seg_options(tmp_path):
 
 
 def _state(path):
-    from sn_mm.engine.checkpoint import safe_load
+    from sn_mm.checkpoint import safe_load
     return safe_load(path, map_location='cpu')['state_dict']
 
 

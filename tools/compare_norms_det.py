@@ -26,7 +26,6 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')  # see tools/demo.py
 import argparse  # noqa: E402
 import os.path as osp  # noqa: E402
 import sys  # noqa: E402
-import time  # noqa: E402
 
 from sn_mm.apis import compare  # noqa: E402
 from sn_mm.apis.det_demo import HEADLINE, run_det_demo  # noqa: E402
@@ -49,6 +48,8 @@ def parse_args(argv=None):
     p.add_argument('--num-train', type=int, help='demo images to generate (default: 400)')
     p.add_argument('--num-val', type=int, help='default: 80')
     p.add_argument('--work-dir', default='work_dirs/compare_norms_det')
+    p.add_argument('--report-only', action='store_true',
+                   help='train nothing: table and files from the runs finished so far')
     p.add_argument('--write-expected', metavar='JSON',
                    help='record the demo rows\' mean ± std here (docs/demo_expected.json)')
     args = p.parse_args(argv)
@@ -73,17 +74,19 @@ def main(argv=None):
                 command='python tools/compare_norms_det.py ' + ' '.join(sys.argv[1:] if argv is None else argv))
 
     def run_one(row, seed, work_dir):
-        return run_det_demo(row.config, work_dir, args.data_root, args.num_train,
-                            args.num_val, args.iters, row.cfg_options, seed=seed,
-                            log=lambda line: print(line, flush=True))
+        result = run_det_demo(row.config, work_dir, args.data_root, args.num_train,
+                              args.num_val, args.iters, row.cfg_options, seed=seed,
+                              log=lambda line: print(line, flush=True))
+        return dict(result, commit=meta['commit'])  # the code this run trained with
 
     common = dict(iters=args.iters, threads=args.threads, num_train=args.num_train,
                   num_val=args.num_val)
-    start = time.time()
     results = compare.run_comparison(args.row_list, args.seeds, args.work_dir, run_one,
-                                     common, log=lambda line: print(line, flush=True))
-    meta.update(load_end=compare.machine_meta(args.threads)['load_start'],
-                minutes=(time.time() - start) / 60)
+                                     common, log=lambda line: print(line, flush=True),
+                                     run_missing=not args.report_only)
+    if not results:
+        raise SystemExit('[compare] no finished runs to report')
+    meta.update(compare.runs_meta(args.row_list, args.seeds, args.work_dir, results))
     any_run = next(iter(results.values()))
     meta['iterations'] = any_run['iterations']
     summary = compare.summarize(args.row_list, args.seeds, results, HEADLINE)

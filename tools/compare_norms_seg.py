@@ -24,7 +24,6 @@ mean ± std for ``tools/demo_seg.py``.
 import argparse
 import os.path as osp
 import sys
-import time
 
 from sn_mm.apis import compare
 from sn_mm.apis.demo_run import run_demo
@@ -48,6 +47,8 @@ def parse_args(argv=None):
     p.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
     p.add_argument('--data-root', default='data/seg_demo')
     p.add_argument('--work-dir', default='work_dirs/compare_norms_seg')
+    p.add_argument('--report-only', action='store_true',
+                   help='train nothing: table and files from the runs finished so far')
     p.add_argument('--write-expected', metavar='JSON',
                    help='record the demo rows\' mean ± std here (docs/demo_expected.json)')
     args = p.parse_args(argv)
@@ -68,7 +69,7 @@ def main(argv=None):
 
     from sn_mm.datasets.seg_demo import ensure_seg_demo
     torch.set_num_threads(args.threads)
-    for layout in args.layouts:
+    for layout in ([] if args.report_only else args.layouts):
         ensure_seg_demo(osp.join(args.data_root, layout), layout, progress=print)
     meta = compare.machine_meta(args.threads)
     meta.update(commit=compare.source_commit(REPO), seeds=args.seeds,
@@ -79,15 +80,17 @@ def main(argv=None):
         layout = row.name.split('/')[0]
         options = data_options(osp.join(args.data_root, layout))
         options.update(row.cfg_options)
-        return run_demo(row.config, work_dir, options, iters=args.iters, seed=seed)
+        result = run_demo(row.config, work_dir, options, iters=args.iters, seed=seed)
+        return dict(result, commit=meta['commit'])  # the code this run trained with
 
     work_root = osp.join(args.work_dir, args.model)
-    start = time.time()
     results = compare.run_comparison(args.row_list, args.seeds, work_root, run_one,
                                      dict(iters=args.iters, threads=args.threads),
-                                     log=lambda line: print(line, flush=True))
-    meta.update(load_end=compare.machine_meta(args.threads)['load_start'],
-                minutes=(time.time() - start) / 60)
+                                     log=lambda line: print(line, flush=True),
+                                     run_missing=not args.report_only)
+    if not results:
+        raise SystemExit('[compare] no finished runs to report')
+    meta.update(compare.runs_meta(args.row_list, args.seeds, work_root, results))
     any_run = next(iter(results.values()))
     meta['iterations'] = any_run['iterations']
     summary = compare.summarize(args.row_list, args.seeds, results, HEADLINE)

@@ -110,12 +110,15 @@ def _minutes(seconds: float) -> str:
 def run_comparison(rows: Sequence[Row], seeds: Sequence[int], work_root: str,
                    run_one: Callable[[Row, int, str], dict], common: Optional[dict] = None,
                    log: Callable[[str], None] = print,
-                   clock: Callable[[], float] = time.time) -> Dict[Tuple[str, int], dict]:
+                   clock: Callable[[], float] = time.time,
+                   run_missing: bool = True) -> Dict[Tuple[str, int], dict]:
     """Run (or reuse) every (row, seed), rows in the given order, seeds within a row.
 
     ``run_one(row, seed, work_dir)`` trains one run and returns its summary (a JSON-able
     dict with ``metrics``); ``common``: the settings shared by all rows (iterations, data,
-    threads...), part of the resume key. Returns ``{(row name, seed): summary}``.
+    threads...), part of the resume key. ``run_missing=False`` trains nothing and returns
+    the finished runs only (a report on a comparison still running or interrupted).
+    Returns ``{(row name, seed): summary}``.
     """
     check_rows(rows, seeds)
     common = common or {}
@@ -131,6 +134,9 @@ def run_comparison(rows: Sequence[Row], seeds: Sequence[int], work_root: str,
         if stored is not None:
             results[(row.name, seed)] = stored
             log(f'{head}: finished earlier, reusing {path}')
+            continue
+        if not run_missing:
+            log(f'{head}: not run yet, left out of this report')
             continue
         left = len(plan) - i + 1
         if durations:
@@ -218,6 +224,8 @@ def summarize(rows: Sequence[Row], seeds: Sequence[int], results: dict,
     by_name = {r.name: r for r in rows}
     for row in rows:
         have = [s for s in seeds if (row.name, s) in results]
+        if not have:
+            continue  # a row with no finished run is not in the table
         entry = dict(name=row.name, label=row.label, group=row.group,
                      config=osp.basename(row.config), cfg_options=row.cfg_options,
                      reference=row.reference, seeds=have, metrics={}, diff={})
@@ -338,7 +346,7 @@ def write_outputs(work_root: str, rows: Sequence[Row], seeds: Sequence[int], res
         f.write(table + ('\n' + meta['note'] + '\n' if meta.get('note') else ''))
     keep = ('metrics', 'seed', 'iterations', 'train_seconds_per_iteration', 'sec_per_iter',
             'train_cpu_seconds_per_iteration', 'load_average_1min', 'torch_threads',
-            'sn_shares_in_ln_bn', 'checkpoint')
+            'sn_shares_in_ln_bn', 'checkpoint', 'commit')
     runs = [dict(row=name, **{k: r.get(k) for k in keep}) for (name, _), r in results.items()]
     with open(paths['json'], 'w') as f:
         json.dump(dict(meta=meta, seeds=list(seeds), summary=list(summary), runs=runs), f,
@@ -368,7 +376,8 @@ def expected_entries(rows: Sequence[Row], summary: Sequence[dict], meta: dict) -
             continue
         out[osp.splitext(osp.basename(row.config))[0]] = dict(
             iterations=meta.get('iterations'), seeds=e['seeds'], threads=meta.get('threads'),
-            measured=meta.get('date'), commit=meta.get('commit'),
+            measured=meta.get('runs_finished') or meta.get('date'),
+            commit=', '.join(meta.get('run_commits') or [str(meta.get('commit'))]),
             command=meta.get('command'),
             metrics={m: dict(mean=round(s['mean'], 5), std=round(s['std'], 5),
                              values=[round(v, 5) for v in s['values']])
@@ -405,13 +414,34 @@ def source_commit(path: str) -> str:
     return commit + ('+dirty' if dirty else '')
 
 
+def runs_meta(rows: Sequence[Row], seeds: Sequence[int], work_root: str,
+              results: dict) -> dict:
+    """When the finished runs were written (UTC, from their result files), the range of
+    the 1-minute load averages recorded at their start and end, and their summed time."""
+    stamps = [osp.getmtime(osp.join(run_dir(work_root, row, s), 'result.json'))
+              for row in rows for s in seeds if (row.name, s) in results]
+    loads = [x for r in results.values() for x in (r.get('load_average_1min') or [])]
+    fmt = '%Y-%m-%d %H:%M'
+    utc = datetime.timezone.utc
+    return dict(
+        runs_finished=(f'{datetime.datetime.fromtimestamp(min(stamps), utc):{fmt}} to '
+                       f'{datetime.datetime.fromtimestamp(max(stamps), utc):{fmt}} UTC')
+        if stamps else None,
+        run_load_1min=[min(loads), max(loads)] if loads else None,
+        run_commits=sorted({str(r.get('commit', 'unrecorded')) for r in results.values()}),
+        run_minutes=sum(r.get('total_seconds') or 0 for r in results.values()) / 60)
+
+
 def note(meta: dict, what: str) -> str:
     """The line under a table: what was run, where, when, under which load."""
-    load = meta.get('load_start'), meta.get('load_end')
-    loads = ' -> '.join('/'.join(f'{x:.1f}' for x in l) for l in load if l)
+    load = meta.get('run_load_1min')
+    loads = f'{load[0]:.1f}-{load[1]:.1f}' if load else 'unknown'
     return (f'{what} Seeds {meta["seeds"]} (the same for every row); mean ± sample std over '
             f'the seeds; "− SN" is the paired difference (same seed) with its 95% '
-            f't-interval, * where it excludes 0. Measured {meta["date"]} on {meta["cpus"]} CPU '
-            f'cores ({meta["cpu"]}), torch {meta["torch"]}, {meta["threads"]} torch thread(s), '
-            f'load average (1/5/15 min) {loads or "unknown"}, sn_mm {meta.get("commit")}, '
-            f'{meta.get("minutes", 0):.0f} min for the runs of this call; `{meta["command"]}`.')
+            f't-interval, * where it excludes 0. Runs finished {meta.get("runs_finished")} '
+            f'on {meta["cpus"]} CPU cores ({meta["cpu"]}), torch {meta["torch"]}, '
+            f'{meta["threads"]} torch thread(s), 1-minute load average {loads} (other jobs '
+            f'shared the machine: wall s/iter is not comparable across tables; CPU s/iter '
+            f'is less affected), runs on sn_mm {", ".join(meta.get("run_commits") or ["?"])}, '
+            f'{meta.get("run_minutes", 0):.0f} min of runs; report by sn_mm '
+            f'{meta.get("commit")}: `{meta["command"]}`.')

@@ -81,5 +81,10 @@ def expected_line(summary: dict, expected: Optional[dict], metrics: Sequence[str
         return f'{tag} the recorded entry for {key} has none of {list(metrics)}'
     verdict = ('typical (within mean +- 2 std)' if all(typical)
                else 'OUTSIDE mean +- 2 std of the recorded seeds')
+    threads = entry.get('threads')
+    if threads is not None and summary.get('torch_threads') not in (None, threads):
+        verdict += (f' (recorded with {threads} torch thread(s), this run '
+                    f'{summary["torch_threads"]}: another summation order, another draw; '
+                    'docs/reproducibility.md)')
     return (f'{tag} this run vs the README (mean +- std over seeds {entry.get("seeds")}, '
             f'{entry.get("measured", "?")}): ' + '; '.join(parts) + f': {verdict}')
