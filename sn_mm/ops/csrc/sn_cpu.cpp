@@ -1032,8 +1032,9 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor> sn_backward_cpu(
   const auto acc = mean_in.scalar_type();
   const double factor = bessel_factor(length, unbiased);
   // g in x's dtype and memory format (a copy only when the incoming gradient differs)
-  auto g = grad_y.to(x.scalar_type()).contiguous(format_of(x));
   const bool nlc = is_channels_last(x);
+  Tensor g = grad_y.scalar_type() == x.scalar_type() ? grad_y : grad_y.to(x.scalar_type());
+  if (nlc ? !g.is_contiguous(format_of(x)) : !g.is_contiguous()) g = g.contiguous(format_of(x));
   Tensor dot, grad_shift;
   if (x.numel() == 0) {
     dot = torch::zeros({n, c}, mean_in.options());
