@@ -371,8 +371,8 @@ def expected_entries(rows: Sequence[Row], summary: Sequence[dict], meta: dict) -
     by_name = {e['name']: e for e in summary}
     out = {}
     for row in rows:
-        e = by_name[row.name]
-        if not row.plain or not e['seeds']:
+        e = by_name.get(row.name)  # None: no finished run
+        if e is None or not row.plain or not e['seeds']:
             continue
         out[osp.splitext(osp.basename(row.config))[0]] = dict(
             iterations=meta.get('iterations'), seeds=e['seeds'], threads=meta.get('threads'),

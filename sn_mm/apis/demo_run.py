@@ -61,7 +61,8 @@ def shares_by_part(layers: list) -> dict:
 
 def sn_figures(model, runner, name: str) -> list:
     """The learned shares per layer (``tools/analyze_sn.py``'s figure) and their trajectories
-    (``SNRatioHook``'s scalars, when the config logs them) in the run's folders."""
+    (``SNRatioHook``'s scalars, when the config logs them; the SSN demos do not) in the
+    run's folders."""
     from sn_mm.analysis import plot_ratios, ratios_from_model
     figures = [plot_ratios([(name, ratios_from_model(model))],
                            osp.join(runner.work_dir, 'sn_ratios.png'),
@@ -69,9 +70,14 @@ def sn_figures(model, runner, name: str) -> list:
     scalars = osp.join(runner.log_dir, 'vis_data', 'scalars.json')
     if osp.isfile(scalars):
         from sn_mm.analysis.trajectories import plot_trajectories, read_trajectories
-        figures.append(plot_trajectories(read_trajectories(scalars),
-                                         osp.join(runner.work_dir, 'sn_trajectories.png'),
-                                         title=f'{name}: SN shares during training'))
+        try:
+            trajectories = read_trajectories(scalars)
+        except ValueError:  # no SNRatioHook in the config (the SSN demos log the radius)
+            trajectories = None
+        if trajectories is not None:
+            figures.append(plot_trajectories(trajectories,
+                                             osp.join(runner.work_dir, 'sn_trajectories.png'),
+                                             title=f'{name}: SN shares during training'))
     return [osp.abspath(f) for f in figures]
 
 
