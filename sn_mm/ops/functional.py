@@ -49,7 +49,11 @@ try:  # schemas, CPU kernel and autograd of the ops (setup.py builds it; SN_MM_W
     from .. import _ext as extension
 except ImportError:  # pragma: no cover - exercised by installs without the extension
     extension = None
-if extension is not None and not hasattr(torch.ops.sn_mm, 'switchable_norm'):
+if extension is not None and not (
+        hasattr(torch.ops.sn_mm, 'switchable_norm')
+        and 'int[] pool' in str(torch.ops.sn_mm.switchable_norm.default._schema)):
+    warnings.warn('sn_mm._ext is a stale build (its sn_mm::switchable_norm has another schema); '
+                  'SN runs its torch reference. Rebuild it: make install, or pip install -e .')
     extension = None  # pragma: no cover - a stale build
 
 _NAME_OF_CODE = {n.code: n.name for n in pool_table.NORMALIZERS}
