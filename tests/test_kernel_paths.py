@@ -200,3 +200,19 @@ def test_channels_last_keeps_its_layout_and_values(dtype, shape):
                      b.float() if dtype in (torch.bfloat16, torch.float16) else b,
                      **(tol if dtype not in (torch.bfloat16, torch.float16)
                         else dict(rtol=1e-2, atol=1e-2)))
+
+
+@needs_ext
+@pytest.mark.parametrize('dtype', [torch.float64, torch.float32, torch.bfloat16])
+def test_channels_last_moments_do_not_cancel(dtype):
+    """The one-pass channels_last moments (shifted by a sample) keep every digit at an offset."""
+    offset, spread = (1000.0, 0.01) if dtype != torch.bfloat16 else (30.0, 1.0)
+    gen = torch.Generator().manual_seed(3)
+    x = (torch.randn(2, 70, 33, 41, generator=gen, dtype=torch.float64) * spread + offset)
+    x = x.to(dtype).contiguous(memory_format=torch.channels_last)
+    weight, bias, a, b, _, _ = _params(70, 2)
+    _, mean, var, _, _, _ = op(x, weight, bias, a, b, pool=('IN', 'LN'), bn_mode=BN_NONE)
+    ref_var, ref_mean = torch.var_mean(x.double().flatten(2), -1, correction=0)
+    assert_close(mean.double(), ref_mean, rtol=1e-7 if dtype != torch.float64 else 1e-14, atol=0)
+    assert_close(var.double(), ref_var, rtol=1e-5 if dtype != torch.float64 else 1e-10,
+                 atol=1e-12)

@@ -322,29 +322,23 @@ at::MemoryFormat format_of(const torch::Tensor& x) {
   return x.dim() == 4 ? at::MemoryFormat::ChannelsLast : at::MemoryFormat::ChannelsLast3d;
 }
 
-// Per-(n, c) sums over l of f(x[n, l, c]) for the channels [c0, c1) of sample n.
+// Mean and biased variance over l of x[n, l, c] for the channels [c0, c1) of sample n, in
+// ONE pass over memory (a channels_last tile does not stay in cache between two passes):
+// sums of d = x - s and d^2 with the shift s = x[n, 0, c], a sample of the row, so that
+// var = (sum d^2 - (sum d)^2 / L) / L does not cancel (d is of the order of the spread).
 template <typename scalar_t>
 SN_MULTIVERSION void nlc_tile_moments(const scalar_t* __restrict__ x, int64_t length,
                                       int64_t c, int64_t c0, int64_t c1,
                                       acc_t<scalar_t>* mean, acc_t<scalar_t>* var) {
   using opmath = acc_t<scalar_t>;
   const int64_t w = c1 - c0;
-  opmath part[kTile], part2[kTile];
-  double sum[kTile], sq[kTile], dv[kTile];
+  opmath part[kTile], part2[kTile], shift[kTile];
+  double sum[kTile], sq[kTile];
   const int64_t rows = std::max<int64_t>(1, kBlock / kTile);
-  for (int64_t j = 0; j < w; ++j) sum[j] = sq[j] = dv[j] = 0;
-  for (int64_t s = 0; s < length; s += rows) {
-    const int64_t e = std::min(s + rows, length);
-    for (int64_t j = 0; j < w; ++j) part[j] = 0;
-    for (int64_t l = s; l < e; ++l) {
-      const scalar_t* xr = x + l * c + c0;
-#pragma omp simd
-      for (int64_t j = 0; j < w; ++j) part[j] += Elem<scalar_t>::load(xr, j);
-    }
-    for (int64_t j = 0; j < w; ++j) sum[j] += part[j];
+  for (int64_t j = 0; j < w; ++j) {
+    sum[j] = sq[j] = 0;
+    shift[j] = Elem<scalar_t>::load(x + c0, j);
   }
-  opmath m[kTile];
-  for (int64_t j = 0; j < w; ++j) m[j] = static_cast<opmath>(sum[j] / length);
   for (int64_t s = 0; s < length; s += rows) {
     const int64_t e = std::min(s + rows, length);
     for (int64_t j = 0; j < w; ++j) part[j] = part2[j] = 0;
@@ -352,20 +346,20 @@ SN_MULTIVERSION void nlc_tile_moments(const scalar_t* __restrict__ x, int64_t le
       const scalar_t* xr = x + l * c + c0;
 #pragma omp simd
       for (int64_t j = 0; j < w; ++j) {
-        const opmath d = Elem<scalar_t>::load(xr, j) - m[j];
-        part[j] += d * d;
-        part2[j] += d;
+        const opmath d = Elem<scalar_t>::load(xr, j) - shift[j];
+        part[j] += d;
+        part2[j] += d * d;
       }
     }
     for (int64_t j = 0; j < w; ++j) {
-      sq[j] += part[j];
-      dv[j] += part2[j];
+      sum[j] += part[j];
+      sq[j] += part2[j];
     }
   }
   for (int64_t j = 0; j < w; ++j) {
-    mean[c0 + j] = static_cast<opmath>(sum[j] / length + dv[j] / length);
+    mean[c0 + j] = static_cast<opmath>(double(shift[j]) + sum[j] / length);
     var[c0 + j] = static_cast<opmath>(
-        std::max(0.0, (sq[j] - dv[j] * dv[j] / length) / length));
+        std::max(0.0, (sq[j] - sum[j] * sum[j] / length) / length));
   }
 }
 
