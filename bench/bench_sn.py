@@ -505,7 +505,7 @@ def main():
     ratios = print_table(shapes, args.rounds, True)
     print()
     print('Median over shapes: ' + ', '.join(
-        f'{k}/BN {statistics.median(v):.2f}' for k, v in ratios.items()))
+        f'{k}/BN {statistics.median(v):.2f}' for k, v in ratios.items() if v))
     print('saved = bytes saved for backward (unique storages); peak = memory a '
           'forward+backward adds at its peak (CPU: resident, fresh process per variant and '
           'shape; CUDA: max_memory_allocated).')
