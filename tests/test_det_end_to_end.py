@@ -189,11 +189,13 @@ def test_compare_tool_runs_seeds_and_resumes(tmp_path):
 
 
 def test_ssn_demo_config_runs_through_the_demo_runner(tmp_path):
-    """The SSN demo configs log the radius, not SNRatioHook's shares: the runner draws the
-    per-layer figure and skips the trajectories instead of failing after training."""
+    """The SSN demo configs run through the demo runner and, since they keep SNRatioHook next
+    to SSNRadiusHook, draw the per-layer figure and the share trajectories (the runner
+    skips the trajectories of a config that logs none instead of failing after training)."""
     from sn_mm.apis.det_demo import run_det_demo
     ssn = osp.join(ROOT, 'configs', 'mask_rcnn_demo', 'mask-rcnn_r18_fpn_ssn-all_coco-demo.py')
     summary = run_det_demo(ssn, str(tmp_path / 'work'), str(tmp_path / 'data'), num_train=4,
                            num_val=2, iters=2, log=lambda line: None)
     assert summary['iterations'] == 2 and summary['sn_layers']
-    assert [osp.basename(f) for f in summary['figures']] == ['sn_ratios.png']
+    assert [osp.basename(f) for f in summary['figures']] == ['sn_ratios.png',
+                                                              'sn_trajectories.png']
