@@ -63,7 +63,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import norm_eval, options
+from . import exemplar_step, norm_eval, options
 from .distributed import all_reduce_sum, sync_world_size
 
 __all__ = ['ExemplarNorm', 'SyncExemplarNorm', 'BranchMoments', 'instance_moments',
@@ -179,21 +179,41 @@ def use_fused_path(x: Tensor) -> bool:
                      or torch.jit.is_tracing()))
 
 
-class _FusedExemplarNorm(torch.autograd.Function):
-    """EN's eager path: the full-size work in four passes forward, five backward.
+def _local_batch_moments(layer) -> bool:
+    """False for SyncEN in a distributed training run (its BN moments need collectives)."""
+    return not (isinstance(layer, SyncExemplarNorm) and layer.using_bn and layer.training
+                and sync_world_size(layer.process_group) > 1)
 
-    Forward: ``mean_in`` (one reduction), ``d = x - mean_in`` into the output buffer,
-    ``var_in = |d|^2 / L`` (one reduction), then the ``(N, C)`` step (ratio network,
-    :func:`mix_coefficients`) as a small autograd graph over detached leaves, and the
-    affine map written in place: ``y = scale d + (shift + scale mean_in)``.
-    Backward: ``S = sum_l g x``, ``T = sum_l g`` (one product into a buffer, two
-    reductions), the small graph's gradients from ``(S, T)`` (``torch.autograd.grad``), and
-    ``dx = scale g + k x + c`` in place with ``k = 2 f du / L``,
-    ``c = dmean_in / L - mean_in k`` (SN_MATH.md's backward). bfloat16/float16 inputs:
-    float32 statistics from ``sum x`` and ``sum x^2`` (read from ``x`` without a copy;
-    ``E[x^2] - E[x]^2``, whose float32 cancellation is far below the input's own
-    rounding), a plain affine pass, and float32 ``S``, ``T`` over low-precision products.
-    First-order only (double backward raises).
+
+def _cpu_passes(x: Tensor):
+    """SN's compiled CPU passes (``sn_mm._ext``: ``channel_moments``, ``channel_affine``,
+    ``channel_grad_sums``, ``channel_input_grad``) for a non-empty CPU ``x``, else None."""
+    from . import functional
+    ext = functional.extension
+    if (ext is None or not hasattr(ext, 'channel_moments') or x.device.type != 'cpu'
+            or x.numel() == 0):
+        return None
+    return ext
+
+
+class _FusedExemplarNorm(torch.autograd.Function):
+    """EN's eager path: SN's full-size passes around EN's own ``(N, C)`` step.
+
+    Forward: the instance moments ``mean_in``, ``var_in`` (one pass), the ``(N, C)`` step
+    (BN moments, ratio network, mixing coefficients: :mod:`sn_mm.ops.exemplar_step`, whose
+    backward is written out), and the affine map ``y = scale x + shift`` (one pass).
+    Backward: ``S = sum_l g x``, ``T = sum_l g`` (one pass), the step's backward from
+    ``(S, T)``, and ``dx = scale g + k x + c`` (one pass) with ``k = 2 f du / L``,
+    ``c = dmean_in / L - mean_in k`` (``f``: Bessel's factor). SyncEN in a distributed
+    training run (its BN moments' collectives) and empty batches run the step as a small
+    autograd graph over detached leaves instead (:meth:`ExemplarNorm._small_step`).
+
+    On CPU the four passes are SN's compiled kernels (:func:`_cpu_passes`: contiguous or
+    channels_last, float32 statistics for bfloat16/float16 inputs read without a copy), so
+    EN's full-size work is SN's. Elsewhere (or without the extension) they are torch ops:
+    exact two-pass moments (the centred copy becomes the output) for float32/64;
+    float32 ``sum x``, ``sum x^2`` for bfloat16/float16. First-order only (double backward
+    raises).
     """
 
     @staticmethod
@@ -202,53 +222,86 @@ class _FusedExemplarNorm(torch.autograd.Function):
         n, c = x.shape[:2]
         length = math.prod(x.shape[2:])
         acc = accumulation_dtype(x.dtype)
-        if x.dtype == acc:  # exact two-pass variance; the centred copy becomes the output
+        passes = _cpu_passes(x)
+        y = None
+        if passes is not None:
+            mean_in, var_in = passes.channel_moments(x)
+        elif x.dtype == acc:  # exact two-pass variance; the centred copy becomes the output
             mean = x.mean(dims, keepdim=True)
             y = x - mean
             var_in = torch.linalg.vector_norm(y, dim=dims).square_().div_(length)
+            mean_in = mean.reshape(n, c)
         else:  # bf16/fp16: float32 sums of x and x^2 read straight from x (no copy)
-            y = None
             mean = x.mean(dims, keepdim=True, dtype=acc)
             sq = torch.linalg.vector_norm(x, dim=dims, dtype=acc).square_().div_(length)
             var_in = (sq - mean.reshape(sq.shape).square()).clamp_min_(0.0)
+            mean_in = mean.reshape(n, c)
         f = length / (length - 1) if (layer.in_variance == 'unbiased' and length > 1) else 1.0
-        mean_in = mean.reshape(n, c)
-        with torch.enable_grad():
-            leaf_mean = mean_in.detach().requires_grad_()
-            leaf_u = (var_in * f).detach().requires_grad_()
-            leaves = [p.detach().requires_grad_() for p in params]
-            scale, shift = layer._small_step(x, leaf_mean, leaf_u, *leaves)
+        if n > 0 and _local_batch_moments(layer):  # the step with its hand-written backward
+            u = var_in * f
+            bn = layer._bn_moments(x, mean_in, u)  # tracks the running statistics
+            scale, shift, saved = exemplar_step.step_forward(
+                mean_in, u, bn, layer.using_bn and layer.training, *params, layer.eps,
+                layer._span, layer.mixture)
+            small = saved
+        else:  # SyncEN's union-batch moments (collectives in its autograd) or N = 0
+            with torch.enable_grad():
+                leaf_mean = mean_in.detach().requires_grad_()
+                leaf_u = (var_in * f).detach().requires_grad_()
+                leaves = [p.detach().requires_grad_() for p in params]
+                scale, shift = layer._small_step(x, leaf_mean, leaf_u, *leaves)
+            small = (leaf_mean, leaf_u, leaves, scale, shift)
         view = (n, c) + (1,) * len(dims)
         sc = scale.detach()
-        if y is None:
+        if passes is not None:
+            y = passes.channel_affine(x, sc.contiguous(), shift.detach().contiguous())
+        elif y is None:
             y = apply_affine(x, sc, shift.detach())
         else:
             torch.addcmul((shift.detach() + sc * mean_in).to(y.dtype).view(view), y,
                           sc.to(y.dtype).view(view), out=y)  # in place: y = scale d + shift'
         ctx.save_for_backward(x)
-        ctx.small = (leaf_mean, leaf_u, leaves, scale, shift, f, length)
+        ctx.small = small
+        ctx.param_dtypes = tuple(p.dtype for p in params)
+        ctx.coeffs = (mean_in.detach(), scale.detach(), f, length)
         return y
 
     @staticmethod
     @torch.autograd.function.once_differentiable
     def backward(ctx, g):
         x, = ctx.saved_tensors
-        leaf_mean, leaf_u, leaves, scale, shift, f, length = ctx.small
+        mean_in, scale, f, length = ctx.coeffs
         dims = tuple(range(2, x.dim()))
         view = scale.shape + (1,) * len(dims)
-        buf = torch.mul(g, x)
-        s_sum = buf.sum(dims, dtype=scale.dtype)
-        t_sum = g.sum(dims, dtype=scale.dtype)
-        grads = torch.autograd.grad((scale, shift), [leaf_mean, leaf_u] + leaves,
-                                    (s_sum, t_sum), allow_unused=True,
-                                    retain_graph=True)  # (N, C)-sized; backward may rerun
-        d_mean = grads[0] if grads[0] is not None else torch.zeros_like(leaf_mean)
-        d_u = grads[1] if grads[1] is not None else torch.zeros_like(leaf_u)
+        passes = _cpu_passes(x)
+        buf = None
+        if passes is not None:
+            dot, t_sum = passes.channel_grad_sums(g, x, mean_in.contiguous())
+            s_sum = dot + mean_in * t_sum  # sum g x = sum g (x - mean) + mean sum g
+        else:
+            buf = torch.mul(g, x)
+            s_sum = buf.sum(dims, dtype=scale.dtype)
+            t_sum = g.sum(dims, dtype=scale.dtype)
+        if isinstance(ctx.small, exemplar_step.Saved):
+            d_mean, d_u, param_grads = exemplar_step.step_backward(s_sum, t_sum, ctx.small)
+        else:
+            leaf_mean, leaf_u, leaves, scale_g, shift_g = ctx.small
+            grads = torch.autograd.grad((scale_g, shift_g), [leaf_mean, leaf_u] + leaves,
+                                        (s_sum, t_sum), allow_unused=True,
+                                        retain_graph=True)  # (N, C)-sized; backward may rerun
+            d_mean = grads[0] if grads[0] is not None else torch.zeros_like(leaf_mean)
+            d_u = grads[1] if grads[1] is not None else torch.zeros_like(leaf_u)
+            param_grads = grads[2:]
         k = d_u * (2.0 * f / length)
-        c = d_mean / length - leaf_mean.detach() * k
-        torch.addcmul(c.to(g.dtype).view(view), x, k.to(g.dtype).view(view), out=buf)
-        buf.addcmul_(g, scale.detach().to(g.dtype).view(view))
-        return (buf, None) + tuple(grads[2:])
+        c = d_mean / length - mean_in * k
+        if passes is not None:
+            dx = passes.channel_input_grad(g, x, scale.contiguous(), k.contiguous(),
+                                           c.contiguous())
+        else:
+            dx = torch.addcmul(c.to(g.dtype).view(view), x, k.to(g.dtype).view(view), out=buf)
+            dx.addcmul_(g, scale.to(g.dtype).view(view))
+        return (dx, None) + tuple(None if d is None else d.to(dt)
+                                  for d, dt in zip(param_grads, ctx.param_dtypes))
 
 
 class ExemplarNorm(nn.Module):

@@ -1178,6 +1178,74 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sn_forward_autograd(
   return {out[0], out[1], out[2], out[3], out[4], out[5]};
 }
 
+// ------------------------------------------------------------------ EN's passes
+// Exemplar Normalization (sn_mm/ops/exemplar_norm.py) is SN with per-sample ratios from a
+// small network over the instance moments, so its (N, C) step is torch code; its full-size
+// work is SN's four passes, exposed here for (N, C, *spatial) inputs, contiguous or
+// channels_last (the output keeps the input's memory format), with (N, C) statistics and
+// coefficients in the accumulation dtype (float64 for float64 inputs, float32 otherwise):
+//   channel_moments(x)               -> (mean, biased var) per (n, c)
+//   channel_affine(x, a, b)          -> a[n, c] * x + b[n, c]
+//   channel_grad_sums(g, x, mean)    -> (sum_l g (x - mean[n, c]), sum_l g)
+//   channel_input_grad(g, x, a, k, c)-> a[n, c] * g + k[n, c] * x + c[n, c]
+void check_channels(const Tensor& x, const char* name) {
+  TORCH_CHECK(x.device().is_cpu(), name, ": CPU tensors only, got ", x.device());
+  TORCH_CHECK(x.dim() >= 3 && x.numel() > 0, name,
+              ": expected a non-empty (N, C, *spatial) tensor, got ", x.sizes());
+}
+
+// g in x's dtype and memory format (a copy only when it differs)
+Tensor like_x(const Tensor& g, const Tensor& x, const char* name) {
+  TORCH_CHECK(g.sizes() == x.sizes(), name, ": g and x must have one shape, got ", g.sizes(),
+              " and ", x.sizes());
+  Tensor out = g.scalar_type() == x.scalar_type() ? g : g.to(x.scalar_type());
+  const bool nlc = is_channels_last(x);
+  if (nlc ? !out.is_contiguous(format_of(x)) : !out.is_contiguous()) {
+    out = out.contiguous(format_of(x));
+  }
+  return out;
+}
+
+std::vector<Tensor> channel_moments(const Tensor& x) {
+  check_channels(x, "channel_moments");
+  const int64_t n = x.size(0), c = x.size(1);
+  if (is_channels_last(x)) return nlc_moments(x);
+  auto moments = instance_moments(x.reshape({n * c, spatial_length(x)}));
+  return {moments[0].view({n, c}), moments[1].view({n, c})};
+}
+
+Tensor channel_affine(const Tensor& x, const Tensor& scale, const Tensor& shift) {
+  check_channels(x, "channel_affine");
+  const auto acc = acc_type(x.scalar_type());
+  check_coeff(scale, x.size(0) * x.size(1), acc, "channel_affine: scale");
+  check_coeff(shift, x.size(0) * x.size(1), acc, "channel_affine: shift");
+  return is_channels_last(x) ? nlc_affine(x, scale, shift) : affine(x, scale, shift);
+}
+
+std::vector<Tensor> channel_grad_sums(const Tensor& g_in, const Tensor& x, const Tensor& mean) {
+  check_channels(x, "channel_grad_sums");
+  const int64_t n = x.size(0), c = x.size(1);
+  check_coeff(mean, n * c, acc_type(x.scalar_type()), "channel_grad_sums: mean");
+  Tensor g = like_x(g_in, x, "channel_grad_sums");
+  if (is_channels_last(x)) return nlc_grad_sums(g, x, mean);
+  const int64_t length = spatial_length(x);
+  auto sums = grad_sums(g.reshape({n * c, length}), x.reshape({n * c, length}),
+                        mean.reshape({-1}));
+  return {sums[0].view({n, c}), sums[1].view({n, c})};
+}
+
+Tensor channel_input_grad(const Tensor& g_in, const Tensor& x, const Tensor& a, const Tensor& k,
+                          const Tensor& c) {
+  check_channels(x, "channel_input_grad");
+  Tensor g = like_x(g_in, x, "channel_input_grad");
+  const int64_t rows = x.size(0) * x.size(1);
+  const auto acc = acc_type(x.scalar_type());
+  check_coeff(a, rows, acc, "channel_input_grad: a");
+  check_coeff(k, rows, acc, "channel_input_grad: k");
+  check_coeff(c, rows, acc, "channel_input_grad: c");
+  return is_channels_last(x) ? nlc_input_grad(g, x, a, k, c) : input_grad(g, x, a, k, c);
+}
+
 // Threads at::parallel_for can use here: 1 if this library was built without OpenMP.
 int64_t parallel_threads() {
 #ifdef _OPENMP
@@ -1213,4 +1281,11 @@ TORCH_LIBRARY_IMPL(sn_mm, Autograd, m) {
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
   m.def("parallel_threads", &parallel_threads,
         "threads the kernels' parallel loops use (1 when built without OpenMP)");
+  m.def("channel_moments", &channel_moments,
+        "(mean, biased variance) per (n, c) of an (N, C, *) CPU tensor (EN's moment pass)");
+  m.def("channel_affine", &channel_affine, "a[n, c] * x + b[n, c] (EN's affine pass)");
+  m.def("channel_grad_sums", &channel_grad_sums,
+        "(sum g (x - mean[n, c]), sum g) per (n, c) (EN's backward sums)");
+  m.def("channel_input_grad", &channel_input_grad,
+        "a[n, c] * g + k[n, c] * x + c[n, c] (EN's input gradient)");
 }
