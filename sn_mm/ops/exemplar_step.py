@@ -88,7 +88,7 @@ def step_forward(mean_in: Tensor, u: Tensor, bn: Optional[Tuple[Tensor, Tensor]]
         desc = F.pad(desc, (0, pad))
     blocks = desc.view(n, k, desc.shape[-1] // span, span)
     w_red = reduce_weight.to(dt).reshape(k, span)
-    z = (blocks * w_red.view(1, k, 1, span)).sum(-1)
+    z = torch.einsum('nkjs,ks->nkj', blocks, w_red)
     relation = (torch.bmm(z, z.transpose(1, 2)) / z.shape[-1]).reshape(n, k * k)
     w_ratio = ratio_weight.to(dt)
     logits = torch.addmm(ratio_bias.to(dt), relation, w_ratio.t())
@@ -143,7 +143,7 @@ def step_backward(grad_scale: Tensor, grad_shift: Tensor, s: Saved
         a, b, mean, rho = s.mix
         d_gamma = (rho * (S - T * mean)).sum(0)
         d_mean = -T * gamma * rho
-        d_var = gamma * (S - T * mean) * (-0.5) * rho.pow(3)
+        d_var = gamma * (S - T * mean) * (-0.5) * (rho * rho * rho)
         d_logits = torch.cat([_softmax_backward(a, (d_mean.unsqueeze(1) * s.mu).sum(2)),
                               _softmax_backward(b, (d_var.unsqueeze(1) * s.v).sum(2))], 1)
         d_mu = a.unsqueeze(2) * d_mean.unsqueeze(1)
@@ -155,13 +155,15 @@ def step_backward(grad_scale: Tensor, grad_shift: Tensor, s: Saved
     d_ratio_bias = d_logits.sum(0)
     d_rel = d_logits.mm(s.ratio_weight).view(n, k, k)
     d_z = torch.bmm(d_rel + d_rel.transpose(1, 2), s.z) / s.z.shape[-1]
-    d_reduce = (d_z.unsqueeze(3) * s.blocks).sum((0, 2))
-    d_desc = (d_z.unsqueeze(3) * s.reduce_weight.view(1, k, 1, span)).reshape(n, k, -1)[..., :c]
+    d_reduce = torch.einsum('nkj,nkjs->ks', d_z, s.blocks)
+    # d_desc[n, k, j span + t] = d_z[n, k, j] w_k[t] (one broadcast over n; cut the padding)
+    d_desc = (d_z.repeat_interleave(span, -1)
+              * s.reduce_weight.repeat(1, d_z.shape[-1]).unsqueeze(0))[..., :c]
     # descriptors d_k = (m - mu_k) r_k
     d_centred = d_desc * s.r
     d_r = d_desc * s.centred if d_r is None else d_r + d_desc * s.centred
     d_mu = d_mu - d_centred
-    d_v_r = d_r * (-0.5) * s.r.pow(3)
+    d_v_r = d_r * (s.r * s.r * s.r).mul_(-0.5)
     d_v = d_v_r if d_v is None else d_v + d_v_r
     # branch moments back to (mean_in, u): IN, LN, BN (batch moments only)
     d_m = d_centred.sum(1) + d_mu[:, 0]

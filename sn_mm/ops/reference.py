@@ -61,7 +61,10 @@ def instance_moments(x: Tensor) -> Tuple[Tensor, Tensor]:
         return zeros, zeros.clone()
     dims = tuple(range(2, x.dim()))
     xa = x.to(acc)
-    mean = xa.mean(dims, keepdim=True)  # two passes: exact centring, no Welford recurrence
+    if torch.compiler.is_compiling():  # inductor lowers var_mean to one Welford reduction
+        var, mean = torch.var_mean(xa, dims, correction=0)
+        return mean, var
+    mean = xa.mean(dims, keepdim=True)  # eager: two passes, exact centring
     var = (xa - mean).square().mean(dims)
     return mean.reshape(n, c), var
 
