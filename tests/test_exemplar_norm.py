@@ -253,14 +253,18 @@ def test_empty_batch():
 
 @pytest.mark.parametrize('kwargs,match', [
     (dict(mixture='mean'), r"mixture must be one of \('outputs', 'statistics'\), got 'mean'"),
-    (dict(reduction=0), 'reduction must be a positive int, got 0'),
+    (dict(reduction=0), r'reduction must be a positive int \(>= 1\), got 0'),
     (dict(in_variance='none'), "in_variance must be one of"),
     (dict(momentum=2), 'momentum must be in'),
-    (dict(eps=0), 'eps must be a positive number, got 0'),
+    (dict(eps=0), r'eps must be a positive number \(> 0\), got 0'),
+    (dict(using_bn='False'), r"ExemplarNorm: using_bn must be a bool \(True or False\), got 'False'"),
+    (dict(num_features=True), r'num_features must be a positive int \(>= 1\), got True'),
 ])
 def test_bad_options(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        ExemplarNorm(6, **kwargs)
+    kw = dict(num_features=6)
+    kw.update(kwargs)
+    with pytest.raises(ValueError if 'bool' not in match else TypeError, match=match):
+        ExemplarNorm(**kw)
     with pytest.raises(TypeError, match=r"unknown argument\(s\) \['num_groups'\]"):
         ExemplarNorm(6, num_groups=2)
 
