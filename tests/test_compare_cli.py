@@ -47,6 +47,15 @@ def test_counts_below_one_are_named(name, option, capsys):
     assert f'{option} must be >= 1, got 0' in capsys.readouterr().err
 
 
+def test_bad_rows_and_seeds_are_argparse_errors(capsys):
+    with pytest.raises(SystemExit):
+        _tool('compare_norms_det').parse_args(['--rows', 'ln'])
+    assert "unknown row 'ln'" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        _tool('compare_norms_seg').parse_args(['--seeds', '1', '1'])
+    assert 'seeds must be distinct' in capsys.readouterr().err
+
+
 def test_run_meta_names_the_command():
     class Args:
         threads, seeds = 1, [0, 2]

@@ -41,14 +41,8 @@ def parse_args(argv=None):
                                      'work_dirs/compare_norms_det')
     p.add_argument('--num-train', type=int, help='demo images to generate (default: 400)')
     p.add_argument('--num-val', type=int, help='default: 80')
-    args = p.parse_args(argv)
-    compare_cli.check_at_least_one(p, args, ('iters', 'threads', 'num_train', 'num_val'))
-    try:
-        args.row_list = det_rows(args.rows, CONFIG_DIR)
-        compare.check_rows(args.row_list, args.seeds)
-    except ValueError as err:
-        p.error(str(err))
-    return args
+    return compare_cli.parse_rows(p, argv, lambda a: det_rows(a.rows, CONFIG_DIR),
+                                  counts=('iters', 'threads', 'num_train', 'num_val'))
 
 
 def main(argv=None):

@@ -40,14 +40,8 @@ def parse_args(argv=None):
     p.add_argument('--layouts', nargs='+', choices=LAYOUTS, default=list(LAYOUTS))
     compare_cli.add_common_arguments(p, DEFAULT_ROWS, 'data/seg_demo',
                                      'work_dirs/compare_norms_seg')
-    args = p.parse_args(argv)
-    compare_cli.check_at_least_one(p, args)
-    try:
-        args.row_list = seg_rows(args.model, args.rows, args.layouts, CONFIG_DIR)
-        compare.check_rows(args.row_list, args.seeds)
-    except ValueError as err:
-        p.error(str(err))
-    return args
+    return compare_cli.parse_rows(
+        p, argv, lambda a: seg_rows(a.model, a.rows, a.layouts, CONFIG_DIR))
 
 
 def main(argv=None):

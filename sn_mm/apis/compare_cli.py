@@ -1,10 +1,10 @@
 """The command-line part that ``tools/compare_norms_det.py`` and ``tools/compare_norms_seg.py``
 share: their common options, the run's metadata, and the report written after the runs.
 
-- :func:`add_common_arguments` / :func:`check_at_least_one`: ``--rows`` (alias ``--norms``),
+- :func:`add_common_arguments` / :func:`parse_rows`: ``--rows`` (alias ``--norms``),
   ``--seeds``, ``--iters``, ``--threads``, ``--data-root``, ``--work-dir``,
-  ``--report-only``, ``--write-expected``; counts must be >= 1 (``argparse`` error naming
-  the option and the value otherwise).
+  ``--report-only``, ``--write-expected``; counts must be >= 1 and rows and seeds valid
+  (an ``argparse`` error naming the option and the value otherwise).
 - :func:`run_meta`: :func:`sn_mm.apis.compare.machine_meta` plus the commit, the seeds and
   the command line.
 - :func:`write_report`: adds the learned-share leanings to ``meta['note']``, writes
@@ -44,6 +44,21 @@ def check_at_least_one(p: argparse.ArgumentParser, args: argparse.Namespace,
         value = getattr(args, name)
         if value is not None and value < 1:
             p.error(f'--{name.replace("_", "-")} must be >= 1, got {value}')
+
+
+def parse_rows(p: argparse.ArgumentParser, argv: Optional[Sequence[str]], make_rows,
+               counts: Sequence[str] = ('iters', 'threads')) -> argparse.Namespace:
+    """Parse ``argv``, check the ``counts`` (:func:`check_at_least_one`) and set
+    ``args.row_list = make_rows(args)`` (checked by :func:`sn_mm.apis.compare.check_rows`);
+    a bad row or seed is an ``argparse`` error naming it."""
+    args = p.parse_args(argv)
+    check_at_least_one(p, args, counts)
+    try:
+        args.row_list = make_rows(args)
+        compare.check_rows(args.row_list, args.seeds)
+    except ValueError as err:
+        p.error(str(err))
+    return args
 
 
 def run_meta(args: argparse.Namespace, repo: str, tool: str,
