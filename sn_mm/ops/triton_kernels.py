@@ -421,10 +421,12 @@ def _mix_forward_kernel(
         tl.debug_barrier()
 
 
-@triton.jit(do_not_specialize=_VARYING)
-def _affine_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, N, C, L, s_n, s_c, s_l, t_n, t_c, t_l,
-                   BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
-    """K3: ``y = scale[n, c] x + shift[n, c]`` on one ``[BLOCK_C, BLOCK_L]`` tile."""
+@triton.jit
+def _pointwise_tile(C, L, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The ``[BLOCK_C, BLOCK_L]`` tile of this program in the pointwise kernels (grid: one
+    program per sample, channel block and position block): channels ``rc``, their mask,
+    the tile's mask, offsets ``coef`` into ``(N, C)`` coefficients, and the int64 sample,
+    channel ``[BLOCK_C, 1]`` and position ``[1, BLOCK_L]`` indices for strided addresses."""
     pid = tl.program_id(0)
     num_cb = tl.cdiv(C, BLOCK_C)
     num_lb = tl.cdiv(L, BLOCK_L)
@@ -435,12 +437,17 @@ def _affine_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, N, C, L, s_n, s_c, s_l, t
     rl = lb * BLOCK_L + tl.arange(0, BLOCK_L)
     cm = rc < C
     mask = cm[:, None] & (rl < L)[None, :]
-    coef = n * C + rc
+    return (rc, cm, mask, n * C + rc, n.to(tl.int64), rc.to(tl.int64)[:, None],
+            rl.to(tl.int64)[None, :])
+
+
+@triton.jit(do_not_specialize=_VARYING)
+def _affine_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, N, C, L, s_n, s_c, s_l, t_n, t_c, t_l,
+                   BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """K3: ``y = scale[n, c] x + shift[n, c]`` on one ``[BLOCK_C, BLOCK_L]`` tile."""
+    rc, cm, mask, coef, n64, rc64, rl64 = _pointwise_tile(C, L, BLOCK_C, BLOCK_L)
     scale = tl.load(scale_ptr + coef, mask=cm, other=0.0)
     shift = tl.load(shift_ptr + coef, mask=cm, other=0.0)
-    n64 = n.to(tl.int64)
-    rc64 = rc.to(tl.int64)[:, None]
-    rl64 = rl.to(tl.int64)[None, :]
     x = tl.load(x_ptr + n64 * s_n + rc64 * s_c + rl64 * s_l, mask=mask, other=0.0)
     y = x.to(tl.float32) * scale[:, None] + shift[:, None]
     tl.store(y_ptr + n64 * t_n + rc64 * t_c + rl64 * t_l, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -670,17 +677,7 @@ def _input_grad_kernel(g_ptr, x_ptr, dx_ptr, mean_ptr, scale_ptr, k_ptr, c_ptr, 
                        q_n, q_c, q_l, s_n, s_c, s_l, t_n, t_c, t_l,
                        ADD_BN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     """K3: ``dx = scale g + k (x - mu) + c`` on one tile, with BN's ``G / |S|`` term if ``ADD_BN``."""
-    pid = tl.program_id(0)
-    num_cb = tl.cdiv(C, BLOCK_C)
-    num_lb = tl.cdiv(L, BLOCK_L)
-    lb = pid % num_lb
-    row = pid // num_lb
-    n = row // num_cb
-    rc = (row % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    rl = lb * BLOCK_L + tl.arange(0, BLOCK_L)
-    cm = rc < C
-    mask = cm[:, None] & (rl < L)[None, :]
-    coef = n * C + rc
+    rc, cm, mask, coef, n64, rc64, rl64 = _pointwise_tile(C, L, BLOCK_C, BLOCK_L)
     mu = tl.load(mean_ptr + coef, mask=cm, other=0.0)
     scale = tl.load(scale_ptr + coef, mask=cm, other=0.0)
     kk = tl.load(k_ptr + coef, mask=cm, other=0.0)
@@ -692,9 +689,6 @@ def _input_grad_kernel(g_ptr, x_ptr, dx_ptr, mean_ptr, scale_ptr, k_ptr, c_ptr, 
         bm = tl.load(bnm_ptr + rc, mask=cm, other=0.0)
         kk += gvar * (2.0 * factor / L)
         cc += (gmu + 2.0 * gvar * (mu - bm)) / L
-    n64 = n.to(tl.int64)
-    rc64 = rc.to(tl.int64)[:, None]
-    rl64 = rl.to(tl.int64)[None, :]
     g = tl.load(g_ptr + n64 * q_n + rc64 * q_c + rl64 * q_l, mask=mask, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + n64 * s_n + rc64 * s_c + rl64 * s_l, mask=mask, other=0.0).to(tl.float32)
     dx = scale[:, None] * g + kk[:, None] * (x - mu[:, None]) + cc[:, None]
