@@ -1,15 +1,13 @@
 """ExemplarNorm / SyncExemplarNorm: reference, gradcheck, limits, compile, export, AMP, sync."""
-import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch.testing import assert_close
 
 from sn_mm.ops import exemplar_norm
 from sn_mm.ops.exemplar_norm import ExemplarNorm, SyncExemplarNorm
+from tests.dist_util import assert_equals_union_batch, rank_slice_step, run_ranks
 
 PARAMS = ('weight', 'bias', 'reduce_weight', 'ratio_weight', 'ratio_bias')
 
@@ -253,14 +251,18 @@ def test_empty_batch():
 
 @pytest.mark.parametrize('kwargs,match', [
     (dict(mixture='mean'), r"mixture must be one of \('outputs', 'statistics'\), got 'mean'"),
-    (dict(reduction=0), 'reduction must be a positive int, got 0'),
+    (dict(reduction=0), r'reduction must be a positive int \(>= 1\), got 0'),
     (dict(in_variance='none'), "in_variance must be one of"),
     (dict(momentum=2), 'momentum must be in'),
-    (dict(eps=0), 'eps must be a positive number, got 0'),
+    (dict(eps=0), r'eps must be a positive number \(> 0\), got 0'),
+    (dict(using_bn='False'), r"ExemplarNorm: using_bn must be a bool \(True or False\), got 'False'"),
+    (dict(num_features=True), r'num_features must be a positive int \(>= 1\), got True'),
 ])
 def test_bad_options(kwargs, match):
-    with pytest.raises(ValueError, match=match):
-        ExemplarNorm(6, **kwargs)
+    kw = dict(num_features=6)
+    kw.update(kwargs)
+    with pytest.raises(ValueError if 'bool' not in match else TypeError, match=match):
+        ExemplarNorm(**kw)
     with pytest.raises(TypeError, match=r"unknown argument\(s\) \['num_groups'\]"):
         ExemplarNorm(6, num_groups=2)
 
@@ -399,44 +401,24 @@ def test_torch_export_and_onnx_eval_parity(tmp_path):
 
 # ------------------------------------------------------------------ SyncEN (2 gloo ranks)
 SYNC_C = 6
+SYNC_BUFFERS = ('running_mean', 'running_var')
 
 
-def _sync_worker(rank, world_size, init_file, batches, mixture, out_dir):
-    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
-                            world_size=world_size)
-    try:
-        layer = _layer(c=SYNC_C, cls=SyncExemplarNorm, mixture=mixture, momentum=0.3)
-        x, grad_out = _x((sum(batches), SYNC_C, 4, 3)), _x((sum(batches), SYNC_C, 4, 3), seed=5)
-        start = sum(batches[:rank])
-        x_local = x[start:start + batches[rank]].clone().requires_grad_()
-        y = layer(x_local)
-        (y * grad_out[start:start + batches[rank]]).sum().backward()
-        torch.save(dict(y=y.detach(), x_grad=x_local.grad,
-                        grads={n: getattr(layer, n).grad for n in PARAMS},
-                        running_mean=layer.running_mean, running_var=layer.running_var),
-                   os.path.join(out_dir, f'rank{rank}.pt'))
-    finally:
-        dist.destroy_process_group()
+def _union(batches):
+    shape = (sum(batches), SYNC_C, 4, 3)
+    return _x(shape), _x(shape, seed=5)
+
+
+def _sync_rank(rank, world_size, batches, mixture):
+    layer = _layer(c=SYNC_C, cls=SyncExemplarNorm, mixture=mixture, momentum=0.3)
+    return rank_slice_step(layer, *_union(batches), batches, rank, PARAMS, SYNC_BUFFERS)
 
 
 @pytest.mark.parametrize('batches,mixture', [((3, 2), 'outputs'), ((0, 4), 'statistics')])
 def test_sync_en_equals_en_on_union_batch(tmp_path, batches, mixture):
-    mp.spawn(_sync_worker, args=(2, str(tmp_path / 'init'), batches, mixture, str(tmp_path)),
-             nprocs=2, join=True)
-    results = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
-    layer = _layer(c=SYNC_C, mixture=mixture, momentum=0.3)
-    x = _x((sum(batches), SYNC_C, 4, 3)).requires_grad_()
-    y = layer(x)
-    (y * _x((sum(batches), SYNC_C, 4, 3), seed=5)).sum().backward()
-    tol = dict(rtol=1e-10, atol=1e-10)
-    assert_close(torch.cat([r['y'] for r in results]), y.detach(), **tol)
-    assert_close(torch.cat([r['x_grad'] for r in results]), x.grad, **tol)
-    for name in PARAMS:
-        summed = sum(r['grads'][name] for r in results)
-        assert_close(summed, getattr(layer, name).grad, **tol, msg=lambda m: f'{name}: {m}')
-    for r in results:
-        assert_close(r['running_mean'], layer.running_mean, **tol)
-        assert_close(r['running_var'], layer.running_var, **tol)
+    results = run_ranks(_sync_rank, tmp_path, batches, mixture)
+    assert_equals_union_batch(results, _layer(c=SYNC_C, mixture=mixture, momentum=0.3),
+                              *_union(batches), PARAMS, SYNC_BUFFERS)
 
 
 def test_sync_en_without_process_group_is_en():

@@ -24,6 +24,7 @@ import sn_mm  # noqa: F401
 from sn_mm.ops import (SparseSwitchableNorm, SwitchableNorm, SwitchableWhitening,
                        SyncSwitchableNorm)
 from sn_mm.ops.exemplar_norm import ExemplarNorm
+from tests.resnet_layout import norm_name, resnet50_state
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
 REAL_CONFIGS = sorted(glob.glob(osp.join(ROOT, 'configs', 'deeplabv3', '*.py'))
@@ -181,9 +182,9 @@ def _official_sn_resnet50_state(seed=0):
     statistics (1,C,1), 3 importance logits.
     """
     gen = torch.Generator().manual_seed(seed)
-    state = {}
 
-    def sn(prefix, c):
+    def sn(state, parent, index, c, stage, block):
+        prefix = norm_name(parent, index, 'sn')
         state[f'{prefix}.weight'] = torch.rand(1, c, 1, 1, generator=gen) + 0.5
         state[f'{prefix}.bias'] = torch.randn(1, c, 1, 1, generator=gen)
         state[f'{prefix}.mean_weight'] = torch.randn(3, generator=gen)
@@ -191,27 +192,7 @@ def _official_sn_resnet50_state(seed=0):
         state[f'{prefix}.running_mean'] = torch.randn(1, c, 1, generator=gen)
         state[f'{prefix}.running_var'] = torch.rand(1, c, 1, generator=gen) + 0.5
 
-    def conv(name, cin, cout, k):
-        state[f'{name}.weight'] = torch.randn(cout, cin, k, k, generator=gen) * 0.05
-
-    conv('conv1', 3, 64, 7)
-    sn('sn1', 64)
-    inplanes = 64
-    for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
-        for j in range(blocks):
-            p = f'layer{i}.{j}'
-            conv(f'{p}.conv1', inplanes, planes, 1)
-            sn(f'{p}.sn1', planes)
-            conv(f'{p}.conv2', planes, planes, 3)
-            sn(f'{p}.sn2', planes)
-            conv(f'{p}.conv3', planes, planes * 4, 1)
-            sn(f'{p}.sn3', planes * 4)
-            if j == 0:
-                conv(f'{p}.downsample.0', inplanes, planes * 4, 1)
-                sn(f'{p}.downsample.1', planes * 4)
-            inplanes = planes * 4
-    state['fc.weight'] = torch.randn(1000, 2048, generator=gen)
-    state['fc.bias'] = torch.randn(1000, generator=gen)
+    state = resnet50_state(gen, sn)
     return {f'module.{k}': v for k, v in state.items()}
 
 

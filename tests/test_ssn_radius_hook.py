@@ -13,26 +13,14 @@ from mmengine.model import BaseModel
 from mmengine.registry import HOOKS
 from mmengine.runner import Runner
 from torch import nn
-from torch.utils.data import DataLoader, Dataset
+from torch.utils.data import DataLoader
 
 import sn_mm  # noqa: F401  (registers the hook)
 from sn_mm.engine.ssn_radius_hook import SSNRadiusHook, radius_at
 from sn_mm.ops import SparseSwitchableNorm, SyncSparseSwitchableNorm
+from tests.toy_runner import StageData
 
 _names = itertools.count()
-
-
-class _Data(Dataset):
-    def __init__(self, length=16, seed=0):
-        gen = torch.Generator().manual_seed(seed)
-        self.x = torch.randn(length, 3, 6, 6, generator=gen) * 2 + 1
-        self.y = torch.randint(0, 2, (length,), generator=gen)
-
-    def __len__(self):
-        return len(self.x)
-
-    def __getitem__(self, i):
-        return dict(inputs=self.x[i], labels=self.y[i])
 
 
 class TinySSNNet(BaseModel):
@@ -78,7 +66,7 @@ def _runner(work_dir, hook, max_iters=10, probe=None, model=None, data_seed=0, *
     return Runner(
         model=model or TinySSNNet(), work_dir=str(work_dir),
         experiment_name=f'ssnhook_{next(_names)}',
-        train_dataloader=DataLoader(_Data(seed=data_seed), batch_size=4, shuffle=False),
+        train_dataloader=DataLoader(StageData(seed=data_seed), batch_size=4, shuffle=False),
         train_cfg=dict(by_epoch=False, max_iters=max_iters),
         optim_wrapper=dict(optimizer=dict(type='SGD', lr=0.5, momentum=0.9,
                                           weight_decay=1e-3)),

@@ -7,6 +7,7 @@ from torch.testing import assert_close
 import sn_mm  # noqa: F401  (registrations)
 from sn_mm.ops import SwitchableWhitening, SyncSwitchableWhitening
 from sn_mm.sw_checkpoint import load_official_sw, official_sw_to_mmengine, sw_layout
+from tests.resnet_layout import norm_name, resnet50_state
 
 mmcv_cnn = pytest.importorskip('mmcv.cnn')
 
@@ -29,16 +30,15 @@ def _authors_resnet50_state(sw_type=2, seed=0):
     published layout: ``module.`` keys, ``sw1`` stem, ``layerK.J.sw2`` for odd J of stages
     1-3, BN elsewhere, ``fc``."""
     gen = torch.Generator().manual_seed(seed)
-    state = {}
 
-    def bn(p, c):
+    def bn(state, p, c):
         state[f'{p}.weight'] = torch.rand(c, generator=gen) + 0.5
         state[f'{p}.bias'] = torch.randn(c, generator=gen)
         state[f'{p}.running_mean'] = torch.randn(c, generator=gen)
         state[f'{p}.running_var'] = torch.rand(c, generator=gen) + 0.5
         state[f'{p}.num_batches_tracked'] = torch.tensor(100)
 
-    def sw(p, c, g=16):
+    def sw(state, p, c, g=16):
         state[f'{p}.sw_mean_weight'] = torch.randn(sw_type, generator=gen)
         state[f'{p}.sw_var_weight'] = torch.randn(sw_type, generator=gen)
         state[f'{p}.weight'] = torch.rand(c, generator=gen) + 0.5
@@ -47,30 +47,13 @@ def _authors_resnet50_state(sw_type=2, seed=0):
         a = torch.randn(c // g, g, g, generator=gen)
         state[f'{p}.running_cov'] = a @ a.transpose(1, 2) / g + torch.eye(g)
 
-    def conv(p, cin, cout, k):
-        state[f'{p}.weight'] = torch.randn(cout, cin, k, k, generator=gen) * 0.05
+    def norm(state, parent, index, c, stage, block):
+        if stage == 0 or (index == 2 and stage < 4 and block % 2 == 1):
+            sw(state, norm_name(parent, index, 'sw'), c)
+        else:
+            bn(state, norm_name(parent, index, 'bn'), c)
 
-    conv('conv1', 3, 64, 7)
-    sw('sw1', 64)
-    inplanes = 64
-    for i, (planes, blocks) in enumerate(zip((64, 128, 256, 512), (3, 4, 6, 3)), start=1):
-        for j in range(blocks):
-            p = f'layer{i}.{j}'
-            conv(f'{p}.conv1', inplanes, planes, 1)
-            bn(f'{p}.bn1', planes)
-            conv(f'{p}.conv2', planes, planes, 3)
-            if i < 4 and j % 2 == 1:
-                sw(f'{p}.sw2', planes)
-            else:
-                bn(f'{p}.bn2', planes)
-            conv(f'{p}.conv3', planes, planes * 4, 1)
-            bn(f'{p}.bn3', planes * 4)
-            if j == 0:
-                conv(f'{p}.downsample.0', inplanes, planes * 4, 1)
-                bn(f'{p}.downsample.1', planes * 4)
-            inplanes = planes * 4
-    state['fc.weight'] = torch.randn(1000, 2048, generator=gen)
-    state['fc.bias'] = torch.randn(1000, generator=gen)
+    state = resnet50_state(gen, norm)
     return dict(state_dict={f'module.{k}': v for k, v in state.items()}, epoch=100,
                 arch='resnet50', prec1=77.93, prec5=93.96)
 

@@ -2,12 +2,9 @@
 one-hot limits, gradchecks, the toolchain (compile, export, ONNX, autocast, meta) and the
 union-batch statistics of SyncSW in a 2-process gloo run."""
 import math
-import os
 
 import pytest
 import torch
-import torch.distributed as dist
-import torch.multiprocessing as mp
 import torch.nn.functional as F
 from torch import nn
 from torch.testing import assert_close
@@ -15,6 +12,7 @@ from torch.testing import assert_close
 from sn_mm.ops import norm_eval
 from sn_mm.ops.sw_fold import fixed_affine, fold_into_conv, to_grouped_conv
 from sn_mm.ops.switchable_whitening import SwitchableWhitening, SyncSwitchableWhitening
+from tests.dist_util import assert_equals_union_batch, rank_slice_step, run_ranks
 
 NEG = float('-inf')
 BRANCH_NAMES = {1: ['BW'], 2: ['BW', 'IW'], 3: ['BW', 'IW', 'LN'],
@@ -444,6 +442,7 @@ def test_grouped_conv_refuses_sample_dependent_layers():
 
 # ------------------------------------------------------------------ SyncSW
 SYNC_PARAMS = ('weight', 'bias', 'sw_mean_weight', 'sw_var_weight')
+SYNC_BUFFERS = ('running_mean', 'running_cov')
 
 
 def _union(batches, seed=1):
@@ -452,43 +451,16 @@ def _union(batches, seed=1):
     return x, torch.randn(x.shape, generator=gen, dtype=torch.float64)
 
 
-def _sync_worker(rank, world_size, init_file, batches, sw_type, out_dir):
-    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
-                            world_size=world_size)
-    try:
-        layer = make_layer(sw_type, cls=SyncSwitchableWhitening, momentum=0.3)
-        x, grad_out = _union(batches)
-        start = sum(batches[:rank])
-        x_local = x[start:start + batches[rank]].clone().requires_grad_()
-        y = layer(x_local)
-        (y * grad_out[start:start + batches[rank]]).sum().backward()
-        torch.save(dict(y=y.detach(), x_grad=x_local.grad,
-                        grads={n: getattr(layer, n).grad for n in SYNC_PARAMS},
-                        running_mean=layer.running_mean, running_cov=layer.running_cov),
-                   os.path.join(out_dir, f'rank{rank}.pt'))
-    finally:
-        dist.destroy_process_group()
+def _sync_rank(rank, world_size, batches, sw_type):
+    layer = make_layer(sw_type, cls=SyncSwitchableWhitening, momentum=0.3)
+    return rank_slice_step(layer, *_union(batches), batches, rank, SYNC_PARAMS, SYNC_BUFFERS)
 
 
 @pytest.mark.parametrize('batches,sw_type', [((3, 5), 2), ((0, 4), 5), ((4, 0), 3)])
 def test_sync_sw_equals_sw_on_union_batch(tmp_path, batches, sw_type):
-    mp.spawn(_sync_worker, args=(2, str(tmp_path / 'init'), batches, sw_type, str(tmp_path)),
-             nprocs=2, join=True)
-    results = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
-    reference = make_layer(sw_type, momentum=0.3)
-    x, grad_out = _union(batches)
-    x = x.requires_grad_()
-    y = reference(x)
-    (y * grad_out).sum().backward()
-    tol = dict(rtol=1e-10, atol=1e-10)
-    assert_close(torch.cat([r['y'] for r in results]), y.detach(), **tol)
-    assert_close(torch.cat([r['x_grad'] for r in results]), x.grad, **tol)
-    for name in SYNC_PARAMS:
-        summed = sum(r['grads'][name] for r in results)  # what DDP's all-reduce sums
-        assert_close(summed, getattr(reference, name).grad, **tol)
-    for r in results:
-        assert_close(r['running_mean'], reference.running_mean, **tol)
-        assert_close(r['running_cov'], reference.running_cov, **tol)
+    results = run_ranks(_sync_rank, tmp_path, batches, sw_type)
+    assert_equals_union_batch(results, make_layer(sw_type, momentum=0.3), *_union(batches),
+                              SYNC_PARAMS, SYNC_BUFFERS)
 
 
 def test_sync_sw_outside_a_distributed_run_is_sw():

@@ -1,16 +1,16 @@
 """SyncSN: 2 gloo processes against single-process SN on the union batch."""
-import os
 
 import pytest
 import torch
 import torch.distributed as dist
-import torch.multiprocessing as mp
 from torch.testing import assert_close
 
 from sn_mm.ops import SwitchableNorm, SyncSwitchableNorm, convert_sync_sn, revert_sync_sn
+from tests.dist_util import assert_equals_union_batch, rank_slice, run_ranks
 
 C, H, W = 6, 5, 4
 PARAM_NAMES = ('weight', 'bias', 'mean_weight', 'var_weight')
+BUFFER_NAMES = ('running_mean', 'running_var')
 
 
 def _make_layer(cls, in_variance, seed=0, branches=None):
@@ -32,10 +32,7 @@ def _union_data(batches, seed=1):
     return x, grad_out
 
 
-def _worker(rank, world_size, init_file, batches, in_variance, out_dir, compiled=False,
-            branches=None):
-    dist.init_process_group('gloo', init_method=f'file://{init_file}', rank=rank,
-                            world_size=world_size)
+def _rank(rank, world_size, batches, in_variance, compiled=False, branches=None):
     calls = {'all_reduce': 0, 'other': 0}
     real_all_reduce = dist.all_reduce
 
@@ -47,14 +44,14 @@ def _worker(rank, world_size, init_file, batches, in_variance, out_dir, compiled
     try:
         layer = _make_layer(SyncSwitchableNorm, in_variance, branches=branches)
         x, grad_out = _union_data(batches)
-        start = sum(batches[:rank])
-        x_local = x[start:start + batches[rank]].clone().requires_grad_()
+        part = rank_slice(batches, rank)
+        x_local = x[part].clone().requires_grad_()
         # aot_eager: dynamo + AOTAutograd (fake kernels, the op's registered autograd)
         # without inductor's code generation
         run = torch.compile(layer, backend='aot_eager') if compiled else layer
         y = run(x_local)
         forward_calls = calls['all_reduce']
-        (y * grad_out[start:start + batches[rank]]).sum().backward()
+        (y * grad_out[part]).sum().backward()
         backward_calls = calls['all_reduce'] - forward_calls
         # A second forward in eval mode must not communicate at all.
         layer.eval()
@@ -66,15 +63,13 @@ def _worker(rank, world_size, init_file, batches, in_variance, out_dir, compiled
             probe = copy.deepcopy(layer).train()
             explanation = torch._dynamo.explain(probe)(x_local.detach())
             breaks = [str(r.reason) for r in explanation.break_reasons]
-        torch.save(dict(breaks=breaks,
-            y=y.detach(), x_grad=x_local.grad,
-            param_grads={n: getattr(layer, n).grad for n in PARAM_NAMES},
-            running_mean=layer.running_mean, running_var=layer.running_var,
-            forward_calls=forward_calls, backward_calls=backward_calls, eval_calls=eval_calls,
-        ), os.path.join(out_dir, f'rank{rank}.pt'))
+        return dict(breaks=breaks, y=y.detach(), x_grad=x_local.grad,
+                    grads={n: getattr(layer, n).grad for n in PARAM_NAMES},
+                    buffers={n: getattr(layer, n) for n in BUFFER_NAMES},
+                    forward_calls=forward_calls, backward_calls=backward_calls,
+                    eval_calls=eval_calls)
     finally:
         dist.all_reduce = real_all_reduce
-        dist.destroy_process_group()
 
 
 @pytest.mark.parametrize('batches,in_variance,branches', [
@@ -96,26 +91,13 @@ def test_compiled_sync_sn_equals_sn_on_union_batch(tmp_path):
 
 
 def _check_against_union_batch(tmp_path, batches, in_variance, compiled, branches=None):
-    mp.spawn(_worker, args=(2, str(tmp_path / 'init'), batches, in_variance, str(tmp_path),
-                            compiled, branches), nprocs=2, join=True)
-    results = [torch.load(tmp_path / f'rank{r}.pt') for r in range(2)]
-
-    reference = _make_layer(SwitchableNorm, in_variance, branches=branches)
-    x, grad_out = _union_data(batches)
-    x = x.requires_grad_()
-    y = reference(x)
-    (y * grad_out).sum().backward()
-
-    tol = dict(rtol=1e-10, atol=1e-10)
-    assert_close(torch.cat([r['y'] for r in results]), y.detach(), **tol)
-    assert_close(torch.cat([r['x_grad'] for r in results]), x.grad, **tol)
-    for name in PARAM_NAMES:
-        summed = sum(r['param_grads'][name] for r in results)  # what DDP's all-reduce sums
-        assert_close(summed, getattr(reference, name).grad, **tol,
-                     msg=lambda m: f'grad of {name}: {m}')
+    ranks = run_ranks(_rank, tmp_path, batches, in_variance, compiled, branches,
+                      timeout_s=300 if compiled else 60, deadline_s=600 if compiled else 120)
+    assert all(r['ok'] for r in ranks), ranks
+    results = [r['value'] for r in ranks]
+    assert_equals_union_batch(results, _make_layer(SwitchableNorm, in_variance, branches=branches),
+                              *_union_data(batches), PARAM_NAMES, BUFFER_NAMES)
     for r in results:
-        assert_close(r['running_mean'], reference.running_mean, **tol)
-        assert_close(r['running_var'], reference.running_var, **tol)
         # Exactly one collective per layer in forward and one in backward, none in eval.
         assert (r['forward_calls'], r['backward_calls'], r['eval_calls']) == (1, 1, 0)
     return results

@@ -111,10 +111,10 @@ def make_runner(work_dir, max_iters=6, load_from=None, resume=False, custom_hook
 
 
 class StageData(Dataset):
-    """16 seeded samples ``dict(inputs=(3, 6, 6), labels=int)``."""
+    """``length`` (16) samples ``dict(inputs=(3, 6, 6), labels=int)`` drawn from ``seed``."""
 
-    def __init__(self, length=16):
-        gen = torch.Generator().manual_seed(0)
+    def __init__(self, length=16, seed=0):
+        gen = torch.Generator().manual_seed(seed)
         self.x = torch.randn(length, 3, 6, 6, generator=gen) * 2 + 1
         self.y = torch.randint(0, 2, (length,), generator=gen)
 

@@ -25,11 +25,9 @@ os.environ.setdefault('OMP_WAIT_POLICY', 'PASSIVE')  # see tools/demo.py
 
 import argparse  # noqa: E402
 import os.path as osp  # noqa: E402
-import sys  # noqa: E402
 
-from sn_mm.apis import compare  # noqa: E402
+from sn_mm.apis import compare, compare_cli  # noqa: E402
 from sn_mm.apis.det_demo import HEADLINE, run_det_demo  # noqa: E402
-from sn_mm.apis.expected import update_expected  # noqa: E402
 from sn_mm.apis.norm_tables import det_rows  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -39,39 +37,19 @@ DEFAULT_ROWS = ['sn', 'gn', 'bn', 'ssn', 'sn@lr1', 'sn@lr10']
 
 def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n\n')[0])
-    p.add_argument('--rows', '--norms', nargs='+', default=DEFAULT_ROWS,
-                   help=f'rows to run, in order (default: {" ".join(DEFAULT_ROWS)})')
-    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-    p.add_argument('--iters', type=int, help="training iterations (default: the configs')")
-    p.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
-    p.add_argument('--data-root', default='data/coco_demo')
+    compare_cli.add_common_arguments(p, DEFAULT_ROWS, 'data/coco_demo',
+                                     'work_dirs/compare_norms_det')
     p.add_argument('--num-train', type=int, help='demo images to generate (default: 400)')
     p.add_argument('--num-val', type=int, help='default: 80')
-    p.add_argument('--work-dir', default='work_dirs/compare_norms_det')
-    p.add_argument('--report-only', action='store_true',
-                   help='train nothing: table and files from the runs finished so far')
-    p.add_argument('--write-expected', metavar='JSON',
-                   help='record the demo rows\' mean ± std here (docs/demo_expected.json)')
-    args = p.parse_args(argv)
-    for name in ('iters', 'threads', 'num_train', 'num_val'):
-        value = getattr(args, name)
-        if value is not None and value < 1:
-            p.error(f'--{name.replace("_", "-")} must be >= 1, got {value}')
-    try:
-        args.row_list = det_rows(args.rows, CONFIG_DIR)
-        compare.check_rows(args.row_list, args.seeds)
-    except ValueError as err:
-        p.error(str(err))
-    return args
+    return compare_cli.parse_rows(p, argv, lambda a: det_rows(a.rows, CONFIG_DIR),
+                                  counts=('iters', 'threads', 'num_train', 'num_val'))
 
 
 def main(argv=None):
     args = parse_args(argv)
     import torch
     torch.set_num_threads(args.threads)
-    meta = compare.machine_meta(args.threads)
-    meta.update(commit=compare.source_commit(REPO), seeds=args.seeds,
-                command='python tools/compare_norms_det.py ' + ' '.join(sys.argv[1:] if argv is None else argv))
+    meta = compare_cli.run_meta(args, REPO, 'tools/compare_norms_det.py', argv)
 
     def run_one(row, seed, work_dir):
         result = run_det_demo(row.config, work_dir, args.data_root, args.num_train,
@@ -96,28 +74,7 @@ def main(argv=None):
         f'Mask R-CNN, half-width ResNet-18 FPN from scratch, synthetic COCO-format shapes, '
         f'{any_run["iterations"]} iterations x {any_run["images_per_iteration"]} images, '
         f'mAP x100 on the val split (mmdet CocoMetric).'))
-    leanings = compare.leanings_text(summary)
-    if leanings:
-        meta['note'] += ('\n\nLearned shares (backbone; neck + heads), averaged over layers and '
-                         'over mean and variance shares; a part "leans" to a branch only when '
-                         'every seed agrees:\n' + '\n'.join(leanings))
-    paths = compare.write_outputs(args.work_dir, args.row_list, args.seeds, results, summary,
-                                  HEADLINE, table, meta)
-    if args.write_expected:
-        update_expected(args.write_expected,
-                        compare.expected_entries(args.row_list, summary, meta))
-    figure = compare.shares_figure(args.row_list, args.seeds, results,
-                                   osp.join(args.work_dir, 'shares_over_seeds.png'),
-                                   'learned SN shares per layer, over seeds')
-    print('\n' + table + '\n' + meta['note'] + '\n')
-    for e in summary:
-        if e['undecided_layers']:
-            print(f'[compare] {e["name"]}: {len(e["undecided_layers"])} of {e["sn_layers"]} SN '
-                  f'layers within {compare.UNDECIDED_TOL} of 1/3 on every seed: '
-                  + ', '.join(e['undecided_layers']))
-    if figure:
-        print(f'[compare] figure: {figure}')
-    print(f'[compare] table: {paths["table"]}, data: {paths["json"]}, {paths["csv"]}')
+    compare_cli.write_report(args, args.work_dir, results, summary, HEADLINE, table, meta)
     return summary
 
 

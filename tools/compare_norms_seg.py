@@ -23,11 +23,9 @@ mean ± std for ``tools/demo_seg.py``.
 """
 import argparse
 import os.path as osp
-import sys
 
-from sn_mm.apis import compare
+from sn_mm.apis import compare, compare_cli
 from sn_mm.apis.demo_run import run_demo
-from sn_mm.apis.expected import update_expected
 from sn_mm.apis.norm_tables import seg_rows
 from sn_mm.apis.seg_demo import HEADLINE, LAYOUTS, MODELS, data_options
 
@@ -40,27 +38,10 @@ def parse_args(argv=None):
     p = argparse.ArgumentParser(description=__doc__.split('\n')[0])
     p.add_argument('--model', choices=MODELS, default='deeplabv3')
     p.add_argument('--layouts', nargs='+', choices=LAYOUTS, default=list(LAYOUTS))
-    p.add_argument('--rows', '--norms', nargs='+', default=DEFAULT_ROWS,
-                   help=f'rows to run, in order (default: {" ".join(DEFAULT_ROWS)})')
-    p.add_argument('--seeds', nargs='+', type=int, default=[0, 1, 2])
-    p.add_argument('--iters', type=int, default=None, help="default: the configs'")
-    p.add_argument('--threads', type=int, default=1, help='torch threads (default 1)')
-    p.add_argument('--data-root', default='data/seg_demo')
-    p.add_argument('--work-dir', default='work_dirs/compare_norms_seg')
-    p.add_argument('--report-only', action='store_true',
-                   help='train nothing: table and files from the runs finished so far')
-    p.add_argument('--write-expected', metavar='JSON',
-                   help='record the demo rows\' mean ± std here (docs/demo_expected.json)')
-    args = p.parse_args(argv)
-    for name in ('iters', 'threads'):
-        if getattr(args, name) is not None and getattr(args, name) < 1:
-            p.error(f'--{name} must be >= 1, got {getattr(args, name)}')
-    try:
-        args.row_list = seg_rows(args.model, args.rows, args.layouts, CONFIG_DIR)
-        compare.check_rows(args.row_list, args.seeds)
-    except ValueError as err:
-        p.error(str(err))
-    return args
+    compare_cli.add_common_arguments(p, DEFAULT_ROWS, 'data/seg_demo',
+                                     'work_dirs/compare_norms_seg')
+    return compare_cli.parse_rows(
+        p, argv, lambda a: seg_rows(a.model, a.rows, a.layouts, CONFIG_DIR))
 
 
 def main(argv=None):
@@ -71,10 +52,7 @@ def main(argv=None):
     torch.set_num_threads(args.threads)
     for layout in ([] if args.report_only else args.layouts):
         ensure_seg_demo(osp.join(args.data_root, layout), layout, progress=print)
-    meta = compare.machine_meta(args.threads)
-    meta.update(commit=compare.source_commit(REPO), seeds=args.seeds,
-                command='python tools/compare_norms_seg.py '
-                + ' '.join(sys.argv[1:] if argv is None else argv))
+    meta = compare_cli.run_meta(args, REPO, 'tools/compare_norms_seg.py', argv)
 
     def run_one(row, seed, work_dir):
         layout = row.name.split('/')[0]
@@ -100,28 +78,7 @@ def main(argv=None):
         f'{title} R18-D8 (half width, from scratch), {any_run["iterations"]} iterations x '
         f'{any_run["images_per_iteration"]} crops of 128x128, mIoU on the 20 val images '
         '(mmseg IoUMetric, single scale).'))
-    leanings = compare.leanings_text(summary)
-    if leanings:
-        meta['note'] += ('\n\nLearned shares (backbone; neck + heads), averaged over layers and '
-                         'over mean and variance shares; a part "leans" to a branch only when '
-                         'every seed agrees:\n' + '\n'.join(leanings))
-    paths = compare.write_outputs(work_root, args.row_list, args.seeds, results, summary,
-                                  HEADLINE, table, meta)
-    if args.write_expected:
-        update_expected(args.write_expected,
-                        compare.expected_entries(args.row_list, summary, meta))
-    figure = compare.shares_figure(args.row_list, args.seeds, results,
-                                   osp.join(work_root, 'shares_over_seeds.png'),
-                                   'learned SN shares per layer, over seeds')
-    print('\n' + table + '\n' + meta['note'] + '\n')
-    for e in summary:
-        if e['undecided_layers']:
-            print(f'[compare] {e["name"]}: {len(e["undecided_layers"])} of {e["sn_layers"]} SN '
-                  f'layers within {compare.UNDECIDED_TOL} of 1/3 on every seed: '
-                  + ', '.join(e['undecided_layers']))
-    if figure:
-        print(f'[compare] figure: {figure}')
-    print(f'[compare] table: {paths["table"]}, data: {paths["json"]}, {paths["csv"]}')
+    compare_cli.write_report(args, work_root, results, summary, HEADLINE, table, meta)
     return summary
 
 

@@ -304,7 +304,10 @@ class _FusedExemplarNorm(torch.autograd.Function):
                                   for d, dt in zip(param_grads, ctx.param_dtypes))
 
 
-class ExemplarNorm(nn.Module):
+from .layer_base import BNRunningStats, SyncLayer  # noqa: E402 (the shared layer parts)
+
+
+class ExemplarNorm(BNRunningStats):
     """Exemplar Normalization over ``(N, C, *spatial)`` inputs (see the module docstring).
 
     Args:
@@ -323,6 +326,7 @@ class ExemplarNorm(nn.Module):
     """
 
     _abbr_ = 'en'
+    _ARG_NAMES = BNRunningStats._ARG_NAMES + ', mixture, reduction'
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  using_moving_average: bool = True, using_bn: bool = True,
@@ -330,34 +334,11 @@ class ExemplarNorm(nn.Module):
                  mixture: str = 'outputs', reduction: int = 16, device=None, dtype=None,
                  **unknown):
         super().__init__()
-        if unknown:
-            raise TypeError(
-                f'{type(self).__name__} got unknown argument(s) {sorted(unknown)}; expected '
-                'num_features, eps, momentum, using_moving_average, using_bn, last_gamma, '
-                f'in_variance, mixture, reduction{self._extra_arg_names()}, device, dtype')
-        if not isinstance(num_features, int) or isinstance(num_features, bool) or num_features < 1:
-            raise ValueError(f'num_features must be a positive int, got {num_features!r}')
-        if not (isinstance(eps, (int, float)) and eps > 0):
-            raise ValueError(f'eps must be a positive number, got {eps!r}')
-        if not (isinstance(momentum, (int, float)) and 0.0 <= momentum <= 1.0):
-            raise ValueError(
-                f'momentum must be in [0, 1] (torch convention: new = (1-m)*old + m*batch), '
-                f'got {momentum!r}; the official decay d corresponds to momentum = 1 - d')
-        if in_variance not in IN_VARIANCE_MODES:
-            raise ValueError(f'in_variance must be one of {IN_VARIANCE_MODES}, got {in_variance!r}')
-        if mixture not in MIXTURES:
-            raise ValueError(f'mixture must be one of {MIXTURES}, got {mixture!r}')
-        if not isinstance(reduction, int) or isinstance(reduction, bool) or reduction < 1:
-            raise ValueError(f'reduction must be a positive int, got {reduction!r}')
-        self.num_features = num_features
-        self.eps = float(eps)
-        self.momentum = float(momentum)
-        self.using_moving_average = bool(using_moving_average)
-        self.using_bn = bool(using_bn)
-        self.last_gamma = bool(last_gamma)
-        self.in_variance = in_variance
-        self.mixture = mixture
-        self.reduction = reduction
+        self._reject_unknown(unknown)
+        self._init_options(num_features, eps, momentum, using_moving_average, using_bn,
+                           last_gamma, in_variance)
+        self.mixture = options.check_choice(self, 'mixture', mixture, MIXTURES)
+        self.reduction = options.check_positive_int(self, 'reduction', reduction)
         self.branches = ('IN', 'LN', 'BN') if self.using_bn else ('IN', 'LN')
         k = len(self.branches)
         self._span = min(reduction, num_features)
@@ -369,30 +350,14 @@ class ExemplarNorm(nn.Module):
         self.reduce_weight = nn.Parameter(torch.empty(k, 1, self._span, **factory))
         self.ratio_weight = nn.Parameter(torch.empty(heads * k, k * k, **factory))
         self.ratio_bias = nn.Parameter(torch.empty(heads * k, **factory))
-        if self.using_bn:
-            self.register_buffer('running_mean', torch.zeros(num_features, **factory))
-            self.register_buffer('running_var', torch.ones(num_features, **factory))
-        else:
-            self.register_buffer('running_mean', None)
-            self.register_buffer('running_var', None)
+        self._register_running_stats(factory)
         self.reset_parameters()
         norm_eval.bind_owner(self)
 
-    @staticmethod
-    def _extra_arg_names() -> str:
-        return ''
-
     # ------------------------------------------------------------------ setup
-    def reset_running_stats(self) -> None:
-        if self.using_bn:
-            self.running_mean.zero_()
-            self.running_var.fill_(1.0)
-
     def reset_parameters(self) -> None:
-        self.reset_running_stats()
+        self._reset_affine()
         with torch.no_grad():
-            self.weight.fill_(0.0 if self.last_gamma else 1.0)
-            self.bias.zero_()
             self.reduce_weight.fill_(1.0 / self._span)
             self.ratio_weight.zero_()
             self.ratio_bias.zero_()
@@ -402,43 +367,18 @@ class ExemplarNorm(nn.Module):
         return (self.reduce_weight, self.ratio_weight, self.ratio_bias)
 
     def extra_repr(self) -> str:
-        return (f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, '
-                f'using_moving_average={self.using_moving_average}, '
-                f'using_bn={self.using_bn}, last_gamma={self.last_gamma}, '
-                f'in_variance={self.in_variance!r}, mixture={self.mixture!r}, '
-                f'reduction={self.reduction}')
+        return f'{self._options_repr()}, mixture={self.mixture!r}, reduction={self.reduction}'
 
     def config(self) -> dict:
         """Constructor arguments (except ``num_features``) that rebuild this layer."""
-        return dict(eps=self.eps, momentum=self.momentum,
-                    using_moving_average=self.using_moving_average, using_bn=self.using_bn,
-                    last_gamma=self.last_gamma, in_variance=self.in_variance,
-                    mixture=self.mixture, reduction=self.reduction)
+        return dict(self._options(), mixture=self.mixture, reduction=self.reduction)
 
-    def train(self, mode: bool = True):
-        """``nn.Module.train``, except inside a ``norm_eval=True`` owner (stays in eval)."""
-        return super().train(norm_eval.train_mode(self, mode))
-
-    def _apply(self, fn, recurse=True):
-        norm_eval.resolve_pending_freeze(self)
-        return super()._apply(fn, recurse)
-
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
-                              missing_keys, unexpected_keys, error_msgs):
+    def _adapt_state_dict(self, state_dict, prefix, local_metadata) -> None:
         # An SN checkpoint initialises EN's weight/bias/running statistics: the official SN
         # layout stores them as (1, C, 1, 1) / (1, C, 1); EN (like SN) keeps (C,).
-        for name in ('weight', 'bias', 'running_mean', 'running_var'):
-            value = state_dict.get(prefix + name)
-            if (isinstance(value, torch.Tensor) and value.dim() != 1
-                    and value.numel() == self.num_features):
-                state_dict[prefix + name] = value.reshape(self.num_features)
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                      missing_keys, unexpected_keys, error_msgs)
+        self._reshape_official_layout(state_dict, prefix)
 
     # ---------------------------------------------------------------- forward
-    def _check_input(self, x: Tensor) -> None:
-        options.check_input(self, x)
-
     def ratios(self, moments: BranchMoments) -> Tuple[Tensor, Tensor]:
         """Per-sample ``(mean, variance)`` weights ``(N, K)`` from the branch moments.
 
@@ -476,11 +416,7 @@ class ExemplarNorm(nn.Module):
 
     def forward(self, x: Tensor) -> Tensor:
         self._check_input(x)
-        device_type = x.device.type
-        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-            with torch.autocast(device_type, enabled=False):  # float32 statistics
-                return self._forward(x)
-        return self._forward(x)
+        return self._without_autocast(x, self._forward, x)  # float32 statistics
 
     def _forward(self, x: Tensor) -> Tensor:
         if use_fused_path(x):
@@ -516,26 +452,22 @@ class ExemplarNorm(nn.Module):
             return None
         if not self.training or x.shape[0] == 0:
             return self.running_mean, self.running_var
-        length = math.prod(x.shape[2:])
-        if x.shape[0] * length <= 1:
-            raise ValueError(
-                f'Expected more than 1 value per channel when training the BN branch of '
-                f'{type(self).__name__}, got input size {tuple(x.shape)}')
+        self._check_batch_values(x, 'BN')
         mu, v = _pooled(mean_in, u, 0)
         mu, v = mu[0], v[0]
-        self._track(mu, v, x.shape[0] * length)
+        self._track(mu, v, x.shape[0] * math.prod(x.shape[2:]))
         return mu, v
 
     def _track(self, mu: Tensor, v: Tensor, num_values) -> None:
         if not self.using_moving_average:
             return
         with torch.no_grad():
-            var = v * (num_values / (num_values - 1)) if self.in_variance == 'biased' else v
+            var = self._running_variance(v, num_values)
             self.running_mean.lerp_(mu.detach().to(self.running_mean.dtype), self.momentum)
             self.running_var.lerp_(var.detach().to(self.running_var.dtype), self.momentum)
 
 
-class SyncExemplarNorm(ExemplarNorm):
+class SyncExemplarNorm(SyncLayer, ExemplarNorm):
     """ExemplarNorm whose BN-branch moments are those of the union batch of all ranks.
 
     In training inside an initialized ``torch.distributed`` run with more than one process
@@ -547,22 +479,10 @@ class SyncExemplarNorm(ExemplarNorm):
     A rank with an empty batch still joins the collectives; its output must take part in
     its loss (e.g. ``0 * y.sum()``), as for torch's SyncBatchNorm. In eval mode or outside
     a distributed run it is exactly :class:`ExemplarNorm`.
+
+    Arguments: those of :class:`ExemplarNorm`, plus the keyword ``process_group``
+    (:class:`~sn_mm.ops.layer_base.SyncLayer`).
     """
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
-                 using_moving_average: bool = True, using_bn: bool = True,
-                 last_gamma: bool = False, in_variance: str = 'unbiased',
-                 mixture: str = 'outputs', reduction: int = 16, process_group=None,
-                 device=None, dtype=None, **unknown):
-        super().__init__(num_features, eps=eps, momentum=momentum,
-                         using_moving_average=using_moving_average, using_bn=using_bn,
-                         last_gamma=last_gamma, in_variance=in_variance, mixture=mixture,
-                         reduction=reduction, device=device, dtype=dtype, **unknown)
-        self.process_group = process_group
-
-    @staticmethod
-    def _extra_arg_names() -> str:
-        return ', process_group'
 
     def _bn_moments(self, x, mean_in, u):
         if (not self.using_bn or not self.training

@@ -46,25 +46,24 @@ variances), and gets Bessel's correction over the ``N * L`` values in ``'biased'
 mode, exactly as ``torch.nn.BatchNorm2d``. Running statistics start at mean 0,
 variance 1 (torch's convention; the official code starts both at 0).
 """
-import math
 from typing import Optional, Sequence, Tuple
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import norm_eval, options
+from . import norm_eval
 from .batch_average import BatchAverage
+from .layer_base import IN_VARIANCE_MODES, BNRunningStats, SyncLayer  # noqa: F401 (re-export)
 from . import pool as pool_table
 from .distributed import check_sync_layer, group_handle, sync_signature, sync_world_size
 from .functional import BN_BATCH, BN_NONE, BN_RUNNING, BN_SYNC, switchable_norm
 
 #: The default pool (:data:`sn_mm.ops.pool.DEFAULT_POOL`), the official logits' order.
 BRANCHES = pool_table.DEFAULT_POOL
-IN_VARIANCE_MODES = ('unbiased', 'biased')
 
 
-class SwitchableNorm(nn.Module):
+class SwitchableNorm(BNRunningStats):
     """Switchable Normalization over ``(N, C, *spatial)`` inputs (1D, 2D or 3D).
 
     Args:
@@ -91,6 +90,7 @@ class SwitchableNorm(nn.Module):
 
     _abbr_ = 'sn'
     _version = 2
+    _ARG_NAMES = BNRunningStats._ARG_NAMES + ', branches, num_groups'
 
     def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
                  using_moving_average: bool = True, using_bn: bool = True,
@@ -98,22 +98,9 @@ class SwitchableNorm(nn.Module):
                  branches: Optional[Sequence[str]] = None, num_groups: Optional[int] = None,
                  device=None, dtype=None, **unknown):
         super().__init__()
-        if unknown:
-            raise TypeError(
-                f'{type(self).__name__} got unknown argument(s) {sorted(unknown)}; expected '
-                'num_features, eps, momentum, using_moving_average, using_bn, last_gamma, '
-                f'in_variance, branches, num_groups{self._extra_arg_names()}, device, dtype')
-        self.num_features = options.check_positive_int(self, 'num_features', num_features)
-        self.eps = options.check_number(self, 'eps', eps, low=0, low_closed=False)
-        self.momentum = options.check_number(
-            self, 'momentum', momentum, low=0, high=1, hint='torch convention: new = (1-m)*old '
-            '+ m*batch; the official decay d corresponds to momentum = 1 - d')
-        self.using_moving_average = options.check_bool(self, 'using_moving_average',
-                                                       using_moving_average)
-        self.using_bn = options.check_bool(self, 'using_bn', using_bn)
-        self.last_gamma = options.check_bool(self, 'last_gamma', last_gamma)
-        options.check_choice(self, 'in_variance', in_variance, IN_VARIANCE_MODES)
-        self.in_variance = in_variance
+        self._reject_unknown(unknown)
+        self._init_options(num_features, eps, momentum, using_moving_average, using_bn,
+                           last_gamma, in_variance)
         owner = type(self).__name__
         #: the normalizers mixed, in logit order (names of :mod:`sn_mm.ops.pool`)
         self.pool = pool_table.resolve_pool(branches, self.using_bn, owner)
@@ -125,64 +112,31 @@ class SwitchableNorm(nn.Module):
         num_branches = len(self.pool)
         self.mean_weight = nn.Parameter(torch.empty(num_branches, **factory))
         self.var_weight = nn.Parameter(torch.empty(num_branches, **factory))
-        if self.using_bn:
-            self.register_buffer('running_mean', torch.zeros(num_features, **factory))
-            self.register_buffer('running_var', torch.ones(num_features, **factory))
-        else:
-            self.register_buffer('running_mean', None)
-            self.register_buffer('running_var', None)
+        self._register_running_stats(factory)
         self._batch_average: Optional[BatchAverage] = None
         # Subclasses that map the logits otherwise (sparse SN) override mixture_weights()
         self._softmax_in_op = type(self).mixture_weights is SwitchableNorm.mixture_weights
         self.reset_parameters()
         norm_eval.bind_owner(self)
 
-    @staticmethod
-    def _extra_arg_names() -> str:
-        return ''
-
     # ------------------------------------------------------------------ setup
-    def reset_running_stats(self) -> None:
-        if self.using_bn:
-            self.running_mean.zero_()
-            self.running_var.fill_(1.0)
-
     def reset_parameters(self) -> None:
-        self.reset_running_stats()
+        self._reset_affine()
         with torch.no_grad():
-            self.weight.fill_(0.0 if self.last_gamma else 1.0)
-            self.bias.zero_()
             self.mean_weight.fill_(1.0)
             self.var_weight.fill_(1.0)
 
     def extra_repr(self) -> str:
         pool = '' if self.pool in pool_table.OFFICIAL_POOLS else \
             f', branches={self.pool!r}, num_groups={self.num_groups}'
-        return (f'{self.num_features}, eps={self.eps}, momentum={self.momentum}, '
-                f'using_moving_average={self.using_moving_average}, '
-                f'using_bn={self.using_bn}, last_gamma={self.last_gamma}, '
-                f'in_variance={self.in_variance!r}{pool}')
+        return f'{self._options_repr()}{pool}'
 
     def config(self) -> dict:
         """Constructor arguments (except ``num_features``) that rebuild this layer."""
-        cfg = dict(eps=self.eps, momentum=self.momentum,
-                   using_moving_average=self.using_moving_average, using_bn=self.using_bn,
-                   last_gamma=self.last_gamma, in_variance=self.in_variance)
+        cfg = self._options()
         if self.pool not in pool_table.OFFICIAL_POOLS:
             cfg.update(branches=self.pool, num_groups=self.num_groups)
         return cfg
-
-    def train(self, mode: bool = True):
-        """``nn.Module.train``, except that inside a ``norm_eval=True`` owner SN stays in eval.
-
-        See :mod:`sn_mm.ops.norm_eval` (OpenMMLab backbones' ``norm_eval`` convention).
-        """
-        return super().train(norm_eval.train_mode(self, mode))
-
-    def _apply(self, fn, recurse=True):
-        # .to()/.cuda()/.float() precede DDP in every recipe: apply a pending norm_eval freeze
-        norm_eval.resolve_pending_freeze(self)
-        return super()._apply(fn, recurse)
 
     # ------------------------------------------------------------- inspection
     def mixture_weights(self) -> Tuple[torch.Tensor, torch.Tensor]:
@@ -200,9 +154,6 @@ class SwitchableNorm(nn.Module):
         return mean_w.detach(), var_w.detach()
 
     # ---------------------------------------------------------------- forward
-    def _check_input(self, x: torch.Tensor) -> None:
-        options.check_input(self, x)
-
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         if self._softmax_in_op:  # SN's own map: the op applies the softmaxes itself
@@ -210,13 +161,9 @@ class SwitchableNorm(nn.Module):
         else:
             mean_w, var_w = self.mixture_weights()
         bn_mode, group = self._bn_mode(x)
-        device_type = x.device.type
-        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-            # statistics in float32 whatever autocast's dtype; the output keeps x's dtype
-            with torch.autocast(device_type, enabled=False):
-                y, bn_mean, bn_var, count = self._normalize(x, mean_w, var_w, bn_mode, group)
-        else:
-            y, bn_mean, bn_var, count = self._normalize(x, mean_w, var_w, bn_mode, group)
+        # statistics in float32 whatever autocast's dtype; the output keeps x's dtype
+        y, bn_mean, bn_var, count = self._without_autocast(
+            x, self._normalize, x, mean_w, var_w, bn_mode, group)
         if bn_mode in (BN_BATCH, BN_SYNC):
             self._track(bn_mean, bn_var, count)
         return y
@@ -237,10 +184,7 @@ class SwitchableNorm(nn.Module):
             return BN_NONE, 0
         if not self.training or x.shape[0] == 0:
             return BN_RUNNING, 0
-        if x.shape[0] * math.prod(x.shape[2:]) <= 1:
-            raise ValueError(
-                f'Expected more than 1 value per channel when training the BN branch of '
-                f'{type(self).__name__}, got input size {tuple(x.shape)}')
+        self._check_batch_values(x, 'BN')
         return BN_BATCH, 0
 
     def _track(self, mean_bn: torch.Tensor, var_bn: torch.Tensor, count: torch.Tensor) -> None:
@@ -261,12 +205,6 @@ class SwitchableNorm(nn.Module):
                 var = var.to(running_var.dtype)
             running_mean.lerp_(mean_bn, self.momentum)
             running_var.lerp_(var, self.momentum)
-
-    def _running_variance(self, var_bn: torch.Tensor, num_values) -> torch.Tensor:
-        """The value ``running_var`` tracks for a BN-branch variance over ``num_values`` (> 1)."""
-        if self.in_variance == 'biased':
-            return var_bn * (num_values / (num_values - 1))
-        return var_bn
 
     # ------------------------------------------------------- batch average
     def start_batch_average(self) -> None:
@@ -301,17 +239,12 @@ class SwitchableNorm(nn.Module):
         return self._batch_average
 
     # ------------------------------------------------------------ checkpoints
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
-                              missing_keys, unexpected_keys, error_msgs):
+    def _adapt_state_dict(self, state_dict, prefix, local_metadata) -> None:
         version = local_metadata.get('version', None)
-        if version is None or version < 2:
-            # Official SN layout: weight/bias (1, C, 1, 1), running stats (1, C, 1).
-            for name in ('weight', 'bias', 'running_mean', 'running_var'):
-                key = prefix + name
-                value = state_dict.get(key)
-                if (isinstance(value, torch.Tensor) and value.dim() != 1
-                        and value.numel() == self.num_features):
-                    state_dict[key] = value.reshape(self.num_features)
+        if version is None or version < 2:  # the official SN layout
+            self._reshape_official_layout(state_dict, prefix)
+
+    def _state_dict_mismatch(self, state_dict, prefix) -> Optional[str]:
         logits = state_dict.get(prefix + 'mean_weight')
         expected = self.mean_weight.numel()
         if isinstance(logits, torch.Tensor) and logits.numel() != expected:
@@ -324,16 +257,13 @@ class SwitchableNorm(nn.Module):
             else:
                 hint = 'build it with the branches the checkpoint was trained with'
                 names = 'its branches'
-            error_msgs.append(
-                f'{prefix}mean_weight has {count} importance logits ({names}) but this '
-                f'layer was built with branches={list(self.pool)}, using_bn={self.using_bn} '
-                f'({expected} logits); {hint}')
-            return
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                      missing_keys, unexpected_keys, error_msgs)
+            return (f'{prefix}mean_weight has {count} importance logits ({names}) but this '
+                    f'layer was built with branches={list(self.pool)}, using_bn={self.using_bn} '
+                    f'({expected} logits); {hint}')
+        return None
 
 
-class SyncSwitchableNorm(SwitchableNorm):
+class SyncSwitchableNorm(SyncLayer, SwitchableNorm):
     """SwitchableNorm whose BN-branch moments are synchronized across processes.
 
     Definition of "sync": in training, inside an initialized ``torch.distributed``
@@ -354,22 +284,10 @@ class SyncSwitchableNorm(SwitchableNorm):
     In eval mode or outside a distributed run it is exactly :class:`SwitchableNorm`.
     Deliberately not a subclass of torch's ``_BatchNorm``: mmengine would silently
     replace it by ``SyncBatchNorm``/``BatchNorm``.
+
+    Arguments: those of :class:`SwitchableNorm`, plus the keyword ``process_group``
+    (:class:`~sn_mm.ops.layer_base.SyncLayer`).
     """
-
-    def __init__(self, num_features: int, eps: float = 1e-5, momentum: float = 0.1,
-                 using_moving_average: bool = True, using_bn: bool = True,
-                 last_gamma: bool = False, in_variance: str = 'unbiased',
-                 branches: Optional[Sequence[str]] = None, num_groups: Optional[int] = None,
-                 process_group=None, device=None, dtype=None, **unknown):
-        super().__init__(num_features, eps=eps, momentum=momentum,
-                         using_moving_average=using_moving_average, using_bn=using_bn,
-                         last_gamma=last_gamma, in_variance=in_variance, branches=branches,
-                         num_groups=num_groups, device=device, dtype=dtype, **unknown)
-        self.process_group = process_group
-
-    @staticmethod
-    def _extra_arg_names() -> str:
-        return ', process_group'
 
     def _bn_mode(self, x: torch.Tensor) -> Tuple[int, int]:
         world = sync_world_size(self.process_group)

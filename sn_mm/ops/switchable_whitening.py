@@ -76,8 +76,9 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import norm_eval, options
+from . import norm_eval
 from .distributed import sync_world_size
+from .layer_base import NormLayer, SyncLayer
 from .sw_functional import (affine_groups, instance_moments, mix_statistics,
                             newton_inverse_sqrt, pooled_moments, union_moments)
 
@@ -99,7 +100,7 @@ def _check_int(name: str, value, minimum: int) -> int:
     return value
 
 
-class SwitchableWhitening(nn.Module):
+class SwitchableWhitening(NormLayer):
     """Switchable Whitening over ``(N, C, *spatial)`` inputs (the authors' ``SwitchWhiten2d``).
 
     Args:
@@ -117,17 +118,15 @@ class SwitchableWhitening(nn.Module):
     """
 
     _abbr_ = 'sw'
+    _ARG_NAMES = ('num_features, num_pergroup, sw_type, T, tie_weight, eps, momentum, affine, '
+                  'decay, sw5_cov')
 
     def __init__(self, num_features: int, num_pergroup: int = 16, sw_type: int = 2, T: int = 5,
                  tie_weight: bool = False, eps: float = 1e-5, momentum: Optional[float] = None,
                  affine: bool = True, decay: Optional[float] = None, sw5_cov: str = 'paper',
                  device=None, dtype=None, **unknown):
         super().__init__()
-        if unknown:
-            raise TypeError(
-                f'{type(self).__name__} got unknown argument(s) {sorted(unknown)}; expected '
-                'num_features, num_pergroup, sw_type, T, tie_weight, eps, momentum, affine, '
-                f'decay, sw5_cov{self._extra_arg_names()}, device, dtype')
+        self._reject_unknown(unknown)
         _check_int('num_features', num_features, 1)
         _check_int('num_pergroup', num_pergroup, 1)
         if num_features % num_pergroup:
@@ -191,10 +190,6 @@ class SwitchableWhitening(nn.Module):
         self.reset_parameters()
         norm_eval.bind_owner(self)
 
-    @staticmethod
-    def _extra_arg_names() -> str:
-        return ''
-
     # ------------------------------------------------------------------ setup
     def reset_running_stats(self) -> None:
         with torch.no_grad():
@@ -234,14 +229,6 @@ class SwitchableWhitening(nn.Module):
     def var_weight(self) -> nn.Parameter:
         return self.sw_mean_weight if self.sw_var_weight is None else self.sw_var_weight
 
-    def train(self, mode: bool = True):
-        """``nn.Module.train``, except that inside a ``norm_eval=True`` owner SW stays in eval."""
-        return super().train(norm_eval.train_mode(self, mode))
-
-    def _apply(self, fn, recurse=True):
-        norm_eval.resolve_pending_freeze(self)
-        return super()._apply(fn, recurse)
-
     # ------------------------------------------------------------- inspection
     @property
     def branches(self) -> Tuple[str, ...]:
@@ -272,28 +259,18 @@ class SwitchableWhitening(nn.Module):
                    for k, name in enumerate(self.branches) if name not in BATCH_BRANCHES)
 
     # ---------------------------------------------------------------- forward
-    def _check_input(self, x: torch.Tensor) -> None:
-        options.check_input(self, x)
-
     def _use_batch(self, x: torch.Tensor) -> bool:
         """Batch statistics (and a running update) in training with a non-empty batch."""
         if not self.training or x.shape[0] == 0:
             return False
-        if x.shape[0] * math.prod(x.shape[2:]) <= 1:
-            raise ValueError(
-                f'Expected more than 1 value per channel when training the BW branch of '
-                f'{type(self).__name__}, got input size {tuple(x.shape)}')
+        self._check_batch_values(x, 'BW')
         return True
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         self._check_input(x)
         # at least float32 inside: half-precision Newton iterations would not converge
         dtype = torch.promote_types(x.dtype, torch.float32)
-        device_type = x.device.type
-        if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
-            with torch.autocast(device_type, enabled=False):
-                return self._forward(x, dtype).to(x.dtype)
-        return self._forward(x, dtype).to(x.dtype)
+        return self._without_autocast(x, self._forward, x, dtype).to(x.dtype)
 
     def _batch_moments(self, mean_in, cov_in, num_positions):
         """``(mean, cov, count)`` of this forward's batch (count: positions, or ``None``)."""
@@ -343,27 +320,21 @@ class SwitchableWhitening(nn.Module):
             self.running_cov.lerp_(cov_bn.detach().to(self.running_cov.dtype), self.momentum)
 
     # ------------------------------------------------------------ checkpoints
-    def _load_from_state_dict(self, state_dict, prefix, local_metadata, strict,
-                              missing_keys, unexpected_keys, error_msgs):
+    def _state_dict_mismatch(self, state_dict, prefix) -> Optional[str]:
         logits = state_dict.get(prefix + 'sw_mean_weight')
         if isinstance(logits, torch.Tensor) and logits.numel() != self.sw_type:
-            error_msgs.append(
-                f'{prefix}sw_mean_weight has {logits.numel()} importance logits but this layer '
-                f'was built with sw_type={self.sw_type} ({self.sw_type} logits, '
-                f'{list(self.branches)}); build it with sw_type={logits.numel()}')
-            return
+            return (f'{prefix}sw_mean_weight has {logits.numel()} importance logits but this '
+                    f'layer was built with sw_type={self.sw_type} ({self.sw_type} logits, '
+                    f'{list(self.branches)}); build it with sw_type={logits.numel()}')
         has_var = (prefix + 'sw_var_weight') in state_dict
         if has_var == self.tie_weight:
-            error_msgs.append(
-                f'{prefix}: the checkpoint {"has" if has_var else "has no"} sw_var_weight but '
-                f'this layer was built with tie_weight={self.tie_weight}; build it with '
-                f'tie_weight={not has_var}')
-            return
-        super()._load_from_state_dict(state_dict, prefix, local_metadata, strict,
-                                      missing_keys, unexpected_keys, error_msgs)
+            return (f'{prefix}: the checkpoint {"has" if has_var else "has no"} sw_var_weight '
+                    f'but this layer was built with tie_weight={self.tie_weight}; build it with '
+                    f'tie_weight={not has_var}')
+        return None
 
 
-class SyncSwitchableWhitening(SwitchableWhitening):
+class SyncSwitchableWhitening(SyncLayer, SwitchableWhitening):
     """SwitchableWhitening whose BW moments are those of the union batch across processes.
 
     In training inside an initialized ``torch.distributed`` run with more than one process
@@ -377,20 +348,10 @@ class SyncSwitchableWhitening(SwitchableWhitening):
     in its loss (e.g. ``0 * y.sum()``). The authors' ``SyncSwitchWhiten2d`` averages the
     per-rank means and covariances instead, which equals this only for equal batch sizes.
     In eval mode or outside a distributed run it is exactly :class:`SwitchableWhitening`.
+
+    Arguments: those of :class:`SwitchableWhitening`, plus the keyword ``process_group``
+    (:class:`~sn_mm.ops.layer_base.SyncLayer`).
     """
-
-    def __init__(self, num_features: int, num_pergroup: int = 16, sw_type: int = 2, T: int = 5,
-                 tie_weight: bool = False, eps: float = 1e-5, momentum: Optional[float] = None,
-                 affine: bool = True, decay: Optional[float] = None, sw5_cov: str = 'paper',
-                 process_group=None, device=None, dtype=None, **unknown):
-        super().__init__(num_features, num_pergroup=num_pergroup, sw_type=sw_type, T=T,
-                         tie_weight=tie_weight, eps=eps, momentum=momentum, affine=affine,
-                         decay=decay, sw5_cov=sw5_cov, device=device, dtype=dtype, **unknown)
-        self.process_group = process_group
-
-    @staticmethod
-    def _extra_arg_names() -> str:
-        return ', process_group'
 
     def _synced(self) -> bool:
         return self.training and sync_world_size(self.process_group) > 1

@@ -217,6 +217,64 @@ def _mixture(m, u, rn, rc, nm, cm, ln_mean, ln_var, gn_mean, gn_var, bnm_ptr, bn
     return mean, var
 
 
+@triton.jit
+def _sample_block(n0, a_ptr, s_an, s_ak, b_ptr, s_bn, s_bk, mean_ptr, var_ptr, gnm_ptr,
+                  gnv_ptr, N, C, G, CPG, factor, K: tl.constexpr, SOFTMAX: tl.constexpr,
+                  POOLED: tl.constexpr, STORE_GN: tl.constexpr, BLOCK_N: tl.constexpr,
+                  BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
+    """What both mixing kernels start a block of samples ``n0 .. n0 + BLOCK_N`` with: the
+    rows ``rn`` and their mask, the mean and variance weights ``A``, ``B``
+    ``[BLOCK_N, BLOCK_K]``, and (``POOLED``: an LN or GN branch) the LN moments, GN's
+    stored to scratch (:func:`_pooled_moments`); zeros without either branch."""
+    rn = n0 + tl.arange(0, BLOCK_N)
+    A = _mix_weights(a_ptr, rn, N, s_an, s_ak, K, BLOCK_K, SOFTMAX)
+    B = _mix_weights(b_ptr, rn, N, s_bn, s_bk, K, BLOCK_K, SOFTMAX)
+    if POOLED:
+        ln_mean, ln_var = _pooled_moments(mean_ptr, var_ptr, gnm_ptr, gnv_ptr, rn, N, C, G,
+                                          CPG, factor, STORE_GN, BLOCK_N, BLOCK_C)
+        tl.debug_barrier()
+    else:
+        ln_mean = tl.zeros([BLOCK_N], dtype=tl.float32)
+        ln_var = tl.zeros([BLOCK_N], dtype=tl.float32)
+    return rn, rn < N, A, B, ln_mean, ln_var
+
+
+@triton.jit
+def _group_moments(gnm_ptr, gnv_ptr, rn, nm, G, g, HAS_GN: tl.constexpr,
+                   BLOCK_N: tl.constexpr):
+    """GN moments ``[BLOCK_N]`` of group ``g`` for samples ``rn`` (zeros without GN)."""
+    if HAS_GN:
+        gn_mean = tl.load(gnm_ptr + rn * G + g, mask=nm, other=0.0)
+        gn_var = tl.load(gnv_ptr + rn * G + g, mask=nm, other=0.0)
+    else:
+        gn_mean = tl.zeros([BLOCK_N], dtype=tl.float32)
+        gn_var = tl.zeros([BLOCK_N], dtype=tl.float32)
+    return gn_mean, gn_var
+
+
+@triton.jit
+def _tile_scale(mean_ptr, var_ptr, w_ptr, s_w, bnm_ptr, bnv_ptr, rn, nm, g, c0, C, CPG,
+                factor, eps, ln_mean, ln_var, gn_mean, gn_var, A, B, I_IN: tl.constexpr,
+                I_LN: tl.constexpr, I_BN: tl.constexpr, I_GN: tl.constexpr,
+                BLOCK_C: tl.constexpr, BLOCK_K: tl.constexpr):
+    """The tile of channels ``c0 .. c0 + BLOCK_C`` of group ``g`` for samples ``rn``, as both
+    mixing kernels see it: channels ``rc``, masks, offsets ``off`` into ``(N, C)``, the IN
+    moments ``m``, ``u = factor * var``, the mixed ``mean``, ``r = 1 / sqrt(var + eps)``
+    and ``scale = weight * r``."""
+    offs_c = tl.arange(0, BLOCK_C)
+    rc = g * CPG + c0 + offs_c
+    cm = (c0 + offs_c) < CPG
+    mask = nm[:, None] & cm[None, :]
+    off = rn[:, None] * C + rc[None, :]
+    m = tl.load(mean_ptr + off, mask=mask, other=0.0)
+    u = tl.load(var_ptr + off, mask=mask, other=0.0) * factor
+    mean, var = _mixture(m, u, rn, rc, nm, cm, ln_mean, ln_var, gn_mean, gn_var, bnm_ptr,
+                         bnv_ptr, A, B, tl.arange(0, BLOCK_K), I_IN, I_LN, I_BN, I_GN)
+    r = 1.0 / tl.sqrt(var + eps)
+    w = tl.load(w_ptr + rc * s_w, mask=cm, other=0.0).to(tl.float32)
+    return rc, cm, mask, off, m, u, mean, r, w[None, :] * r
+
+
 # ============================================================== forward kernels
 @triton.jit(do_not_specialize=_VARYING)
 def _moments_kernel(x_ptr, mean_ptr, var_ptr, u_ptr, N, C, L, chunk, s_n, s_c, s_l, factor,
@@ -304,7 +362,6 @@ def _mix_forward_kernel(
     """
     offs_n = tl.arange(0, BLOCK_N)
     offs_c = tl.arange(0, BLOCK_C)
-    kidx = tl.arange(0, BLOCK_K)
     if MERGE:
         _merge_partials(mean_ptr, var_ptr, pmean_ptr, pvar_ptr, N, C, L, P, chunk, BLOCK_N,
                         BLOCK_C)
@@ -346,45 +403,30 @@ def _mix_forward_kernel(
                 tl.store(bnv_ptr + rc, tl.load(bnv_in_ptr + rc * s_bnv, mask=cm).to(tl.float32),
                          mask=cm)
     tl.debug_barrier()
-    ln_mean = tl.zeros([BLOCK_N], dtype=tl.float32)
-    ln_var = tl.zeros([BLOCK_N], dtype=tl.float32)
-    gn_mean = tl.zeros([BLOCK_N], dtype=tl.float32)
-    gn_var = tl.zeros([BLOCK_N], dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
-        rn = n0 + offs_n
-        nm = rn < N
-        A = _mix_weights(a_ptr, rn, N, s_an, s_ak, K, BLOCK_K, SOFTMAX)
-        B = _mix_weights(b_ptr, rn, N, s_bn, s_bk, K, BLOCK_K, SOFTMAX)
-        if I_LN >= 0 or I_GN >= 0:
-            ln_mean, ln_var = _pooled_moments(mean_ptr, var_ptr, gnm_ptr, gnv_ptr, rn, N, C, G,
-                                              CPG, factor, I_GN >= 0, BLOCK_N, BLOCK_C)
-            tl.debug_barrier()
+        rn, nm, A, B, ln_mean, ln_var = _sample_block(
+            n0, a_ptr, s_an, s_ak, b_ptr, s_bn, s_bk, mean_ptr, var_ptr, gnm_ptr, gnv_ptr, N, C,
+            G, CPG, factor, K, SOFTMAX, I_LN >= 0 or I_GN >= 0, I_GN >= 0, BLOCK_N, BLOCK_C,
+            BLOCK_K)
         for g in range(G):
-            if I_GN >= 0:
-                gn_mean = tl.load(gnm_ptr + rn * G + g, mask=nm, other=0.0)
-                gn_var = tl.load(gnv_ptr + rn * G + g, mask=nm, other=0.0)
+            gn_mean, gn_var = _group_moments(gnm_ptr, gnv_ptr, rn, nm, G, g, I_GN >= 0, BLOCK_N)
             for c0 in range(0, CPG, BLOCK_C):
-                rc = g * CPG + c0 + offs_c
-                cm = (c0 + offs_c) < CPG
-                mask = nm[:, None] & cm[None, :]
-                off = rn[:, None] * C + rc[None, :]
-                m = tl.load(mean_ptr + off, mask=mask, other=0.0)
-                u = tl.load(var_ptr + off, mask=mask, other=0.0) * factor
-                mean, var = _mixture(m, u, rn, rc, nm, cm, ln_mean, ln_var, gn_mean, gn_var,
-                                     bnm_ptr, bnv_ptr, A, B, kidx, I_IN, I_LN, I_BN, I_GN)
-                r = 1.0 / tl.sqrt(var + eps)
-                w = tl.load(w_ptr + rc * s_w, mask=cm, other=0.0).to(tl.float32)
+                rc, cm, mask, off, m, u, mean, r, scale = _tile_scale(
+                    mean_ptr, var_ptr, w_ptr, s_w, bnm_ptr, bnv_ptr, rn, nm, g, c0, C, CPG,
+                    factor, eps, ln_mean, ln_var, gn_mean, gn_var, A, B, I_IN, I_LN, I_BN, I_GN,
+                    BLOCK_C, BLOCK_K)
                 beta = tl.load(bias_ptr + rc * s_bias, mask=cm, other=0.0).to(tl.float32)
-                scale = w[None, :] * r
                 tl.store(scale_ptr + off, scale, mask=mask)
                 tl.store(shift_ptr + off, beta[None, :] - mean * scale, mask=mask)
         tl.debug_barrier()
 
 
-@triton.jit(do_not_specialize=_VARYING)
-def _affine_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, N, C, L, s_n, s_c, s_l, t_n, t_c, t_l,
-                   BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
-    """K3: ``y = scale[n, c] x + shift[n, c]`` on one ``[BLOCK_C, BLOCK_L]`` tile."""
+@triton.jit
+def _pointwise_tile(C, L, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """The ``[BLOCK_C, BLOCK_L]`` tile of this program in the pointwise kernels (grid: one
+    program per sample, channel block and position block): channels ``rc``, their mask,
+    the tile's mask, offsets ``coef`` into ``(N, C)`` coefficients, and the int64 sample,
+    channel ``[BLOCK_C, 1]`` and position ``[1, BLOCK_L]`` indices for strided addresses."""
     pid = tl.program_id(0)
     num_cb = tl.cdiv(C, BLOCK_C)
     num_lb = tl.cdiv(L, BLOCK_L)
@@ -395,12 +437,17 @@ def _affine_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, N, C, L, s_n, s_c, s_l, t
     rl = lb * BLOCK_L + tl.arange(0, BLOCK_L)
     cm = rc < C
     mask = cm[:, None] & (rl < L)[None, :]
-    coef = n * C + rc
+    return (rc, cm, mask, n * C + rc, n.to(tl.int64), rc.to(tl.int64)[:, None],
+            rl.to(tl.int64)[None, :])
+
+
+@triton.jit(do_not_specialize=_VARYING)
+def _affine_kernel(x_ptr, y_ptr, scale_ptr, shift_ptr, N, C, L, s_n, s_c, s_l, t_n, t_c, t_l,
+                   BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
+    """K3: ``y = scale[n, c] x + shift[n, c]`` on one ``[BLOCK_C, BLOCK_L]`` tile."""
+    rc, cm, mask, coef, n64, rc64, rl64 = _pointwise_tile(C, L, BLOCK_C, BLOCK_L)
     scale = tl.load(scale_ptr + coef, mask=cm, other=0.0)
     shift = tl.load(shift_ptr + coef, mask=cm, other=0.0)
-    n64 = n.to(tl.int64)
-    rc64 = rc.to(tl.int64)[:, None]
-    rl64 = rl.to(tl.int64)[None, :]
     x = tl.load(x_ptr + n64 * s_n + rc64 * s_c + rl64 * s_l, mask=mask, other=0.0)
     y = x.to(tl.float32) * scale[:, None] + shift[:, None]
     tl.store(y_ptr + n64 * t_n + rc64 * t_c + rl64 * t_l, y.to(y_ptr.dtype.element_ty), mask=mask)
@@ -499,7 +546,6 @@ def _mix_backward_kernel(
     ``d a``, ``d b``; (C) per tile ``d mu``, ``d u`` and the input-gradient coefficients
     ``k = 2 f du / L``, ``c = d mu / L``. Then the weight and parameter gradients.
     """
-    offs_n = tl.arange(0, BLOCK_N)
     offs_c = tl.arange(0, BLOCK_C)
     kidx = tl.arange(0, BLOCK_K)
     for c0 in range(0, C, BLOCK_C):
@@ -513,42 +559,25 @@ def _mix_backward_kernel(
     tl.debug_barrier()
     dacc_a = tl.zeros([BLOCK_K], dtype=tl.float32)
     dacc_b = tl.zeros([BLOCK_K], dtype=tl.float32)
-    ln_mean = tl.zeros([BLOCK_N], dtype=tl.float32)
-    ln_var = tl.zeros([BLOCK_N], dtype=tl.float32)
-    gn_mean = tl.zeros([BLOCK_N], dtype=tl.float32)
-    gn_var = tl.zeros([BLOCK_N], dtype=tl.float32)
     for n0 in range(0, N, BLOCK_N):
-        rn = n0 + offs_n
-        nm = rn < N
-        A = _mix_weights(a_ptr, rn, N, s_an, s_ak, K, BLOCK_K, SOFTMAX)
-        B = _mix_weights(b_ptr, rn, N, s_bn, s_bk, K, BLOCK_K, SOFTMAX)
-        if I_LN >= 0 or I_GN >= 0:
-            ln_mean, ln_var = _pooled_moments(mean_ptr, var_ptr, gnm_ptr, gnv_ptr, rn, N, C, G,
-                                              CPG, factor, I_GN >= 0, BLOCK_N, BLOCK_C)
-            tl.debug_barrier()
+        rn, nm, A, B, ln_mean, ln_var = _sample_block(
+            n0, a_ptr, s_an, s_ak, b_ptr, s_bn, s_bk, mean_ptr, var_ptr, gnm_ptr, gnv_ptr, N, C,
+            G, CPG, factor, K, SOFTMAX, I_LN >= 0 or I_GN >= 0, I_GN >= 0, BLOCK_N, BLOCK_C,
+            BLOCK_K)
         # (B) g_mu, g_v and the sums over samples, channels and groups
         sgm_ln = tl.zeros([BLOCK_N], dtype=tl.float32)
         sgv_ln = tl.zeros([BLOCK_N], dtype=tl.float32)
         dA = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         dB = tl.zeros([BLOCK_N, BLOCK_K], dtype=tl.float32)
         for g in range(G):
-            if I_GN >= 0:
-                gn_mean = tl.load(gnm_ptr + rn * G + g, mask=nm, other=0.0)
-                gn_var = tl.load(gnv_ptr + rn * G + g, mask=nm, other=0.0)
+            gn_mean, gn_var = _group_moments(gnm_ptr, gnv_ptr, rn, nm, G, g, I_GN >= 0, BLOCK_N)
             sgm = tl.zeros([BLOCK_N], dtype=tl.float32)
             sgv = tl.zeros([BLOCK_N], dtype=tl.float32)
             for c0 in range(0, CPG, BLOCK_C):
-                rc = g * CPG + c0 + offs_c
-                cm = (c0 + offs_c) < CPG
-                mask = nm[:, None] & cm[None, :]
-                off = rn[:, None] * C + rc[None, :]
-                m = tl.load(mean_ptr + off, mask=mask, other=0.0)
-                u = tl.load(var_ptr + off, mask=mask, other=0.0) * factor
-                mean, var = _mixture(m, u, rn, rc, nm, cm, ln_mean, ln_var, gn_mean, gn_var,
-                                     bnm_ptr, bnv_ptr, A, B, kidx, I_IN, I_LN, I_BN, I_GN)
-                r = 1.0 / tl.sqrt(var + eps)
-                w = tl.load(w_ptr + rc * s_w, mask=cm, other=0.0).to(tl.float32)
-                scale = w[None, :] * r
+                rc, cm, mask, off, m, u, mean, r, scale = _tile_scale(
+                    mean_ptr, var_ptr, w_ptr, s_w, bnm_ptr, bnv_ptr, rn, nm, g, c0, C, CPG,
+                    factor, eps, ln_mean, ln_var, gn_mean, gn_var, A, B, I_IN, I_LN, I_BN, I_GN,
+                    BLOCK_C, BLOCK_K)
                 s_sum = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
                 t_sum = tl.zeros([BLOCK_N, BLOCK_C], dtype=tl.float32)
                 for p in range(P):
@@ -648,17 +677,7 @@ def _input_grad_kernel(g_ptr, x_ptr, dx_ptr, mean_ptr, scale_ptr, k_ptr, c_ptr, 
                        q_n, q_c, q_l, s_n, s_c, s_l, t_n, t_c, t_l,
                        ADD_BN: tl.constexpr, BLOCK_C: tl.constexpr, BLOCK_L: tl.constexpr):
     """K3: ``dx = scale g + k (x - mu) + c`` on one tile, with BN's ``G / |S|`` term if ``ADD_BN``."""
-    pid = tl.program_id(0)
-    num_cb = tl.cdiv(C, BLOCK_C)
-    num_lb = tl.cdiv(L, BLOCK_L)
-    lb = pid % num_lb
-    row = pid // num_lb
-    n = row // num_cb
-    rc = (row % num_cb) * BLOCK_C + tl.arange(0, BLOCK_C)
-    rl = lb * BLOCK_L + tl.arange(0, BLOCK_L)
-    cm = rc < C
-    mask = cm[:, None] & (rl < L)[None, :]
-    coef = n * C + rc
+    rc, cm, mask, coef, n64, rc64, rl64 = _pointwise_tile(C, L, BLOCK_C, BLOCK_L)
     mu = tl.load(mean_ptr + coef, mask=cm, other=0.0)
     scale = tl.load(scale_ptr + coef, mask=cm, other=0.0)
     kk = tl.load(k_ptr + coef, mask=cm, other=0.0)
@@ -670,9 +689,6 @@ def _input_grad_kernel(g_ptr, x_ptr, dx_ptr, mean_ptr, scale_ptr, k_ptr, c_ptr, 
         bm = tl.load(bnm_ptr + rc, mask=cm, other=0.0)
         kk += gvar * (2.0 * factor / L)
         cc += (gmu + 2.0 * gvar * (mu - bm)) / L
-    n64 = n.to(tl.int64)
-    rc64 = rc.to(tl.int64)[:, None]
-    rl64 = rl.to(tl.int64)[None, :]
     g = tl.load(g_ptr + n64 * q_n + rc64 * q_c + rl64 * q_l, mask=mask, other=0.0).to(tl.float32)
     x = tl.load(x_ptr + n64 * s_n + rc64 * s_c + rl64 * s_l, mask=mask, other=0.0).to(tl.float32)
     dx = scale[:, None] * g + kk[:, None] * (x - mu[:, None]) + cc[:, None]
