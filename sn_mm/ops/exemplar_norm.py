@@ -64,13 +64,13 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import exemplar_step, norm_eval, options
+from .layer_base import BNRunningStats, SyncLayer
 from .distributed import all_reduce_sum, sync_world_size
 
 __all__ = ['ExemplarNorm', 'SyncExemplarNorm', 'BranchMoments', 'instance_moments',
            'branch_moments', 'mix_per_sample', 'MIXTURES']
 
 MIXTURES = ('outputs', 'statistics')
-IN_VARIANCE_MODES = ('unbiased', 'biased')
 Tensor = torch.Tensor
 
 
@@ -304,7 +304,6 @@ class _FusedExemplarNorm(torch.autograd.Function):
                                   for d, dt in zip(param_grads, ctx.param_dtypes))
 
 
-from .layer_base import BNRunningStats, SyncLayer  # noqa: E402 (the shared layer parts)
 
 
 class ExemplarNorm(BNRunningStats):
