@@ -188,12 +188,14 @@ def _local_batch_moments(layer) -> bool:
 def _cpu_passes(x: Tensor):
     """SN's compiled CPU passes (``sn_mm._ext``: ``channel_moments``, ``channel_affine``,
     ``channel_grad_sums``, ``channel_input_grad``) for a non-empty CPU ``x``, else None."""
-    from . import functional
-    ext = functional.extension
-    if (ext is None or not hasattr(ext, 'channel_moments') or x.device.type != 'cpu'
-            or x.numel() == 0):
+    if x.device.type != 'cpu' or x.numel() == 0:
         return None
-    return ext
+    return _EXTENSION
+
+
+def _extension_with_passes():
+    from .functional import extension
+    return extension if hasattr(extension, 'channel_moments') else None
 
 
 class _FusedExemplarNorm(torch.autograd.Function):
@@ -304,6 +306,9 @@ class _FusedExemplarNorm(torch.autograd.Function):
                                   for d, dt in zip(param_grads, ctx.param_dtypes))
 
 
+
+
+_EXTENSION = _extension_with_passes()
 
 
 class ExemplarNorm(BNRunningStats):
