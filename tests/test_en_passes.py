@@ -102,3 +102,36 @@ def test_bf16_1x1_maps_close_to_float64(layout):
     scale = y64.abs().max().item()
     torch.testing.assert_close(y16, y64, rtol=2e-2, atol=2e-2 * scale)
     torch.testing.assert_close(g16, g64, rtol=2e-2, atol=2e-2 * g64.abs().max().item())
+
+
+@pytest.mark.parametrize('mixture', ['outputs', 'statistics'])
+@pytest.mark.parametrize('bn_kind', ['none', 'running', 'batch'])
+@pytest.mark.parametrize('n,c,span', [(3, 40, 16), (1, 7, 4), (4, 32, 16), (2, 5, 1)])
+def test_compiled_step_equals_torch_step(mixture, bn_kind, n, c, span):
+    """The C++ (N, C) step and its backward equal the torch-ops step in float64."""
+    from sn_mm.ops import exemplar_step as step
+    if step._EXT is None:
+        pytest.skip('needs the compiled extension')
+    g = torch.Generator().manual_seed(n * 100 + c)
+    rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731
+    m, u = rnd(n, c), rnd(n, c).abs() + 0.1
+    k = 2 if bn_kind == 'none' else 3
+    h = 1 if mixture == 'outputs' else 2
+    bn = None
+    if bn_kind == 'batch':
+        mu_b = m.mean(0)
+        bn = (mu_b, u.mean(0) + (m - mu_b).square().mean(0))
+    elif bn_kind == 'running':
+        bn = (rnd(c), rnd(c).abs() + 0.5)
+    params = (rnd(c), rnd(c), rnd(k, 1, span), rnd(h * k, k * k) * 0.5, rnd(h * k))
+    args = (m, u, bn, bn_kind == 'batch') + params + (1e-5, span, mixture)
+    s1, t1, saved1 = step.step_forward(*args)
+    s0, t0, saved0 = step.torch_step_forward(*args)
+    assert isinstance(saved1, step.CompiledSaved)
+    torch.testing.assert_close(s1, s0, rtol=1e-12, atol=1e-12)
+    torch.testing.assert_close(t1, t0, rtol=1e-12, atol=1e-12)
+    gs, gt = rnd(n, c), rnd(n, c)
+    out1 = step.step_backward(gs, gt, saved1)
+    out0 = step.torch_step_backward(gs, gt, saved0)
+    for a, b in zip(out1[:2] + out1[2], out0[:2] + out0[2]):
+        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)

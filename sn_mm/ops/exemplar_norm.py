@@ -284,7 +284,7 @@ class _FusedExemplarNorm(torch.autograd.Function):
             buf = torch.mul(g, x)
             s_sum = buf.sum(dims, dtype=scale.dtype)
             t_sum = g.sum(dims, dtype=scale.dtype)
-        if isinstance(ctx.small, exemplar_step.Saved):
+        if isinstance(ctx.small, (exemplar_step.Saved, exemplar_step.CompiledSaved)):
             d_mean, d_u, param_grads = exemplar_step.step_backward(s_sum, t_sum, ctx.small)
         else:
             leaf_mean, leaf_u, leaves, scale_g, shift_g = ctx.small

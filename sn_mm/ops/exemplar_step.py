@@ -4,7 +4,9 @@ r"""EN's ``(N, C)`` step, forward and its backward written out by hand.
 (its eager path, ``_FusedExemplarNorm``). Autograd would run the same math as a graph of
 about 250 small operations per layer, which at the deep ResNet stages (``L = 7 x 7``)
 costs as much as the full-size passes; these two functions run it in about 70.
-The autograd version stays the definition (``ExemplarNorm._small_step``, used by compile,
+On CPU with the compiled extension the step runs as two C++ loops (``sn_mm._ext.en_step_forward``
+/ ``en_step_backward``, the same math, in ``csrc/sn_cpu.cpp``); elsewhere as the torch ops
+below. The autograd version stays the definition (``ExemplarNorm._small_step``, used by compile,
 export, SyncEN in a distributed run and the tests' comparisons).
 
 Notation, all ``(N, K, C)`` unless said: ``m`` = ``mean_in`` and ``u`` (``(N, C)``, the IN
@@ -56,15 +58,57 @@ class Saved(NamedTuple):
     mixture: str
 
 
+class CompiledSaved(NamedTuple):
+    """What the C++ backward needs from the C++ forward."""
+    # m, u, bn_mean, bn_var, gamma, reduce_w, ratio_w, z, relation, ratios, mu_ln, v_ln
+    tensors: Tuple[Tensor, ...]
+    batch_bn: bool
+    eps: float
+    span: int
+    outputs: bool
+
+
+def _extension():
+    from .functional import extension
+    return extension if hasattr(extension, 'en_step_forward') else None
+
+
+_EXT = _extension()
+
+
 def step_forward(mean_in: Tensor, u: Tensor, bn: Optional[Tuple[Tensor, Tensor]],
                  batch_bn: bool, weight: Tensor, bias: Tensor, reduce_weight: Tensor,
                  ratio_weight: Tensor, ratio_bias: Tensor, eps: float, span: int,
-                 mixture: str) -> Tuple[Tensor, Tensor, Saved]:
+                 mixture: str):
     """``(scale, shift, saved)``, ``(N, C)`` in ``mean_in``'s dtype; no autograd graph.
 
     ``bn``: the BN branch's ``(mu, v)`` (C,) or None; ``batch_bn``: they are this batch's
     moments (pooled from ``mean_in``, ``u``), so gradients flow through them.
+    The C++ loops on CPU, else :func:`torch_step_forward`.
     """
+    if mixture not in ('outputs', 'statistics'):
+        raise ValueError(f"mixture must be 'outputs' or 'statistics', got {mixture!r}")
+    if _EXT is None or mean_in.device.type != 'cpu':
+        return torch_step_forward(mean_in, u, bn, batch_bn, weight, bias, reduce_weight,
+                                  ratio_weight, ratio_bias, eps, span, mixture)
+    dt = mean_in.dtype
+    empty = mean_in.new_empty(0)
+    as_dt = [t.to(dt).contiguous() for t in (mean_in, u) + (bn if bn is not None else (empty, empty))
+             + (weight, bias, reduce_weight, ratio_weight, ratio_bias)]
+    m, uu, bm, bv, gamma, beta, w_red, w_ratio, b_ratio = as_dt
+    outputs = mixture == 'outputs'
+    scale, shift, z, rel, ratios, mu_ln, v_ln = _EXT.en_step_forward(
+        m, uu, bm, bv, gamma, beta, w_red, w_ratio, b_ratio, eps, span, outputs)
+    saved = CompiledSaved((m, uu, bm, bv, gamma, w_red, w_ratio, z, rel, ratios, mu_ln, v_ln),
+                          batch_bn and bn is not None, eps, span, outputs)
+    return scale, shift, saved
+
+
+def torch_step_forward(mean_in: Tensor, u: Tensor, bn: Optional[Tuple[Tensor, Tensor]],
+                       batch_bn: bool, weight: Tensor, bias: Tensor, reduce_weight: Tensor,
+                       ratio_weight: Tensor, ratio_bias: Tensor, eps: float, span: int,
+                       mixture: str) -> Tuple[Tensor, Tensor, Saved]:
+    """:func:`step_forward` in torch ops (any device)."""
     n, c = mean_in.shape
     dt = mean_in.dtype
     mu_ln = mean_in.mean(1, keepdim=True)
@@ -119,8 +163,23 @@ def _softmax_backward(p: Tensor, g: Tensor) -> Tensor:
     return p * (g - (p * g).sum(1, keepdim=True))
 
 
-def step_backward(grad_scale: Tensor, grad_shift: Tensor, s: Saved
+def step_backward(grad_scale: Tensor, grad_shift: Tensor, s
                   ) -> Tuple[Tensor, Tensor, Tuple[Tensor, ...]]:
+    """``(d mean_in, d u, (d weight, d bias, d reduce_weight, d ratio_weight, d ratio_bias))``
+    from :func:`step_forward`'s ``saved`` (the C++ loops or :func:`torch_step_backward`)."""
+    if isinstance(s, Saved):
+        return torch_step_backward(grad_scale, grad_shift, s)
+    m, uu, bm, bv, gamma, w_red, w_ratio, z, rel, ratios, mu_ln, v_ln = s.tensors
+    dt = m.dtype
+    dm, du, dg, db, dwr, dwt, dbt = _EXT.en_step_backward(
+        grad_scale.to(dt).contiguous(), grad_shift.to(dt).contiguous(), m, uu, bm, bv,
+        s.batch_bn, gamma, w_red, w_ratio, z, rel, ratios, mu_ln, v_ln, s.eps, s.span,
+        s.outputs)
+    return dm, du, (dg, db, dwr, dwt, dbt)
+
+
+def torch_step_backward(grad_scale: Tensor, grad_shift: Tensor, s: Saved
+                        ) -> Tuple[Tensor, Tensor, Tuple[Tensor, ...]]:
     """``(d mean_in, d u, (d weight, d bias, d reduce_weight, d ratio_weight, d ratio_bias))``.
 
     Parameter gradients in the step's dtype, shaped like the parameters given to

@@ -1246,6 +1246,312 @@ Tensor channel_input_grad(const Tensor& g_in, const Tensor& x, const Tensor& a, 
   return is_channels_last(x) ? nlc_input_grad(g, x, a, k, c) : input_grad(g, x, a, k, c);
 }
 
+// ------------------------------------------------------------------ EN's (N, C) step
+// The same math as sn_mm/ops/exemplar_step.py (which documents it), in loops over (n, c):
+// branches k = IN, LN (, BN); r_k = (v_k + eps)^-1/2; descriptors d_k = (m - mu_k) r_k;
+// z[n, k, j] = sum_t d_k[j span + t] w_k[t]; R = z z^T / J; logits = W R + b; softmax per
+// head; 'outputs': scale = g sum l_k r_k, shift = b - g sum l_k mu_k r_k; 'statistics':
+// mean = sum a_k mu_k, var = sum b_k v_k, scale = g (var + eps)^-1/2, shift = b - mean scale.
+template <typename T>
+struct EnBranches {  // mu_k, v_k of sample n at channel c
+  const T *m, *u, *bm, *bv;
+  const T* mu_ln;
+  const T* v_ln;
+  int64_t c, k;
+  inline T mu(int64_t kk, int64_t n, int64_t j) const {
+    return kk == 0 ? m[n * c + j] : kk == 1 ? mu_ln[n] : bm[j];
+  }
+  inline T v(int64_t kk, int64_t n, int64_t j) const {
+    return kk == 0 ? u[n * c + j] : kk == 1 ? v_ln[n] : bv[j];
+  }
+};
+
+void check_en(const Tensor& t, int64_t numel, torch::ScalarType dt, const char* what) {
+  TORCH_CHECK(t.numel() == numel && t.scalar_type() == dt && t.is_contiguous() &&
+                  t.device().is_cpu(),
+              "en_step: ", what, " must be a contiguous CPU tensor of ", numel,
+              " elements of dtype ", dt, ", got ", t.sizes(), " ", t.scalar_type());
+}
+
+template <typename T>
+void en_softmax(const T* logits, T* p, int64_t k) {
+  T mx = logits[0];
+  for (int64_t i = 1; i < k; ++i) mx = std::max(mx, logits[i]);
+  double total = 0;
+  for (int64_t i = 0; i < k; ++i) total += std::exp(double(logits[i] - mx));
+  for (int64_t i = 0; i < k; ++i) p[i] = static_cast<T>(std::exp(double(logits[i] - mx)) / total);
+}
+
+// forward: returns (scale, shift, z, relation, ratios, mu_ln, v_ln)
+std::vector<Tensor> en_step_forward(const Tensor& m, const Tensor& u, const Tensor& bn_mean,
+                                    const Tensor& bn_var, const Tensor& gamma,
+                                    const Tensor& beta, const Tensor& reduce_weight,
+                                    const Tensor& ratio_weight, const Tensor& ratio_bias,
+                                    double eps, int64_t span, bool outputs) {
+  TORCH_CHECK(m.dim() == 2 && m.size(0) > 0 && m.size(1) > 0,
+              "en_step: mean_in must be a non-empty (N, C) tensor, got ", m.sizes());
+  const int64_t n = m.size(0), c = m.size(1);
+  const auto dt = m.scalar_type();
+  TORCH_CHECK(dt == torch::kFloat || dt == torch::kDouble, "en_step: float32/64 statistics, got ", dt);
+  const bool bn = bn_mean.numel() > 0;
+  const int64_t k = bn ? 3 : 2, h = outputs ? 1 : 2;
+  TORCH_CHECK(span >= 1, "en_step: span must be >= 1, got ", span);
+  const int64_t blocks = (c + span - 1) / span;
+  check_en(m, n * c, dt, "mean_in");
+  check_en(u, n * c, dt, "u");
+  if (bn) {
+    check_en(bn_mean, c, dt, "bn_mean");
+    check_en(bn_var, c, dt, "bn_var");
+  }
+  check_en(gamma, c, dt, "weight");
+  check_en(beta, c, dt, "bias");
+  check_en(reduce_weight, k * span, dt, "reduce_weight");
+  check_en(ratio_weight, h * k * k * k, dt, "ratio_weight");
+  check_en(ratio_bias, h * k, dt, "ratio_bias");
+  auto opts = m.options();
+  auto scale = torch::empty({n, c}, opts), shift = torch::empty({n, c}, opts);
+  auto z = torch::zeros({n, k, blocks}, opts), rel = torch::empty({n, k * k}, opts);
+  auto ratios = torch::empty({n, h * k}, opts);
+  auto mu_ln = torch::empty({n}, opts), v_ln = torch::empty({n}, opts);
+  AT_DISPATCH_FLOATING_TYPES(dt, "en_step_forward", [&] {
+    using T = scalar_t;
+    const T* mp = m.data_ptr<T>();
+    const T* up = u.data_ptr<T>();
+    const T* wr = reduce_weight.data_ptr<T>();
+    const T* wp = ratio_weight.data_ptr<T>();
+    const T* bp = ratio_bias.data_ptr<T>();
+    const T* gp = gamma.data_ptr<T>();
+    const T* betap = beta.data_ptr<T>();
+    T* mlp = mu_ln.data_ptr<T>();
+    T* vlp = v_ln.data_ptr<T>();
+    EnBranches<T> br{mp, up, bn ? bn_mean.data_ptr<T>() : nullptr,
+                     bn ? bn_var.data_ptr<T>() : nullptr, mlp, vlp, c, k};
+    T* zp = z.data_ptr<T>();
+    T* rp = rel.data_ptr<T>();
+    T* lp = ratios.data_ptr<T>();
+    T* sp = scale.data_ptr<T>();
+    T* shp = shift.data_ptr<T>();
+    const T e = static_cast<T>(eps);
+    std::vector<T> logits(h * k);
+    for (int64_t i = 0; i < n; ++i) {
+      double sm = 0, su = 0, sd = 0;
+      for (int64_t j = 0; j < c; ++j) { sm += mp[i * c + j]; su += up[i * c + j]; }
+      const T ml = static_cast<T>(sm / c);
+      for (int64_t j = 0; j < c; ++j) { const T d = mp[i * c + j] - ml; sd += double(d) * d; }
+      mlp[i] = ml;
+      vlp[i] = static_cast<T>(su / c) + static_cast<T>(sd / c);
+      T* zi = zp + i * k * blocks;
+      for (int64_t kk = 1; kk < k; ++kk) {  // the IN descriptor is 0
+        for (int64_t j = 0; j < c; ++j) {
+          const T r = T(1) / std::sqrt(br.v(kk, i, j) + e);
+          zi[kk * blocks + j / span] += (mp[i * c + j] - br.mu(kk, i, j)) * r * wr[kk * span + j % span];
+        }
+      }
+      T* ri = rp + i * k * k;
+      for (int64_t a = 0; a < k; ++a)
+        for (int64_t b = 0; b < k; ++b) {
+          double acc = 0;
+          for (int64_t q = 0; q < blocks; ++q) acc += double(zi[a * blocks + q]) * zi[b * blocks + q];
+          ri[a * k + b] = static_cast<T>(acc / blocks);
+        }
+      for (int64_t o = 0; o < h * k; ++o) {
+        double acc = bp[o];
+        for (int64_t q = 0; q < k * k; ++q) acc += double(wp[o * k * k + q]) * ri[q];
+        logits[o] = static_cast<T>(acc);
+      }
+      T* li = lp + i * h * k;
+      for (int64_t hh = 0; hh < h; ++hh) en_softmax(logits.data() + hh * k, li + hh * k, k);
+      for (int64_t j = 0; j < c; ++j) {
+        if (outputs) {
+          T a_sum = 0, b_sum = 0;
+          for (int64_t kk = 0; kk < k; ++kk) {
+            const T r = T(1) / std::sqrt(br.v(kk, i, j) + e);
+            a_sum += li[kk] * r;
+            b_sum += li[kk] * br.mu(kk, i, j) * r;
+          }
+          sp[i * c + j] = gp[j] * a_sum;
+          shp[i * c + j] = betap[j] - gp[j] * b_sum;
+        } else {
+          T mean = 0, var = 0;
+          for (int64_t kk = 0; kk < k; ++kk) {
+            mean += li[kk] * br.mu(kk, i, j);
+            var += li[k + kk] * br.v(kk, i, j);
+          }
+          const T s = gp[j] / std::sqrt(var + e);
+          sp[i * c + j] = s;
+          shp[i * c + j] = betap[j] - mean * s;
+        }
+      }
+    }
+  });
+  return {scale, shift, z, rel, ratios, mu_ln, v_ln};
+}
+
+// backward: returns (d mean_in, d u, d weight, d bias, d reduce_weight, d ratio_weight,
+// d ratio_bias); batch_bn: the BN moments are this batch's (gradients flow through them)
+std::vector<Tensor> en_step_backward(const Tensor& grad_scale, const Tensor& grad_shift,
+                                     const Tensor& m, const Tensor& u, const Tensor& bn_mean,
+                                     const Tensor& bn_var, bool batch_bn, const Tensor& gamma,
+                                     const Tensor& reduce_weight, const Tensor& ratio_weight,
+                                     const Tensor& z, const Tensor& rel, const Tensor& ratios,
+                                     const Tensor& mu_ln, const Tensor& v_ln, double eps,
+                                     int64_t span, bool outputs) {
+  const int64_t n = m.size(0), c = m.size(1);
+  const auto dt = m.scalar_type();
+  const bool bn = bn_mean.numel() > 0;
+  const int64_t k = bn ? 3 : 2, h = outputs ? 1 : 2;
+  const int64_t blocks = (c + span - 1) / span;
+  check_en(grad_scale, n * c, dt, "grad_scale");
+  check_en(grad_shift, n * c, dt, "grad_shift");
+  check_en(z, n * k * blocks, dt, "z");
+  check_en(rel, n * k * k, dt, "relation");
+  check_en(ratios, n * h * k, dt, "ratios");
+  auto opts = m.options();
+  auto dm = torch::empty({n, c}, opts), du = torch::empty({n, c}, opts);
+  auto dgamma = torch::zeros({c}, opts), dbeta = torch::zeros({c}, opts);
+  auto dwr = torch::zeros({k, 1, span}, opts);
+  auto dW = torch::zeros({h * k, k * k}, opts), db = torch::zeros({h * k}, opts);
+  AT_DISPATCH_FLOATING_TYPES(dt, "en_step_backward", [&] {
+    using T = scalar_t;
+    const T* S = grad_scale.data_ptr<T>();
+    const T* Tg = grad_shift.data_ptr<T>();
+    const T* mp = m.data_ptr<T>();
+    const T* gp = gamma.data_ptr<T>();
+    const T* wr = reduce_weight.data_ptr<T>();
+    const T* wp = ratio_weight.data_ptr<T>();
+    const T* zp = z.data_ptr<T>();
+    const T* rp = rel.data_ptr<T>();
+    const T* lp = ratios.data_ptr<T>();
+    const T* mlp = mu_ln.data_ptr<T>();
+    EnBranches<T> br{mp, u.data_ptr<T>(), bn ? bn_mean.data_ptr<T>() : nullptr,
+                     bn ? bn_var.data_ptr<T>() : nullptr, mlp, v_ln.data_ptr<T>(), c, k};
+    T* dmp = dm.data_ptr<T>();
+    T* dup = du.data_ptr<T>();
+    T* dgp = dgamma.data_ptr<T>();
+    T* dbp = dbeta.data_ptr<T>();
+    T* dwrp = dwr.data_ptr<T>();
+    T* dWp = dW.data_ptr<T>();
+    T* dbb = db.data_ptr<T>();
+    const T e = static_cast<T>(eps);
+    std::vector<double> g_bn_mu(bn ? c : 0, 0.0), g_bn_v(bn ? c : 0, 0.0);
+    std::vector<double> dl(h * k);
+    std::vector<T> dlogits(h * k), dR(k * k), dz(k * blocks);
+    for (int64_t i = 0; i < n; ++i) {
+      const T* li = lp + i * h * k;
+      std::fill(dl.begin(), dl.end(), 0.0);
+      for (int64_t j = 0; j < c; ++j) {  // the mixing step's backward, reduced over c
+        const int64_t ij = i * c + j;
+        dbp[j] += Tg[ij];
+        if (outputs) {
+          T a_sum = 0, b_sum = 0;
+          const T da = S[ij] * gp[j], dbm = Tg[ij] * gp[j];
+          for (int64_t kk = 0; kk < k; ++kk) {
+            const T r = T(1) / std::sqrt(br.v(kk, i, j) + e), mu = br.mu(kk, i, j);
+            a_sum += li[kk] * r;
+            b_sum += li[kk] * mu * r;
+            dl[kk] += double(da * r - dbm * mu * r);
+          }
+          dgp[j] += S[ij] * a_sum - Tg[ij] * b_sum;
+        } else {
+          T mean = 0, var = 0;
+          for (int64_t kk = 0; kk < k; ++kk) {
+            mean += li[kk] * br.mu(kk, i, j);
+            var += li[k + kk] * br.v(kk, i, j);
+          }
+          const T rho = T(1) / std::sqrt(var + e);
+          const T dmean = -Tg[ij] * gp[j] * rho;
+          const T dvar = gp[j] * (S[ij] - Tg[ij] * mean) * T(-0.5) * rho * rho * rho;
+          dgp[j] += rho * (S[ij] - Tg[ij] * mean);
+          for (int64_t kk = 0; kk < k; ++kk) {
+            dl[kk] += double(dmean * br.mu(kk, i, j));
+            dl[k + kk] += double(dvar * br.v(kk, i, j));
+          }
+        }
+      }
+      for (int64_t hh = 0; hh < h; ++hh) {  // softmax backward per head
+        double dot = 0;
+        for (int64_t kk = 0; kk < k; ++kk) dot += double(li[hh * k + kk]) * dl[hh * k + kk];
+        for (int64_t kk = 0; kk < k; ++kk)
+          dlogits[hh * k + kk] = static_cast<T>(li[hh * k + kk] * (dl[hh * k + kk] - dot));
+      }
+      const T* ri = rp + i * k * k;
+      for (int64_t q = 0; q < k * k; ++q) {  // linear layer
+        double acc = 0;
+        for (int64_t o = 0; o < h * k; ++o) {
+          dWp[o * k * k + q] += dlogits[o] * ri[q];
+          acc += double(dlogits[o]) * wp[o * k * k + q];
+        }
+        dR[q] = static_cast<T>(acc);
+      }
+      for (int64_t o = 0; o < h * k; ++o) dbb[o] += dlogits[o];
+      const T* zi = zp + i * k * blocks;
+      for (int64_t a = 0; a < k; ++a)  // relation R = z z^T / J
+        for (int64_t q = 0; q < blocks; ++q) {
+          double acc = 0;
+          for (int64_t b = 0; b < k; ++b) acc += double(dR[a * k + b] + dR[b * k + a]) * zi[b * blocks + q];
+          dz[a * blocks + q] = static_cast<T>(acc / blocks);
+        }
+      double g_ln_mu = 0, g_ln_v = 0;
+      for (int64_t j = 0; j < c; ++j) {  // descriptors, mixing terms, back to the branches
+        const int64_t ij = i * c + j;
+        T dmij = 0, duij = 0;
+        T da = 0, dbm = 0, dmean = 0, dvar = 0;
+        if (outputs) {
+          da = S[ij] * gp[j];
+          dbm = Tg[ij] * gp[j];
+        } else {
+          T mean = 0, var = 0;
+          for (int64_t kk = 0; kk < k; ++kk) {
+            mean += li[kk] * br.mu(kk, i, j);
+            var += li[k + kk] * br.v(kk, i, j);
+          }
+          const T rho = T(1) / std::sqrt(var + e);
+          dmean = -Tg[ij] * gp[j] * rho;
+          dvar = gp[j] * (S[ij] - Tg[ij] * mean) * T(-0.5) * rho * rho * rho;
+        }
+        for (int64_t kk = 0; kk < k; ++kk) {
+          const T mu = br.mu(kk, i, j), r = T(1) / std::sqrt(br.v(kk, i, j) + e);
+          const T centred = mp[ij] - mu;
+          const T zgrad = dz[kk * blocks + j / span];
+          const T ddesc = zgrad * wr[kk * span + j % span];
+          dwrp[kk * span + j % span] += zgrad * centred * r;
+          const T dcent = ddesc * r;
+          T dr = ddesc * centred, dmu = -dcent, dv = 0;
+          if (outputs) {
+            dr += li[kk] * (da - dbm * mu);
+            dmu += -li[kk] * dbm * r;
+          } else {
+            dmu += li[kk] * dmean;
+            dv += li[k + kk] * dvar;
+          }
+          dv += dr * T(-0.5) * r * r * r;
+          dmij += dcent;
+          if (kk == 0) { dmij += dmu; duij += dv; }
+          else if (kk == 1) { g_ln_mu += dmu; g_ln_v += dv; }
+          else { g_bn_mu[j] += dmu; g_bn_v[j] += dv; }
+        }
+        dmp[ij] = dmij;
+        dup[ij] = duij;
+      }
+      const T gm = static_cast<T>(g_ln_mu / c), gv = static_cast<T>(g_ln_v / c);
+      for (int64_t j = 0; j < c; ++j) {  // LN's moments pool the sample's channels
+        dmp[i * c + j] += gm + T(2) * gv * (mp[i * c + j] - mlp[i]);
+        dup[i * c + j] += gv;
+      }
+    }
+    if (bn && batch_bn) {  // BN's moments pool the batch
+      const T* bm = bn_mean.data_ptr<T>();
+      for (int64_t i = 0; i < n; ++i)
+        for (int64_t j = 0; j < c; ++j) {
+          const T gm = static_cast<T>(g_bn_mu[j] / n), gv = static_cast<T>(g_bn_v[j] / n);
+          dmp[i * c + j] += gm + T(2) * gv * (mp[i * c + j] - bm[j]);
+          dup[i * c + j] += gv;
+        }
+    }
+  });
+  return {dm, du, dgamma, dbeta, dwr, dW, db};
+}
+
 // Threads at::parallel_for can use here: 1 if this library was built without OpenMP.
 int64_t parallel_threads() {
 #ifdef _OPENMP
@@ -1288,4 +1594,10 @@ PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
         "(sum g (x - mean[n, c]), sum g) per (n, c) (EN's backward sums)");
   m.def("channel_input_grad", &channel_input_grad,
         "a[n, c] * g + k[n, c] * x + c[n, c] (EN's input gradient)");
+  m.def("en_step_forward", &en_step_forward,
+        "EN's (N, C) step (sn_mm/ops/exemplar_step.py): (scale, shift, z, relation, "
+        "ratios, mu_ln, v_ln)");
+  m.def("en_step_backward", &en_step_backward,
+        "backward of en_step_forward: (d mean_in, d u, d weight, d bias, d reduce_weight, "
+        "d ratio_weight, d ratio_bias)");
 }
