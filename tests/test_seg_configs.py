@@ -54,7 +54,7 @@ def test_config_set_is_complete():
             for norm in ('sn', 'syncsn', 'syncbn', 'gn', 'sn-in1k-official', 'sw', 'en'):
                 assert f'{model}/{model}_r50-d8-{norm}_{schedule}.py' in names
         for layout in ('cityscapes', 'ade20k'):
-            for norm in ('sn', 'syncsn', 'syncbn', 'gn'):
+            for norm in ('sn', 'syncsn', 'syncbn', 'gn', 'ssn', 'sw', 'en'):
                 assert f'seg_demo/{model}_r18-d8-{norm}_demo-{layout}.py' in names
 
 
