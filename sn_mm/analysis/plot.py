@@ -15,7 +15,7 @@ panels at the right. Every normalizer of :data:`sn_mm.ops.pool.NAMES` has a colo
 Switchable Whitening layers (:mod:`sn_mm.analysis.sw_ratios`) are drawn the same way:
 one bar per layer of its weights over [BW, IW, BN, IN, LN] (the authors' order, the
 branches it mixes; bottom panel: the covariance weights), BN/IN/LN in SN's colours,
-BW/IW in their own. A column of SW layers only shows SW's branches.
+BW/IW in their own.
 """
 import os
 from typing import List, Sequence, Tuple
