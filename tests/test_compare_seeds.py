@@ -13,7 +13,7 @@ from mmengine.config import Config
 from sn_mm.apis import compare
 from sn_mm.apis.compare import Row
 from sn_mm.apis.expected import expected_line, load_expected, update_expected
-from sn_mm.apis.norm_tables import DET_NORMS, det_rows, parse_row_name, seg_rows
+from sn_mm.apis.norm_tables import DET_NORMS, SEG_NORMS, det_rows, parse_row_name, seg_rows
 from sn_mm.apis.runner import schedule_options
 
 ROOT = osp.dirname(osp.dirname(osp.abspath(__file__)))
@@ -179,6 +179,29 @@ def test_rows_of_the_tools():
                                      'ade20k/gn']
     assert [r.reference for r in seg] == [None, 'cityscapes/sn', None, 'ade20k/sn']
     assert all(osp.isfile(r.config) for r in seg)
+
+
+def test_every_normalizer_has_its_demo_configs():
+    """Every row name of the tables is a demo config that exists (SW and EN included),
+    for both segmentation models and layouts; rows without logits refuse '@lr'."""
+    assert {'sn', 'ssn', 'sw', 'en'} <= set(DET_NORMS)
+    assert {'sn', 'ssn', 'sw', 'en'} <= set(SEG_NORMS)
+    rows = det_rows(list(DET_NORMS) + ['sw@lr1'], DET_DIR)
+    assert all(osp.isfile(r.config) for r in rows), [r.config for r in rows]
+    by_name = {r.name: r for r in rows}
+    assert osp.basename(by_name['sw'].config) == 'mask-rcnn_r18_fpn_sw-all_coco-demo.py'
+    assert osp.basename(by_name['en'].config) == 'mask-rcnn_r18_fpn_en-all_coco-demo.py'
+    assert by_name['sw@lr1'].cfg_options == {'optim_wrapper.paramwise_cfg.sn_lr_mult': 1.0}
+    assert by_name['en'].reference == 'sn' and by_name['sw'].label == 'SW / SW (BW+IW)'
+    for model in ('deeplabv3', 'deeplabv3plus'):
+        seg = seg_rows(model, list(SEG_NORMS), ['cityscapes', 'ade20k'], SEG_DIR)
+        assert all(osp.isfile(r.config) for r in seg), [r.config for r in seg]
+        assert f'{model}_r18-d8-sw_demo-ade20k.py' in {osp.basename(r.config) for r in seg}
+    for bad in ('en@lr1', 'gn@lr10', 'bn_gn-head@lr1'):
+        with pytest.raises(ValueError, match=f"row '{bad}': .* has no importance logits"):
+            det_rows([bad], DET_DIR)
+    with pytest.raises(ValueError, match="row 'en@lr1'"):
+        seg_rows('deeplabv3', ['en@lr1'], ['cityscapes'], SEG_DIR)
 
 
 def test_expected_file_and_the_demo_line(tmp_path):

@@ -50,6 +50,8 @@ DEMO_EXPECTED = {
     'mask-rcnn_r18_fpn_bn_gn-head_coco-demo.py': ('BN', 'GN'),
     'mask-rcnn_r18_fpn_gn_sn-head_coco-demo.py': ('GN', 'SN'),
     'mask-rcnn_r18_fpn_ssn-all_coco-demo.py': ('SSN', 'SSN'),
+    'mask-rcnn_r18_fpn_sw-all_coco-demo.py': ('SW', 'SW'),
+    'mask-rcnn_r18_fpn_en-all_coco-demo.py': ('EN', 'EN'),
 }
 
 NORM_CLASSES = {'SN': SwitchableNorm, 'SyncSN': SyncSwitchableNorm, 'SSN': SparseSwitchableNorm,
@@ -142,7 +144,7 @@ def check_parts(model, backbone: str, head: Optional[str]) -> None:
 
 
 def check_weight_decay(model, optim_wrapper, base_wd: float) -> None:
-    """SN/SyncSN parameters: decay 0; conv/linear weights: the base decay."""
+    """SN/SyncSN/SW/EN parameters: decay 0; conv/linear weights: the base decay."""
     owner = {}
     for module in model.modules():
         for p in module.parameters(recurse=False):
@@ -153,12 +155,13 @@ def check_weight_decay(model, optim_wrapper, base_wd: float) -> None:
             module = owner[id(p)]
             if not p.requires_grad:
                 continue
-            if isinstance(module, (SwitchableNorm, ExemplarNorm)):
+            if isinstance(module, (SwitchableNorm, SwitchableWhitening, ExemplarNorm)):
                 seen_sn += 1
                 assert group['weight_decay'] == 0.0, (module, group['weight_decay'])
             elif isinstance(module, (nn.Conv2d, nn.Linear)) and p.dim() > 1:
                 assert group['weight_decay'] == pytest.approx(base_wd)
-    num_sn = sum(1 for m in model.modules() if isinstance(m, (SwitchableNorm, ExemplarNorm))
+    num_sn = sum(1 for m in model.modules()
+                 if isinstance(m, (SwitchableNorm, SwitchableWhitening, ExemplarNorm))
                  for p in m.parameters() if p.requires_grad)
     assert seen_sn == num_sn
 
@@ -279,3 +282,7 @@ def _check_step(model, optim_wrapper, log_vars, changed, backbone, head, frozen_
     if backbone == 'EN':  # the ratio networks are trained
         assert 'backbone.layer4.1.en2.ratio_weight' in changed
         assert 'roi_head.mask_head.convs.0.en.ratio_weight' in changed
+    if backbone == 'SW':  # the whitening logits are trained
+        assert f'backbone.layer4.1.{bb.layer4[1].norm2_name}.sw_mean_weight' in changed
+        mask_norm = model.roi_head.mask_head.convs[0].norm_name
+        assert f'roi_head.mask_head.convs.0.{mask_norm}.sw_var_weight' in changed

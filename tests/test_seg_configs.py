@@ -55,7 +55,7 @@ def test_config_set_is_complete():
             for norm in ('sn', 'syncsn', 'syncbn', 'gn', 'sn-in1k-official', 'sw', 'en'):
                 assert f'{model}/{model}_r50-d8-{norm}_{schedule}.py' in names
         for layout in ('cityscapes', 'ade20k'):
-            for norm in ('sn', 'syncsn', 'syncbn', 'gn'):
+            for norm in ('sn', 'syncsn', 'syncbn', 'gn', 'ssn', 'sw', 'en'):
                 assert f'seg_demo/{model}_r18-d8-{norm}_demo-{layout}.py' in names
 
 
@@ -161,6 +161,9 @@ def test_config_builds_and_trains_one_step(path):
     running = [m.running_mean.clone() for m in sn_layers]
     en_layers = [m for _, m in norms if isinstance(m, ExemplarNorm)]
     en_before = [m.ratio_weight.detach().clone() for m in en_layers]
+    sw_layers = [m for _, m in norms if isinstance(m, SwitchableWhitening)]
+    sw_before = [(m.sw_mean_weight.detach().clone(), m.sw_var_weight.detach().clone(),
+                  m.running_cov.clone()) for m in sw_layers]
     log = model.train_step(_small_batch(2, size, num_classes), optim_wrapper)
     loss = float(log['loss'].detach())
     assert math.isfinite(loss) and loss > 0
@@ -171,6 +174,11 @@ def test_config_builds_and_trains_one_step(path):
         assert not torch.equal(m.running_mean, r)  # BN-branch statistics are tracked
     for m, b in zip(en_layers, en_before):
         assert not torch.equal(m.ratio_weight, b)  # EN's ratio networks are trained
+    for m, (mean_w, var_w, cov) in zip(sw_layers, sw_before):
+        assert not torch.equal(m.running_cov, cov)  # BW statistics are tracked
+        if demo:  # from scratch, zero_init_residual=False: every layer's logits get a gradient
+            assert not torch.equal(m.sw_mean_weight, mean_w)  # SW's logits are trained
+            assert not torch.equal(m.sw_var_weight, var_w)
 
 
 def _official_sn_resnet50_state(seed=0):

@@ -1,5 +1,5 @@
 #!/usr/bin/env python
-"""Per-layer SN importance ratios of one or more checkpoints: table, CSV/JSON, figure.
+"""Per-layer SN (and SW) importance ratios of one or more checkpoints: table, CSV/JSON, figure.
 
     python tools/analyze_sn.py CKPT [CKPT ...] [--labels A B ...] [--out table.csv|.json]
                                [--plot fig.png|.pdf] [--title TEXT] [--quiet]
@@ -12,8 +12,12 @@ Reads mmengine checkpoints (``{'state_dict': {'backbone.layer1.0.sn1.mean_weight
 and official SN checkpoints (``module.`` keys, 3 or 2 logits), prints the softmaxed
 [IN, LN, BN] shares of means and variances of every SN layer in depth order with their
 average over layers, and draws the paper-style stacked-bar figure (one column per
-checkpoint, side by side). Files are loaded with ``torch.load(weights_only=True)`` plus
-the allowlist of objects mmengine writes (``sn_mm.checkpoint.safe_load``).
+checkpoint, side by side). Switchable Whitening layers (``sw_mean_weight``/``sw_var_weight``
+logits) get their own table, the softmaxed weights of the means and of the covariances in
+the authors' order [BW, IW, BN, IN, LN] (the branches of the layer's sw_type), and are rows
+and bars of the same CSV/JSON file and figure (``sn_mm.analysis.sw_ratios``). Files are
+loaded with ``torch.load(weights_only=True)`` plus the allowlist of objects mmengine
+writes (``sn_mm.checkpoint.safe_load``).
 
 ``--compare``: the cross-task figure and table (``sn_mm.analysis.compare``), by default
 from the detection demo, the two segmentation demos and the digits study outputs.
@@ -31,7 +35,8 @@ import os
 import pickle
 import sys
 
-from sn_mm.analysis import format_table, plot_ratios, ratios_from_checkpoint, write_table
+from sn_mm.analysis import format_table, plot_ratios, write_table
+from sn_mm.analysis.sw_ratios import format_sw_table, layers_from_checkpoint, split_kinds
 from sn_mm.checkpoint import branches_arg
 
 
@@ -99,13 +104,16 @@ def main(argv=None):
     tables = []
     for label, path in zip(labels, args.checkpoints):
         try:
-            layers = ratios_from_checkpoint(path, args.branches)
+            layers = layers_from_checkpoint(path, args.branches)
         except (ValueError, FileNotFoundError, pickle.UnpicklingError) as err:
             sys.exit(f'error: {err}')
         tables.append((label, layers))
         if not args.quiet:
-            print(format_table(label, layers))
-            print()
+            sn, sw = split_kinds(layers)
+            for table in ([format_table(label, sn)] if sn else []) + (
+                    [format_sw_table(label, sw)] if sw else []):
+                print(table)
+                print()
     if args.out:
         print(f'table written to {write_table(tables, args.out)}')
     if args.plot:

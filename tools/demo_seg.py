@@ -1,7 +1,7 @@
 """Semantic-segmentation demo in one command: generate data, train DeepLab with SN, evaluate.
 
     python tools/demo_seg.py [--layout {cityscapes,ade20k,both}] [--model {deeplabv3,deeplabv3plus}]
-                             [--norm {sn,syncsn,syncbn,gn,ssn}] [--iters N] [--seed N] [--threads N]
+                             [--norm {sn,syncsn,syncbn,gn,ssn,sw,en}] [--iters N] [--seed N] [--threads N]
                              [--data-root data/seg_demo] [--work-dir work_dirs/seg_demo]
 
 For each layout (default: both), in this process, with the demo runner that

@@ -9,16 +9,17 @@ Conventions (ResNet as in mmdet/mmseg and the official SN checkpoints):
   container (``layers``, ``stages``, ``res_layers``, ``blocks``) followed by an index.
 - The block is the stage plus the next numeric component (``layer1.0``).
 - Names are compared component by component: numbers numerically; direct norm/stem
-  components (``sn1``, ``stem``, ``norm``) before stages and indices, which come before
-  everything else (``downsample``, ``fc``, heads). OpenMMLab top-level parts are in model
-  order (backbone, neck, heads); any other names keep their order of first appearance.
+  components (``sn1``, ``sw1``, ``en1``, ``stem``, ``norm``) before stages and indices,
+  which come before everything else (``downsample``, ``fc``, heads). OpenMMLab top-level
+  parts are in model order (backbone, neck, heads); any other names keep their order of
+  first appearance.
 """
 import re
 from typing import Dict, List, Sequence, Tuple
 
 _STAGE_RE = re.compile(r'^(layer|stage|res_layer|res)(\d+)$')
 _STAGE_CONTAINERS = ('layers', 'stages', 'res_layers', 'blocks')
-_FIRST_RE = re.compile(r'^(stem|sn|bn|gn|ln|in|norm|conv)(\d*)$')
+_FIRST_RE = re.compile(r'^(stem|sn|sw|en|bn|gn|ln|in|norm|conv)(\d*)$')
 _TOP_LEVEL = ('data_preprocessor', 'backbone', 'neck', 'rpn_head', 'roi_head', 'bbox_head',
               'mask_head', 'decode_head', 'auxiliary_head', 'head', 'cls_head')
 

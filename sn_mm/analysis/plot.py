@@ -11,18 +11,25 @@ name is wider than its stage (the 1-layer stem of a ResNet-50), the names altern
 between two rows, so none overlaps its neighbour. A legend (IN, LN, BN) sits above the
 panels at the right. Every normalizer of :data:`sn_mm.ops.pool.NAMES` has a colour in
 :data:`COLORS`.
+
+Switchable Whitening layers (:mod:`sn_mm.analysis.sw_ratios`) are drawn the same way:
+one bar per layer of its weights over [BW, IW, BN, IN, LN] (the authors' order, the
+branches it mixes; bottom panel: the covariance weights), BN/IN/LN in SN's colours,
+BW/IW in their own.
 """
 import os
 from typing import List, Sequence, Tuple
 
 from ..ops import pool as pool_table
-from .ratios import LayerRatios, average_shares, columns_of, share_of
+from .ratios import LayerRatios
+from .sw_ratios import SW_BRANCHES, average_weights, columns_for, is_sw, share_in
 
-COLORS = {'IN': '#4C72B0', 'LN': '#55A868', 'BN': '#C44E52', 'GN': '#DD8452'}
-_uncoloured = [name for name in pool_table.NAMES if name not in COLORS]
+COLORS = {'IN': '#4C72B0', 'LN': '#55A868', 'BN': '#C44E52', 'GN': '#DD8452',
+          'BW': '#8172B3', 'IW': '#937860'}
+_uncoloured = [name for name in pool_table.NAMES + SW_BRANCHES if name not in COLORS]
 if _uncoloured:
     raise ImportError(f'sn_mm.analysis.plot.COLORS has no colour for {_uncoloured}, '
-                      f'normalizers of sn_mm.ops.pool')
+                      f'normalizers of sn_mm.ops.pool or SW branches')
 Labelled = Sequence[Tuple[str, Sequence[LayerRatios]]]
 
 
@@ -53,7 +60,7 @@ def _panel(ax, layers: Sequence[LayerRatios], kind: str, show_stages: bool, font
     xs = range(len(layers))
     bottom = [0.0] * len(layers)
     for branch in branches:
-        heights = [layer.share(kind, branch) for layer in layers]
+        heights = [share_in(layer, kind, branch) for layer in layers]
         ax.bar(xs, heights, bottom=bottom, width=0.85, color=COLORS[branch], label=branch,
                linewidth=0)
         bottom = [b + h for b, h in zip(bottom, heights)]
@@ -64,9 +71,11 @@ def _panel(ax, layers: Sequence[LayerRatios], kind: str, show_stages: bool, font
             ax.axvline(i - 0.5, color='0.15', linewidth=0.7, zorder=3)
     if show_stages:
         _stage_labels(ax, layers, 8.0)
-    avg = average_shares(layers)[kind]
-    ax.set_ylabel(f'{"mean" if kind == "mean" else "variance"} share\n'
-                  + ' '.join(f'{b} {share_of(avg, b):.2f}' for b in branches), fontsize=8)
+    avg = average_weights(layers, branches)[kind]
+    second = ('covariance' if all(is_sw(l) for l in layers) else 'variance / covariance'
+              if any(is_sw(l) for l in layers) else 'variance')
+    ax.set_ylabel(f'{"mean" if kind == "mean" else second} share\n'
+                  + ' '.join(f'{b} {a:.2f}' for b, a in zip(branches, avg)), fontsize=8)
     ax.set_ylim(0, 1)
     ax.set_xlim(-0.6, len(layers) - 0.4)
 
@@ -113,13 +122,13 @@ def plot_ratios(tables: Labelled, path: str, title: str = '') -> str:
         raise ValueError('nothing to plot: expected at least one (label, layers) pair')
     for label, layers in tables:
         if not layers:
-            raise ValueError(f'{label}: no SN layers to plot')
+            raise ValueError(f'{label}: no SN layers to plot (nor SW layers)')
     ext = os.path.splitext(path)[1].lower()
     if ext not in ('.png', '.pdf', '.svg'):
         raise ValueError(f'plot file must end in .png, .pdf or .svg, got {path!r}')
     most = max(len(layers) for _, layers in tables)
     col_width = min(max(3.5, 0.17 * most + 1.2), 14.0)
-    branches = columns_of([layer for _, layers in tables for layer in layers])
+    branches = columns_for([layer for _, layers in tables for layer in layers])
     fig = new_figure(col_width * len(tables), 6.8)
     axes = fig.subplots(2, len(tables), squeeze=False)
     for col, (label, layers) in enumerate(tables):

@@ -5,6 +5,13 @@ var_IN, var_LN, var_BN`` (softmaxed shares; each triple sums to 1) for the defau
 a branch outside it that some layer mixes (``GN``) adds its ``mean_``/``var_`` columns
 after the default pool's (:func:`sn_mm.analysis.ratios.columns_of`; 0 for the layers that
 do not mix it), and the JSON file's ``branches`` lists the columns.
+
+Switchable Whitening layers (:mod:`sn_mm.analysis.sw_ratios`) are rows of the same table:
+their branches ``BW``/``IW`` add columns after SN's (``BN``/``IN``/``LN`` are the columns
+SN has; ``var_`` is the covariance weight), and a ``kind`` column (``SN``/``SW``) is added
+after ``using_bn`` when a table has an SW layer (a table of SN layers keeps the columns
+above). The JSON file's ``average`` is over each checkpoint's SN layers, as before;
+``sw_average`` over its SW layers, in the columns ``sw_branches``.
 """
 import csv
 import json
@@ -12,13 +19,16 @@ import os
 from typing import List, Sequence, Tuple
 
 from .ratios import DEFAULT_POOL, LayerRatios, average_shares, columns_of, share_of
+from .sw_ratios import average_weights, columns_for, is_sw, row_of, split_kinds, sw_columns
 
 Labelled = Sequence[Tuple[str, Sequence[LayerRatios]]]
 
 
-def columns(branches: Sequence[str] = DEFAULT_POOL) -> List[str]:
-    """The CSV columns for the branch columns ``branches``."""
-    return ['checkpoint', 'name', 'stage', 'block', 'using_bn'] + [
+def columns(branches: Sequence[str] = DEFAULT_POOL, with_kind: bool = False) -> List[str]:
+    """The CSV columns for the branch columns ``branches`` (``kind`` too for a table with
+    SW layers)."""
+    return ['checkpoint', 'name', 'stage', 'block', 'using_bn'] + (
+        ['kind'] if with_kind else []) + [
         f'{kind}_{b}' for kind in ('mean', 'var') for b in branches]
 
 
@@ -27,17 +37,26 @@ COLUMNS = columns()
 
 
 def table_branches(tables: Labelled) -> Tuple[str, ...]:
-    """The branch columns of all the tables together (:func:`columns_of`)."""
-    return columns_of([layer for _, layers in tables for layer in layers])
+    """The branch columns of all the tables together (:func:`columns_of`; with SW layers
+    :func:`sn_mm.analysis.sw_ratios.columns_for`)."""
+    return columns_for([layer for _, layers in tables for layer in layers])
+
+
+def has_sw(tables: Labelled) -> bool:
+    return any(is_sw(layer) for _, layers in tables for layer in layers)
 
 
 def rows(tables: Labelled) -> List[dict]:
     branches = table_branches(tables)
+    with_kind = has_sw(tables)
     out = []
     for label, layers in tables:
         for layer in layers:
             row = {'checkpoint': label}
-            row.update(layer.as_row(branches))
+            values = row_of(layer, branches)
+            if with_kind:
+                values['kind'] = 'SW' if is_sw(layer) else 'SN'
+            row.update((k, values[k]) for k in columns(branches, with_kind)[1:])
             out.append(row)
     return out
 
@@ -73,14 +92,24 @@ def write_table(tables: Labelled, path: str) -> str:
     branches = table_branches(tables)
     if ext == '.csv':
         with open(path, 'w', newline='') as f:
-            writer = csv.DictWriter(f, fieldnames=columns(branches))
+            writer = csv.DictWriter(f, fieldnames=columns(branches, has_sw(tables)))
             writer.writeheader()
             writer.writerows(data)
     else:
-        summary = {label: {k: [share_of(v, b) for b in branches]
-                           for k, v in average_shares(layers).items()}
-                   for label, layers in tables}
+        summary, sw_summary = {}, {}
+        all_sw = [layer for _, layers in tables for layer in split_kinds(layers)[1]]
+        sw_branches = sw_columns(all_sw)
+        for label, layers in tables:
+            sn, sw = split_kinds(layers)
+            if sn:
+                summary[label] = {k: list(v)
+                                  for k, v in average_weights(sn, branches).items()}
+            if sw:
+                sw_summary[label] = {k: list(v)
+                                     for k, v in average_weights(sw, sw_branches).items()}
+        out = {'branches': list(branches), 'layers': data, 'average': summary}
+        if all_sw:
+            out.update(sw_branches=list(sw_branches), sw_average=sw_summary)
         with open(path, 'w') as f:
-            json.dump({'branches': list(branches), 'layers': data, 'average': summary}, f,
-                      indent=1)
+            json.dump(out, f, indent=1)
     return path

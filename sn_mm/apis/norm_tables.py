@@ -4,7 +4,10 @@
 To compare another normalizer, add one line to :data:`DET_NORMS` or :data:`SEG_NORMS`
 (and its demo configs). A row name ``<norm>@lr<x>`` trains ``<norm>``'s config with the SN
 importance logits at ``x`` times the learning rate
-(``optim_wrapper.paramwise_cfg.sn_lr_mult``; the demo configs use 30). Config folders
+(``optim_wrapper.paramwise_cfg.sn_lr_mult``; the demo configs use 30). ``sn_lr_mult``
+scales SW's logits (``sw_mean_weight``/``sw_var_weight``) too; a row whose model has no
+importance logits (:data:`NO_LOGITS`: BN, GN, EN, whose ratio network trains at the base
+rate) would train the same model with ``@lr<x>``, and is an error. Config folders
 are arguments: the package does not know where a source checkout is.
 """
 import re
@@ -23,14 +26,19 @@ DET_NORMS = {
     'bn_gn-head': ('BN / GN', 'mask-rcnn_r18_fpn_bn_gn-head_coco-demo.py'),
     'gn_sn-head': ('GN / SN', 'mask-rcnn_r18_fpn_gn_sn-head_coco-demo.py'),
     'ssn': ('SSN / SSN', 'mask-rcnn_r18_fpn_ssn-all_coco-demo.py'),
+    'sw': ('SW / SW (BW+IW)', 'mask-rcnn_r18_fpn_sw-all_coco-demo.py'),
+    'en': ('EN / EN', 'mask-rcnn_r18_fpn_en-all_coco-demo.py'),
 }
 
 #: segmentation: name (the ``-<norm>_`` of configs/seg_demo/*) -> table label
 SEG_NORMS = {'syncbn': 'SyncBN (= BN on one process)', 'gn': 'GN (16 groups)', 'sn': 'SN',
-             'syncsn': 'SyncSN (= SN on one process)', 'ssn': 'SSN (sparsestmax)'}
+             'syncsn': 'SyncSN (= SN on one process)', 'ssn': 'SSN (sparsestmax)',
+             'sw': 'SW (BW+IW)', 'en': 'EN'}
 SEG_TITLES = {'cityscapes': 'Cityscapes-layout demo', 'ade20k': 'ADE20K-layout demo'}
 #: the sn_lr_mult of the demo configs
 DEMO_SN_LR_MULT = 30.0
+#: rows whose models have no importance logits for ``sn_lr_mult`` to scale
+NO_LOGITS = frozenset({'bn', 'syncbn', 'gn', 'bn_gn-head', 'en'})
 #: the row every other row is compared to
 REFERENCE = 'sn'
 
@@ -41,6 +49,10 @@ def parse_row_name(name: str, norms) -> Tuple[str, Optional[float]]:
     if match is None or match.group(1) not in norms:
         raise ValueError(f'unknown row {name!r}; expected a normalizer of {sorted(norms)}, '
                          "optionally with '@lr<sn_lr_mult>' (for example 'sn@lr1')")
+    if match.group(2) is not None and match.group(1) in NO_LOGITS:
+        raise ValueError(f'row {name!r}: {match.group(1)!r} has no importance logits, so '
+                         f'sn_lr_mult changes nothing (it scales the logits of SN, SSN and '
+                         f'SW); use {match.group(1)!r}')
     return match.group(1), None if match.group(2) is None else float(match.group(2))
 
 

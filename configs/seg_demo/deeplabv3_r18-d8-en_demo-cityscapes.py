@@ -1,0 +1,14 @@
+# DeepLabV3 R18-D8 from scratch, Exemplar Normalization (EN, Zhang et al. CVPR 2020) everywhere,
+# on the built-in cityscapes-layout demo data: the SN demo config
+# deeplabv3_r18-d8-sn_demo-cityscapes.py with every SN layer replaced by EN (per-image
+# importance ratios; sn_mm.ops.exemplar_norm, docs/en.md), as the full-size
+# configs/deeplabv3/*-en_* do.
+# Optimizer (inherited SNOptimWrapperConstructor): no weight decay on any EN parameter (weight,
+# bias and the ratio network; sn_decay_mult=0.0); sn_lr_mult=30 does not apply to EN (it has no
+# logits: its ratio network trains at the base lr).
+# SNRatioHook (inherited, skip_without_sn=True) logs SN layers only: nothing for this model;
+# `tools/analyze_sn.py --en-ratios CONFIG CKPT` shows the per-image ratios.
+_base_ = './deeplabv3_r18-d8-sn_demo-cityscapes.py'
+norm_cfg = dict(type='EN', requires_grad=True)
+model = dict(backbone=dict(norm_cfg=norm_cfg), decode_head=dict(norm_cfg=norm_cfg),
+             auxiliary_head=dict(norm_cfg=norm_cfg))
