@@ -121,15 +121,10 @@ def branch_moments(mean_in: Tensor, u: Tensor, bn: Optional[Tuple[Tensor, Tensor
     return BranchMoments(torch.stack(mus, 1), torch.stack(vs, 1))
 
 
-# ---------------------------------------------------------------------------------------
-# THE MIXING STEP. One function, swappable for the lead engineer's core op (SN_MATH.md §3-4:
-# the (N, C) step with per-sample (N, K) weights, then the affine pass). Its body is plain
-# torch for now. The core op computes the instance moments itself; EN needs them before
-# the weights (the ratio network reads them), so the swap needs the op's variant that
-# takes (or returns) the moments, or this function's signature unchanged with the op
-# inside. Only mixture='statistics' is the contract's mixture; 'outputs' (EN's Eqn. 3)
-# mixes the per-branch reciprocal standard deviations instead.
-# ---------------------------------------------------------------------------------------
+# The mixing step as plain differentiable ops: the definition (compile, export, meta, and
+# what the eager kernels are tested against). EN does not call SN's op: the op computes the
+# instance moments itself, and EN's ratio network needs them before the weights exist; its
+# eager path (_FusedExemplarNorm) runs SN's passes with EN's own (N, C) step in between.
 def mix_per_sample(x: Tensor, moments: BranchMoments, mean_w: Tensor, var_w: Tensor,
                    weight: Tensor, bias: Tensor, eps: float, mixture: str) -> Tensor:
     r"""``y = scale[n, c] * x + shift[n, c]`` with per-sample weights ``(N, K)``.
