@@ -235,8 +235,142 @@ def test_a_label_given_for_several_checkpoints_is_one_task_over_seeds(tmp_path):
     assert list(stem.mean) == pytest.approx(want)
     line = next(l for l in findings([task]) if l.startswith('det: largest'))
     # the stem leans to IN on both seeds; layer1 goes IN on one seed and BN on the other
-    assert '(2 seeds; a choice is named only where every seed makes it)' in line
+    assert '(2 seeds; a leaning is named only where every seed leans so)' in line
     assert 'stem IN' in line and 'layer1 seeds disagree' in line
     png = tmp_path / 'seeds.png'
     run_compare([a, b], ['det', 'det'], str(png), str(tmp_path / 'seeds.md'), quiet=True)
     assert png.read_bytes()[:4] == b'\x89PNG'
+
+
+# --------------------------------------------------------------- tasks over seeds
+class _SeedNet(torch.nn.Module):
+    """A small model in the detection layout with real SN layers: stem ``backbone.sn1``,
+    ``backbone.layer1.0.sn1``/``sn2``, ``backbone.layer2.0.sn1`` and an FPN conv's SN."""
+
+    def __init__(self):
+        super().__init__()
+        from sn_mm.ops import SwitchableNorm
+        self.backbone = torch.nn.Module()
+        self.backbone.sn1 = SwitchableNorm(4)
+        self.backbone.layer1 = torch.nn.ModuleList([torch.nn.Module()])
+        self.backbone.layer1[0].sn1 = SwitchableNorm(4)
+        self.backbone.layer1[0].sn2 = SwitchableNorm(4)
+        self.backbone.layer2 = torch.nn.ModuleList([torch.nn.Module()])
+        self.backbone.layer2[0].sn1 = SwitchableNorm(4)
+        self.neck = torch.nn.Module()
+        self.neck.fpn_convs = torch.nn.ModuleList([torch.nn.Module()])
+        self.neck.fpn_convs[0].sn = SwitchableNorm(4)
+
+
+def _seed_ckpt(path, logits):
+    """Save a _SeedNet whose SN logits are ``logits[name]`` (mean and variance alike;
+    default: all zero, shares 1/3)."""
+    model = _SeedNet()
+    with torch.no_grad():
+        for name, module in model.named_modules():
+            if hasattr(module, 'mean_weight'):
+                module.mean_weight.copy_(logits.get(name, torch.zeros(3)))
+                module.var_weight.copy_(logits.get(name, torch.zeros(3)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    torch.save({'meta': {'iter': 10}, 'state_dict': model.state_dict()}, str(path))
+    return str(path)
+
+
+def _three_seeds(tmp_path, layer1_favours):
+    """Seeds 0-2: the stem leans to IN on every seed (strength varies), layer1 leans to
+    ``layer1_favours[seed]``, layer2 and the neck stay at 1/3."""
+    paths = []
+    for seed, favour in enumerate(layer1_favours):
+        logits = {'backbone.sn1': _logits(0, 1.0 + seed) - 1}
+        for n in ('sn1', 'sn2'):
+            logits[f'backbone.layer1.0.{n}'] = _logits(favour, 1.5) - 1
+        paths.append(_seed_ckpt(tmp_path / f'seed{seed}' / 'iter_10.pth', logits))
+    return paths
+
+
+@pytest.mark.parametrize('favours, layer1', [((2, 2, 2), 'BN'),            # agree
+                                             ((2, 0, 2), 'seeds disagree'),
+                                             ((2, None, 2), 'undecided')])
+def test_three_seeds_claim_a_leaning_only_where_all_agree(tmp_path, favours, layer1):
+    """A leaning is claimed for a stage only when every seed leans to it; the table shows
+    every seed and the layers that never leave 1/3; the figure is written."""
+    from sn_mm.analysis.compare import group_leanings, never_left_third, parse_sources
+    from sn_mm.analysis.seed_spread import agreed_leaning
+    paths = []
+    for seed, favour in enumerate(favours):
+        logits = {'backbone.sn1': _logits(0, 1.0 + seed) - 1}
+        if favour is not None:
+            for n in ('sn1', 'sn2'):
+                logits[f'backbone.layer1.0.{n}'] = _logits(favour, 1.5) - 1
+        paths.append(_seed_ckpt(tmp_path / f'seed{seed}' / 'iter_10.pth', logits))
+    sources = parse_sources(['det=' + ','.join(paths)])
+    assert sources == [('det', p) for p in paths]
+    (task,) = load_tasks(sources)
+    assert len(task.runs) == 3
+    # the mean over seeds, layer by layer, against the softmax of the logits set
+    stem = [_softmax(_logits(0, 1.0 + s))[0] for s in range(3)]
+    assert task.layers[0].mean[0] == pytest.approx(sum(stem) / 3)
+    lean = group_leanings(task)
+    assert lean['stem']['leans'] == 'IN' and lean['layer1']['leans'] == layer1
+    assert lean['layer2']['leans'] == 'undecided' and lean['heads']['leans'] == 'undecided'
+    for stage, v in lean.items():  # the same rule as the seed comparisons, seed by seed
+        assert v['leans'] == agreed_leaning(v['per_seed'])
+        assert len(v['per_seed']) == 3
+    line = next(l for l in findings([task]) if l.startswith('det: largest'))
+    assert 'stem IN' in line and f'layer1 {layer1},' in line
+    assert (' layer1 BN' in line) == (layer1 == 'BN')
+    stuck = ['backbone.layer2.0.sn1', 'neck.fpn_convs.0.sn']
+    assert never_left_third(task) == stuck  # layer1 at 1/3 on one seed only is not stuck
+    md = markdown_table([task])
+    assert '| det | seed1 |' in md and 'never leave 1/3' in md
+    assert '2 of 5 SN layers never leave 1/3' in md
+    png, table = tmp_path / 'seeds.png', tmp_path / 'seeds.json'
+    run_compare(['det=' + ','.join(paths)], None, str(png), str(table), quiet=True)
+    assert png.read_bytes()[:4] == b'\x89PNG' and png.stat().st_size > 10000
+    data = json.loads(table.read_text())
+    assert data['never_left_third']['det'] == stuck
+    assert {r['stage']: r['leans'] for r in data['rows']}['layer1'] == layer1
+    assert all(r['seeds'] == 3 for r in data['rows'])
+
+
+def test_agreed_leaning_rule():
+    from sn_mm.analysis.seed_spread import agreed_leaning
+    t = 1 / 3
+    assert agreed_leaning([[0.5, 0.3, 0.2]] * 3) == 'IN'
+    assert agreed_leaning([[0.5, 0.3, 0.2], [0.2, 0.3, 0.5]]) == 'seeds disagree'
+    assert agreed_leaning([[0.5, 0.3, 0.2], [t + 0.04, t, t - 0.04]]) == 'undecided'
+    # every seed undecided, even with different largest shares: undecided, not disagree
+    assert agreed_leaning([[t + 0.01, t, t - 0.01], [t, t - 0.01, t + 0.01]]) == 'undecided'
+    assert agreed_leaning([[0.2, 0.4, 0.4]], tol=0.05) == 'LN'  # ties go to the first
+    with pytest.raises(ValueError, match='at least one seed'):
+        agreed_leaning([])
+
+
+def test_parse_sources_forms_and_errors(tmp_path, det_ckpt):
+    from sn_mm.analysis.compare import parse_sources
+    assert parse_sources([det_ckpt]) == [('iter_10', det_ckpt)]  # the old, one-file form
+    assert parse_sources([det_ckpt, det_ckpt], ['a', 'b']) == [('a', det_ckpt), ('b', det_ckpt)]
+    assert parse_sources([f'x={det_ckpt}', f'y={det_ckpt},{det_ckpt}']) == [
+        ('x', det_ckpt), ('y', det_ckpt), ('y', det_ckpt)]
+    with pytest.raises(ValueError, match='all be LABEL=FILE'):
+        parse_sources([f'x={det_ckpt}', det_ckpt])
+    with pytest.raises(ValueError, match='cannot be used with LABEL=FILES'):
+        parse_sources([f'x={det_ckpt}'], ['x'])
+    for bad in (f'={det_ckpt}', f'x={det_ckpt},'):
+        with pytest.raises(ValueError, match='expected LABEL=FILE'):
+            parse_sources([bad])
+    with pytest.raises(ValueError, match='got 1 labels for 2 sources'):
+        parse_sources([det_ckpt, det_ckpt], ['a'])
+
+
+def test_cli_compare_over_seeds(tmp_path):
+    """``tools/analyze_sn.py --compare det=a,b,c`` as a user runs it."""
+    paths = _three_seeds(tmp_path, (2, 0, 2))
+    md = tmp_path / 'out.md'
+    out = run_tool('analyze_sn.py', '--compare', 'det=' + ','.join(paths), '--plot',
+                   str(tmp_path / 'f.png'), '--out', str(md))
+    assert 'layer1 seeds disagree' in out and 'stem IN' in out
+    assert '| det | 3 | ' in md.read_text()
+    err = run_tool('analyze_sn.py', '--compare', 'det=' + paths[0], '--labels', 'x',
+                   expect_rc=1)
+    assert 'cannot be used with LABEL=FILES' in err

@@ -6,6 +6,12 @@ them side by side:
 
 - an SN checkpoint (``.pth``, any layout :func:`sn_mm.analysis.ratios_from_checkpoint`
   reads) is one task;
+- several checkpoints under one label (``LABEL=a.pth,b.pth,c.pth`` on the command line,
+  :func:`parse_sources`; or the same label given for each) are one task over seeds: its
+  ``layers`` are the mean over the runs, its ``runs`` every seed's layers; the figure
+  shows every seed, the table every seed's shares per stage, and a stage "leans to" a
+  normalizer only where every seed agrees (:func:`group_leanings`, by the one rule of
+  the seed comparisons, :func:`sn_mm.analysis.seed_spread.agreed_leaning`);
 - a digits-study ``results.json`` (``tools/study.py``) gives one task per per-device
   batch size of its SN baseline (default: the smallest and the largest), each layer's
   shares averaged over the seeds. The baseline is the SN setting with the most runs (the
@@ -19,6 +25,9 @@ Conventions:
   the layers before the first residual stage are ``stem`` (mmdet's ``sn1``, mmseg's deep
   ``stem.{1,4,7}``, the study's ``sn1``), and every layer outside the backbone (FPN, RPN/RoI
   heads, decode and auxiliary heads) is ``heads``.
+- A group (stage, or all layers) "leans to" a normalizer by
+  :func:`sn_mm.analysis.seed_spread.agreed_leaning` on its 'both' shares: the largest
+  share above 1/3 + :data:`UNDECIDED`, on every seed.
 - The per-layer comparison uses backbone layer names without ``backbone.``; a layer shows
   up for the tasks that have it (the study's ResNet has only ``layer1``-``layer2``).
 - The paper's learned shares averaged over layers (ResNet-50, ImageNet, (GPUs,
@@ -37,6 +46,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .layers import depth_order, stage_of
 from .ratios import BRANCHES, LayerRatios, average_shares, ratios_from_checkpoint
+from .seed_spread import UNDECIDED_TOL, agreed_leaning
 
 STAGES = ('stem', 'layer1', 'layer2', 'layer3', 'layer4', 'heads')
 KINDS = ('mean', 'var', 'both')
@@ -281,14 +291,57 @@ def layer_shares(task: Task) -> Dict[str, LayerRatios]:
     return {backbone_name(l): l for l in task.layers if backbone_name(l) is not None}
 
 
-UNDECIDED = 0.05  # a group "chose" a normalizer when its largest share exceeds 1/3 by this
+UNDECIDED = UNDECIDED_TOL  # a group "chose" a branch when its largest share exceeds 1/3 by this
 
 
-def _argmax(shares) -> str:
-    """The branch with the largest share, or ``undecided`` when none exceeds 1/3 by
-    :data:`UNDECIDED` (the shares start at 1/3)."""
-    k = max(range(3), key=lambda i: shares[i])
-    return BRANCHES[k] if shares[k] >= 1 / 3 + UNDECIDED else 'undecided'
+def seed_runs(task: Task) -> Tuple[Tuple[LayerRatios, ...], ...]:
+    """The task's runs (one per seed); a single-checkpoint task is one run."""
+    return task.runs or (task.layers,)
+
+
+def run_names(task: Task) -> List[str]:
+    """A name per run: the ``seed<k>`` folder of its checkpoint when the paths have one,
+    else ``run 1``, ``run 2``, ..."""
+    paths = task.source.split(' + ') if task.runs else [task.source]
+    names = [os.path.basename(os.path.dirname(p)) for p in paths]
+    if len(names) == len(seed_runs(task)) and all(re.fullmatch(r'seed\d+', n) for n in names) \
+            and len(set(names)) == len(names):
+        return names
+    return [f'run {i + 1}' for i in range(len(seed_runs(task)))]
+
+
+def group_leanings(task: Task) -> 'OrderedDict[str, dict]':
+    """Per stage of the task (and ``all``: every layer): ``{'mean': shares 'both' of the
+    mean over runs, 'per_seed': [shares 'both' per run], 'leans': branch | 'undecided' |
+    'seeds disagree'}``, the leaning by :func:`sn_mm.analysis.seed_spread.agreed_leaning`
+    (the rule of the seed comparisons: the largest share on every seed, above 1/3 + tol on
+    every seed)."""
+    runs = [Task(task.label, r, task.source) for r in seed_runs(task)]
+    groups = [('all', average_shares(task.layers),
+               [average_shares(r.layers)['both'] for r in runs])]
+    per_run = [stage_shares(r) for r in runs]
+    groups += [(stage, sh, [p[stage]['both'] for p in per_run])
+               for stage, sh in stage_shares(task).items()]
+    return OrderedDict((g, dict(mean=sh['both'], per_seed=seeds,
+                                leans=agreed_leaning(seeds, UNDECIDED_TOL)))
+                       for g, sh, seeds in groups)
+
+
+def never_left_third(task: Task) -> List[str]:
+    """Names of the task's layers whose mean and variance shares all stay within
+    :data:`UNDECIDED` of 1/3 on every run (:func:`sn_mm.apis.compare.undecided_layers`)."""
+    from sn_mm.apis.compare import undecided_layers
+    return undecided_layers([[dict(name=l.name, mean=list(l.mean), var=list(l.var))
+                              for l in run] for run in seed_runs(task)], UNDECIDED)
+
+
+def _sign_claim(values: Sequence[float], yes: str, no: str) -> str:
+    """``yes`` when every run's value is > 0, ``no`` when none is, else 'seeds disagree'."""
+    if all(v > 0 for v in values):
+        return yes
+    if not any(v > 0 for v in values):
+        return no
+    return 'seeds disagree'
 
 
 def findings(tasks: Sequence[Task]) -> List[str]:
@@ -303,33 +356,35 @@ def findings(tasks: Sequence[Task]) -> List[str]:
                    f'{values[hi] - values[lo]:.2f}.')
     for t in tasks:
         avg = overall[t.label]
-        runs = [Task(t.label, r, t.source) for r in t.runs]
-        parts = []
-        for stage, shares in stage_shares(t).items():
-            choice = _argmax(shares['both'])
-            if runs and {_argmax(stage_shares(r)[stage]['both']) for r in runs} != {choice}:
-                choice = 'seeds disagree'
-            parts.append(f'{stage} {choice}')
-        choice = _argmax(avg['both'])
-        if runs and {_argmax(average_shares(r.layers)['both']) for r in runs} != {choice}:
-            choice = 'seeds disagree'
-        seeds = f' ({len(runs)} seeds; a choice is named only where every seed makes it)' \
-            if runs else ''
-        out.append(f'{t.label}: largest share overall {choice} '
+        runs = [Task(t.label, r, t.source) for r in seed_runs(t)]
+        lean = group_leanings(t)
+        parts = [f'{stage} {v["leans"]}' for stage, v in lean.items() if stage != 'all']
+        seeds = f' ({len(runs)} seeds; a leaning is named only where every seed leans so)' \
+            if t.runs else ''
+        out.append(f'{t.label}: largest share overall {lean["all"]["leans"]} '
                    f'({"/".join(f"{v:.2f}" for v in avg["both"])} IN/LN/BN){seeds}; per stage: '
                    + ', '.join(parts) + '.')
+        drops = [average_shares(r.layers) for r in runs]
+        drops = [a['mean'][2] - a['var'][2] for a in drops]
         drop_bn = avg['mean'][2] - avg['var'][2]
+        per = f'; per seed {", ".join(f"{d:+.2f}" for d in drops)}' if t.runs else ''
         out.append(f'{t.label}: BN share of the means {avg["mean"][2]:.2f}, of the variances '
                    f'{avg["var"][2]:.2f} (the variance share is '
-                   f'{"lower" if drop_bn > 0 else "not lower"}: {drop_bn:+.2f}).')
-        layers = [l for l in t.layers if canonical_stage(l) != 'heads']
-        if len(layers) >= 4:
-            ln = [(l.mean[1] + l.var[1]) / 2 for l in layers]
-            ends = (ln[0] + ln[-1]) / 2
-            middle = math.fsum(ln[1:-1]) / (len(ln) - 2)
+                   f'{_sign_claim(drops, "lower", "not lower")}: {drop_bn:+.2f}{per}).')
+        ends_middle = [_ln_ends_middle(r) for r in runs]
+        if all(e is not None for e in ends_middle):
+            ends, middle = _ln_ends_middle(t)
+            diffs = [e - m for e, m in ends_middle]
+            per = f'; per seed {", ".join(f"{d:+.2f}" for d in diffs)}' if t.runs else ''
             out.append(f'{t.label}: LN share of the first and last backbone layers '
-                       f'{ends:.2f} vs {middle:.2f} in between '
-                       f'({"leaning to LN" if ends > middle else "not leaning to LN"}).')
+                       f'{ends:.2f} vs {middle:.2f} in between ('
+                       + _sign_claim(diffs, 'leaning to LN', 'not leaning to LN') + f'{per}).')
+        stuck = never_left_third(t)
+        n_stages = {canonical_stage(l) for l in t.layers if l.name in stuck}
+        out.append(f'{t.label}: {len(stuck)} of {len(t.layers)} SN layers never leave 1/3 '
+                   f'(every share within {UNDECIDED} of 1/3{" on every seed" if t.runs else ""})'
+                   + (f', in {", ".join(s for s in STAGES if s in n_stages)}' if stuck else '')
+                   + '.')
     study = [t for t in tasks if re.search(r' b=(\d+)$', t.label)]
     if len(study) >= 2:
         by_batch = sorted(study, key=lambda t: int(re.search(r' b=(\d+)$', t.label).group(1)))
@@ -339,6 +394,16 @@ def findings(tasks: Sequence[Task]) -> List[str]:
             f'{v:.2f} ({t.label.split()[-1]})' for v, t in zip(bn, by_batch))
             + f': the smaller per-device batch gives {trend} BN.')
     return out
+
+
+def _ln_ends_middle(task: Task) -> Optional[Tuple[float, float]]:
+    """LN share ('both') of the first and last backbone layers, and of those in between;
+    None with fewer than 4 backbone layers."""
+    layers = [l for l in task.layers if canonical_stage(l) != 'heads']
+    if len(layers) < 4:
+        return None
+    ln = [(l.mean[1] + l.var[1]) / 2 for l in layers]
+    return (ln[0] + ln[-1]) / 2, math.fsum(ln[1:-1]) / (len(ln) - 2)
 
 
 # -------------------------------------------------------------------------- table
@@ -356,7 +421,9 @@ def markdown_table(tasks: Sequence[Task]) -> str:
     for t in tasks:
         avg = average_shares(t.layers)
         lines.append(f'| {t.label} | {len(t.layers)} | {_fmt(avg["both"])} | '
-                     f'{_fmt(avg["mean"])} | {_fmt(avg["var"])} | `{t.source}` |')
+                     f'{_fmt(avg["mean"])} | {_fmt(avg["var"])} | '
+                     + (f'{len(t.runs)} seeds (sources below)' if t.runs else f'`{t.source}`')
+                     + ' |')
     for label, shares in PAPER_SHARES.items():
         lines.append(f'| paper: {label} | 53 | {_fmt(shares)} | | | arXiv 1811.07727 |')
     lines += ['', '## Per stage (both)', '',
@@ -365,13 +432,56 @@ def markdown_table(tasks: Sequence[Task]) -> str:
         per = stage_shares(t)
         lines.append(f'| {t.label} | ' + ' | '.join(
             _fmt(per[s]['both']) if s in per else '' for s in STAGES) + ' |')
+    lines += ['', '## Leaning per stage (both)', '',
+              f'A seed leans to the normalizer with its largest share when that share is above '
+              f'1/3 + {UNDECIDED}. A task leans only where every seed leans the same way; '
+              '"undecided" where some seed leans to nothing, "seeds disagree" where two seeds '
+              'lean to different normalizers (`sn_mm.analysis.seed_spread.agreed_leaning`, '
+              'the rule of the seed comparisons). In brackets: each seed\'s own leaning.', '',
+              '| task | seeds | all layers | ' + ' | '.join(STAGES) + ' |',
+              '|---' * (len(STAGES) + 3) + '|']
+    for t in tasks:
+        lean = group_leanings(t)
+        lines.append(f'| {t.label} | {len(seed_runs(t))} | ' + ' | '.join(
+            _lean_cell(lean[g]) if g in lean else '' for g in ('all',) + STAGES) + ' |')
+    multi = [t for t in tasks if t.runs]
+    if multi:
+        lines += ['', '## Per stage and seed (both)', '',
+                  '| task | seed | all layers | ' + ' | '.join(STAGES) + ' |',
+                  '|---' * (len(STAGES) + 3) + '|']
+        for t in multi:
+            lean = group_leanings(t)
+            for i, name in enumerate(run_names(t)):
+                lines.append(f'| {t.label} | {name} | ' + ' | '.join(
+                    _fmt(lean[g]['per_seed'][i]) if g in lean else ''
+                    for g in ('all',) + STAGES) + ' |')
+        lines += ['', 'Sources: ' + '; '.join(
+            f'{t.label}: ' + ', '.join(f'{n} `{p}`' for n, p in
+                                       zip(run_names(t), t.source.split(' + ')))
+            for t in multi) + '.']
+    lines += ['', f'## Layers that never leave 1/3', '',
+              f'Every mean and variance share within {UNDECIDED} of 1/3 (on every seed).', '']
+    for t in tasks:
+        stuck = never_left_third(t)
+        lines.append(f'- {t.label}: {len(stuck)} of {len(t.layers)}'
+                     + (': ' + ', '.join(f'`{n}`' for n in stuck) if stuck else '') + '.')
     lines += ['', '## Computed from these numbers', '']
     lines += [f'- {line}' for line in findings(tasks)]
     return '\n'.join(lines) + '\n'
 
 
+def _lean_cell(group: dict) -> str:
+    if len(group['per_seed']) == 1:
+        return group['leans']
+    each = [agreed_leaning([v], UNDECIDED) for v in group['per_seed']]
+    if len(set(each)) == 1:
+        return f'{group["leans"]} (all {len(each)} seeds)'
+    return f'{group["leans"]} ({", ".join(each)})'
+
+
 def table_rows(tasks: Sequence[Task]) -> List[dict]:
-    """One row per task and stage (plus ``all``): task, stage, layers, kind_branch shares."""
+    """One row per task and stage (plus ``all``): task, stage, layers, seeds, the leaning
+    (:func:`group_leanings`), kind_branch shares (mean over the seeds)."""
     out = []
     for t in tasks:
         groups = [('all', average_shares(t.layers), len(t.layers))]
@@ -379,8 +489,10 @@ def table_rows(tasks: Sequence[Task]) -> List[dict]:
         for layer in t.layers:
             counts[canonical_stage(layer)] = counts.get(canonical_stage(layer), 0) + 1
         groups += [(s, sh, counts[s]) for s, sh in stage_shares(t).items()]
+        lean = group_leanings(t)
         for stage, shares, n in groups:
-            row = OrderedDict(task=t.label, stage=stage, layers=n)
+            row = OrderedDict(task=t.label, stage=stage, layers=n, seeds=len(seed_runs(t)),
+                              leans=lean[stage]['leans'])
             for kind in KINDS:
                 for b, v in zip(BRANCHES, shares[kind]):
                     row[f'{kind}_{b}'] = round(v, 4)
@@ -409,6 +521,9 @@ def write_compare_table(tasks: Sequence[Task], path: str) -> str:
             json.dump(dict(branches=list(BRANCHES), rows=table_rows(tasks),
                            paper={k: list(v) for k, v in PAPER_SHARES.items()},
                            findings=findings(tasks),
+                           per_seed={t.label: {g: v['per_seed'] for g, v in
+                                               group_leanings(t).items()} for t in tasks},
+                           never_left_third={t.label: never_left_third(t) for t in tasks},
                            sources={t.label: t.source for t in tasks}), f, indent=1)
     return path
 
@@ -551,18 +666,47 @@ def compare(sources: Optional[Sequence[Tuple[str, str]]] = None, plot: Optional[
     return tasks, markdown_table(tasks)
 
 
-def run_compare(paths: Sequence[str] = (), labels: Optional[Sequence[str]] = None,
-                plot: Optional[str] = None, table: Optional[str] = None, title: str = '',
-                quiet: bool = False, out_dir: str = 'work_dirs/sn_compare') -> List[Task]:
-    """``tools/analyze_sn.py --compare``: sources ``paths`` (default: the demo outputs),
-    figure and table (default ``{out_dir}/cross_task.png`` and ``.md``), markdown printed."""
+def parse_sources(paths: Sequence[str],
+                  labels: Optional[Sequence[str]] = None) -> List[Tuple[str, str]]:
+    """``[(label, path)]`` from the command line's sources.
+
+    Two forms, not mixed: ``LABEL=A.pth,B.pth,C.pth`` (one task over the seeds A, B, C; a
+    lone ``LABEL=A.pth`` is a one-checkpoint task), or plain files with ``labels`` (one
+    label per file; a label repeated for several checkpoints makes them one task; default
+    label: the file name). An argument that is an existing file is always a file, even with
+    ``=`` in its name.
+    """
+    grouped = [p for p in paths if '=' in p and not os.path.isfile(p)]
+    if grouped and len(grouped) != len(paths):
+        plain = [p for p in paths if p not in grouped]
+        raise ValueError(f'sources must all be LABEL=FILE[,FILE...] or all plain files; got '
+                         f'{grouped} and {plain}')
+    if grouped:
+        if labels:
+            raise ValueError(f'--labels {list(labels)} cannot be used with LABEL=FILES '
+                             f'sources {grouped}: the label is before the "="')
+        out = []
+        for item in grouped:
+            label, _, files = item.partition('=')
+            files = [f for f in files.split(',')]
+            if not label or not all(files):
+                raise ValueError(f'expected LABEL=FILE[,FILE...], got {item!r}')
+            out += [(label, f) for f in files]
+        return out
     if labels and len(labels) != len(paths):
         raise ValueError(f'got {len(labels)} labels for {len(paths)} sources; expected one '
                          'per source')
-    sources = None
-    if paths:
-        names = labels or [os.path.splitext(os.path.basename(p))[0] for p in paths]
-        sources = list(zip(names, paths))
+    names = labels or [os.path.splitext(os.path.basename(p))[0] for p in paths]
+    return list(zip(names, paths))
+
+
+def run_compare(paths: Sequence[str] = (), labels: Optional[Sequence[str]] = None,
+                plot: Optional[str] = None, table: Optional[str] = None, title: str = '',
+                quiet: bool = False, out_dir: str = 'work_dirs/sn_compare') -> List[Task]:
+    """``tools/analyze_sn.py --compare``: sources ``paths`` (:func:`parse_sources`; default:
+    the demo outputs), figure and table (default ``{out_dir}/cross_task.png`` and ``.md``),
+    markdown printed."""
+    sources = parse_sources(paths, labels) if paths else None
     plot = plot or os.path.join(out_dir, 'cross_task.png')
     table = table or os.path.join(out_dir, 'cross_task.md')
     tasks, text = compare(sources, plot, table, title)

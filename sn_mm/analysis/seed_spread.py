@@ -7,7 +7,10 @@ order of :data:`sn_mm.analysis.BRANCHES`), one list per seed, the same layers in
 - :func:`part_leanings`: per part (``backbone``, ``neck + heads``), the share of every
   branch averaged over the part's layers and over mean and variance shares, per seed; the
   part "leans to" a branch only when that branch is the largest on every seed and more
-  than ``tol`` above 1/3 on every seed, else ``'seeds disagree'`` or ``'undecided'``.
+  than ``tol`` above 1/3 on every seed, else ``'seeds disagree'`` (two seeds lean to
+  different branches) or ``'undecided'``
+  (:func:`agreed_leaning`, the one rule; the cross-task comparison
+  :mod:`sn_mm.analysis.compare` uses it per stage).
 - :func:`plot_seed_shares`: per row (a column), per branch a panel: that branch's share
   per layer, the mean over seeds as a line and one mark per seed (mean shares filled,
   variance shares hollow).
@@ -44,15 +47,31 @@ def part_leanings(runs: Sequence[Sequence[dict]], tol: float = UNDECIDED_TOL) ->
     out = {}
     for part in per_seed[0]:
         shares = [p[part] for p in per_seed if part in p]
-        third = 1 / len(shares[0])
-        tops = {max(range(len(s)), key=s.__getitem__) for s in shares}
-        if len(tops) > 1:
-            leans = 'seeds disagree'
-        else:
-            (k,) = tops
-            leans = BRANCHES[k] if all(s[k] > third + tol for s in shares) else 'undecided'
-        out[part] = dict(per_seed=[[round(v, 4) for v in s] for s in shares], leans=leans)
+        out[part] = dict(per_seed=[[round(v, 4) for v in s] for s in shares],
+                         leans=agreed_leaning(shares, tol))
     return out
+
+
+def agreed_leaning(per_seed: Sequence[Sequence[float]], tol: float = UNDECIDED_TOL) -> str:
+    """The rule for "a group leans to a branch", over seeds: ``per_seed`` holds one share
+    vector (in :data:`BRANCHES` order) per seed, K branches.
+
+    A seed leans to its largest share's branch when that share is above ``1/K + tol``, else
+    it is undecided. The group leans to branch ``k`` only when every seed leans to ``k``;
+    it is ``'seeds disagree'`` when two seeds lean to different branches, and
+    ``'undecided'`` otherwise (no seed leans, or some seeds lean to ``k`` and the others
+    to nothing). One seed is the same rule over one run.
+    """
+    if not per_seed:
+        raise ValueError('agreed_leaning needs the shares of at least one seed')
+    third = 1 / len(per_seed[0])
+    leans = set()
+    for s in per_seed:
+        k = max(range(len(s)), key=s.__getitem__)
+        leans.add(BRANCHES[k] if s[k] > third + tol else 'undecided')
+    if len(leans) == 1:
+        return leans.pop()
+    return 'seeds disagree' if len(leans - {'undecided'}) > 1 else 'undecided'
 
 
 def plot_seed_shares(rows: Sequence[Tuple[str, Sequence[Sequence[dict]]]], path: str,
