@@ -5,6 +5,7 @@
                                [--plot fig.png|.pdf] [--title TEXT] [--quiet]
                                [--branches IN,LN,BN,GN]
     python tools/analyze_sn.py --compare [CKPT|results.json ...] [--labels ...] [--out t.md]
+    python tools/analyze_sn.py --compare LABEL=CKPT[,CKPT...] ... [--out t.md]  # seeds
     python tools/analyze_sn.py --trajectories WORK_DIR [--layers] [--groups G ...] [--plot f.png]
     python tools/analyze_sn.py --en-ratios CONFIG CKPT [--max-batches N] [--out summary.json]
 
@@ -21,6 +22,9 @@ writes (``sn_mm.checkpoint.safe_load``).
 
 ``--compare``: the cross-task figure and table (``sn_mm.analysis.compare``), by default
 from the detection demo, the two segmentation demos and the digits study outputs.
+``LABEL=a.pth,b.pth,c.pth`` (or one ``--labels`` value repeated for several files) makes
+the checkpoints one task over seeds: mean shares, every seed shown, and a leaning named
+only where every seed makes it.
 ``--trajectories``: share curves over training from a run's ``vis_data/scalars.json``
 (``SNRatioHook``; ``sn_mm.analysis.trajectories``).
 ``--en-ratios``: the distribution of Exemplar Normalization's per-sample ratios over the

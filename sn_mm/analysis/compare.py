@@ -604,8 +604,13 @@ def plot_compare(tasks: Sequence[Task], path: str, title: str = '') -> str:
             ax.set_ylabel('share')
             ax.legend(loc='upper left', bbox_to_anchor=(0, -0.28), ncol=3, fontsize=8,
                       frameon=False)
-    key = '   '.join(f'{i + 1}: {t.label}' for i, t in enumerate(tasks))
+    key = '   '.join(f'{i + 1}: {t.label}' + (f' ({len(t.runs)} seeds)' if t.runs else '')
+                       for i, t in enumerate(tasks))
     fig.text(0.5, 0.655, key, ha='center', fontsize=9)
+    if any(t.runs for t in tasks):
+        fig.text(0.99, 0.632, 'over seeds: bar = mean, black line = range of the IN and IN+LN '
+                 'boundaries; per-layer panels: faint marks = single seeds', ha='right',
+                 fontsize=8)
     # per layer of the shared backbone
     xs = {n: i for i, n in enumerate(names)}
     for k, branch in enumerate(BRANCHES):
