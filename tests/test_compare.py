@@ -374,3 +374,23 @@ def test_cli_compare_over_seeds(tmp_path):
     err = run_tool('analyze_sn.py', '--compare', 'det=' + paths[0], '--labels', 'x',
                    expect_rc=1)
     assert 'cannot be used with LABEL=FILES' in err
+
+
+@pytest.mark.parametrize('bn_b2, bn_b8, claim', [
+    ((0.1, 0.2), (0.5, 0.7), 'the smaller per-device batch gives less BN'),
+    ((0.1, 0.6), (0.5, 0.7), 'the seeds of the two batch sizes overlap, no claim'),
+    ((0.8, 0.9), (0.5, 0.7), 'the smaller per-device batch gives not less BN')])
+def test_study_seeds_are_runs_and_the_batch_trend_needs_every_seed(tmp_path, bn_b2, bn_b8,
+                                                                     claim):
+    runs = [_study_run(2, s, v) for s, v in enumerate(bn_b2)] + [
+        _study_run(8, s, v) for s, v in enumerate(bn_b8)]
+    path = tmp_path / 'results.json'
+    path.write_text(json.dumps(dict(settings='tiny', runs=runs, summary={})))
+    b2, b8 = study_tasks(str(path))
+    assert len(b2.runs) == 2 and len(b8.runs) == 2
+    assert average_shares(b2.runs[1])['mean'][2] == pytest.approx(bn_b2[1])
+    (line,) = [l for l in findings([b2, b8]) if l.startswith('digits: BN share')]
+    assert line.endswith(f': {claim}.')
+    assert '(per seed ' in line
+    md = markdown_table([b2, b8])
+    assert f'digits b=2: 2 runs of `{path}`' in md and '| digits b=2 | run 2 |' in md

@@ -14,8 +14,10 @@ them side by side:
   the seed comparisons, :func:`sn_mm.analysis.seed_spread.agreed_leaning`);
 - a digits-study ``results.json`` (``tools/study.py``) gives one task per per-device
   batch size of its SN baseline (default: the smallest and the largest), each layer's
-  shares averaged over the seeds. The baseline is the SN setting with the most runs (the
-  accuracy sweep; the one-factor variants have fewer).
+  shares averaged over the seeds, every seed one of the task's runs (so the same
+  agreement rules apply; the batch trend is claimed only when the two batch sizes' seed
+  ranges of the BN share do not overlap). The baseline is the SN setting with the most
+  runs (the accuracy sweep; the one-factor variants have fewer).
 
 Conventions:
 
@@ -166,7 +168,9 @@ def study_tasks(path: str, label: str = 'digits',
         if not chosen:
             raise ValueError(f'{path}: no SN baseline run at batch {batch}; available '
                              f'batch sizes {available}')
-        tasks.append(Task(f'{label} b={batch}', tuple(_mean_layers(chosen, path)), path))
+        runs = tuple(tuple(_mean_layers([r], path)) for r in chosen) if len(chosen) > 1 \
+            else ()
+        tasks.append(Task(f'{label} b={batch}', tuple(_mean_layers(chosen, path)), path, runs))
     return tasks
 
 
@@ -389,10 +393,20 @@ def findings(tasks: Sequence[Task]) -> List[str]:
     if len(study) >= 2:
         by_batch = sorted(study, key=lambda t: int(re.search(r' b=(\d+)$', t.label).group(1)))
         bn = [overall[t.label]['both'][2] for t in by_batch]
-        trend = 'less' if bn[0] < bn[-1] else 'not less'
+        small, large = ([average_shares(r)['both'][2] for r in seed_runs(t)]
+                        for t in (by_batch[0], by_batch[-1]))
+        if max(small) < min(large):
+            trend = 'the smaller per-device batch gives less BN'
+        elif min(small) >= max(large):
+            trend = 'the smaller per-device batch gives not less BN'
+        else:  # the seeds of the two batch sizes overlap: no claim
+            trend = 'the seeds of the two batch sizes overlap, no claim'
+        seeds = (f' (per seed {", ".join(f"{v:.2f}" for v in small)} vs '
+                 f'{", ".join(f"{v:.2f}" for v in large)})' if len(small) + len(large) > 2
+                 else '')
         out.append('digits: BN share ' + ' -> '.join(
             f'{v:.2f} ({t.label.split()[-1]})' for v, t in zip(bn, by_batch))
-            + f': the smaller per-device batch gives {trend} BN.')
+            + f'{seeds}: {trend}.')
     return out
 
 
@@ -456,8 +470,9 @@ def markdown_table(tasks: Sequence[Task]) -> str:
                     _fmt(lean[g]['per_seed'][i]) if g in lean else ''
                     for g in ('all',) + STAGES) + ' |')
         lines += ['', 'Sources: ' + '; '.join(
-            f'{t.label}: ' + ', '.join(f'{n} `{p}`' for n, p in
-                                       zip(run_names(t), t.source.split(' + ')))
+            f'{t.label}: ' + (', '.join(f'{n} `{p}`' for n, p in
+                                        zip(run_names(t), t.source.split(' + ')))
+                              if ' + ' in t.source else f'{len(t.runs)} runs of `{t.source}`')
             for t in multi) + '.']
     lines += ['', f'## Layers that never leave 1/3', '',
               f'Every mean and variance share within {UNDECIDED} of 1/3 (on every seed).', '']
