@@ -1266,6 +1266,24 @@ struct EnBranches {  // mu_k, v_k of sample n at channel c
   }
 };
 
+// 'statistics': mean = sum_k a_k mu_k, rho = (sum_k b_k v_k + eps)^-1/2 at (n, j); with
+// S, T given, also their gradients dmean = -T g rho, dvar = g (S - T mean) (-rho^3 / 2).
+template <typename T>
+struct EnMixed {
+  T mean, rho;
+  EnMixed(const EnBranches<T>& br, const T* ratios, int64_t n, int64_t j, T eps) {
+    T var = 0;
+    mean = 0;
+    for (int64_t kk = 0; kk < br.k; ++kk) {
+      mean += ratios[kk] * br.mu(kk, n, j);
+      var += ratios[br.k + kk] * br.v(kk, n, j);
+    }
+    rho = T(1) / std::sqrt(var + eps);
+  }
+  T dmean(T t, T g) const { return -t * g * rho; }
+  T dvar(T s, T t, T g) const { return g * (s - t * mean) * T(-0.5) * rho * rho * rho; }
+};
+
 void check_en(const Tensor& t, int64_t numel, torch::ScalarType dt, const char* what) {
   TORCH_CHECK(t.numel() == numel && t.scalar_type() == dt && t.is_contiguous() &&
                   t.device().is_cpu(),
@@ -1372,14 +1390,10 @@ std::vector<Tensor> en_step_forward(const Tensor& m, const Tensor& u, const Tens
           sp[i * c + j] = gp[j] * a_sum;
           shp[i * c + j] = betap[j] - gp[j] * b_sum;
         } else {
-          T mean = 0, var = 0;
-          for (int64_t kk = 0; kk < k; ++kk) {
-            mean += li[kk] * br.mu(kk, i, j);
-            var += li[k + kk] * br.v(kk, i, j);
-          }
-          const T s = gp[j] / std::sqrt(var + e);
+          const EnMixed<T> mix(br, li, i, j, e);
+          const T s = gp[j] * mix.rho;
           sp[i * c + j] = s;
-          shp[i * c + j] = betap[j] - mean * s;
+          shp[i * c + j] = betap[j] - mix.mean * s;
         }
       }
     }
@@ -1453,15 +1467,10 @@ std::vector<Tensor> en_step_backward(const Tensor& grad_scale, const Tensor& gra
           }
           dgp[j] += S[ij] * a_sum - Tg[ij] * b_sum;
         } else {
-          T mean = 0, var = 0;
-          for (int64_t kk = 0; kk < k; ++kk) {
-            mean += li[kk] * br.mu(kk, i, j);
-            var += li[k + kk] * br.v(kk, i, j);
-          }
-          const T rho = T(1) / std::sqrt(var + e);
-          const T dmean = -Tg[ij] * gp[j] * rho;
-          const T dvar = gp[j] * (S[ij] - Tg[ij] * mean) * T(-0.5) * rho * rho * rho;
-          dgp[j] += rho * (S[ij] - Tg[ij] * mean);
+          const EnMixed<T> mix(br, li, i, j, e);
+          const T dmean = mix.dmean(Tg[ij], gp[j]);
+          const T dvar = mix.dvar(S[ij], Tg[ij], gp[j]);
+          dgp[j] += mix.rho * (S[ij] - Tg[ij] * mix.mean);
           for (int64_t kk = 0; kk < k; ++kk) {
             dl[kk] += double(dmean * br.mu(kk, i, j));
             dl[k + kk] += double(dvar * br.v(kk, i, j));
@@ -1500,14 +1509,9 @@ std::vector<Tensor> en_step_backward(const Tensor& grad_scale, const Tensor& gra
           da = S[ij] * gp[j];
           dbm = Tg[ij] * gp[j];
         } else {
-          T mean = 0, var = 0;
-          for (int64_t kk = 0; kk < k; ++kk) {
-            mean += li[kk] * br.mu(kk, i, j);
-            var += li[k + kk] * br.v(kk, i, j);
-          }
-          const T rho = T(1) / std::sqrt(var + e);
-          dmean = -Tg[ij] * gp[j] * rho;
-          dvar = gp[j] * (S[ij] - Tg[ij] * mean) * T(-0.5) * rho * rho * rho;
+          const EnMixed<T> mix(br, li, i, j, e);
+          dmean = mix.dmean(Tg[ij], gp[j]);
+          dvar = mix.dvar(S[ij], Tg[ij], gp[j]);
         }
         for (int64_t kk = 0; kk < k; ++kk) {
           const T mu = br.mu(kk, i, j), r = T(1) / std::sqrt(br.v(kk, i, j) + e);
