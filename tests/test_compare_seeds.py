@@ -197,11 +197,13 @@ def test_every_normalizer_has_its_demo_configs():
         seg = seg_rows(model, list(SEG_NORMS), ['cityscapes', 'ade20k'], SEG_DIR)
         assert all(osp.isfile(r.config) for r in seg), [r.config for r in seg]
         assert f'{model}_r18-d8-sw_demo-ade20k.py' in {osp.basename(r.config) for r in seg}
-    for bad in ('en@lr1', 'gn@lr10', 'bn_gn-head@lr1'):
+    assert det_rows(['en@lr1'], DET_DIR)[0].cfg_options == {
+        'optim_wrapper.paramwise_cfg.sn_lr_mult': 1.0}  # EN's ratio network learns the mixture
+    for bad in ('bn@lr1', 'gn@lr10', 'bn_gn-head@lr1'):
         with pytest.raises(ValueError, match=f"row '{bad}': .* has no importance logits"):
             det_rows([bad], DET_DIR)
-    with pytest.raises(ValueError, match="row 'en@lr1'"):
-        seg_rows('deeplabv3', ['en@lr1'], ['cityscapes'], SEG_DIR)
+    with pytest.raises(ValueError, match="row 'syncbn@lr1'"):
+        seg_rows('deeplabv3', ['syncbn@lr1'], ['cityscapes'], SEG_DIR)
 
 
 def test_expected_file_and_the_demo_line(tmp_path):

@@ -173,3 +173,19 @@ def test_the_ratio_holds_through_the_schedule_and_the_step():
         assert group['lr'] == pytest.approx(others[0] * (10.0 if is_logit else 1.0))
     assert delta1.abs().max() > 0
     torch.testing.assert_close(delta10, 10.0 * delta1, rtol=1e-4, atol=1e-9)
+
+
+def test_multiplier_reaches_the_ratio_network_of_en():
+    """EN has no logits: its mixture is its ratio network's output, so sn_lr_mult scales
+    reduce_weight, ratio_weight and ratio_bias, and nothing else of the layer."""
+    from sn_mm.ops.exemplar_norm import ExemplarNorm
+    cfg = Config.fromfile(osp.join(DET_DEMO, 'mask-rcnn_r18_fpn_en-all_coco-demo.py'))
+    model = _build_model(cfg)
+    ratio = {f'{m_name}.{p}' for m_name, m in model.named_modules()
+             if isinstance(m, ExemplarNorm) for p in ('reduce_weight', 'ratio_weight', 'ratio_bias')}
+    assert len(ratio) > 60
+    base_lr = cfg.optim_wrapper.optimizer.lr
+    groups = _groups_by_name(model, _with_paramwise(cfg.optim_wrapper, sn_lr_mult=7.5))
+    for name, (lr, _) in groups.items():
+        assert lr == pytest.approx(base_lr * 7.5 if name in ratio else base_lr), name
+    assert groups['backbone.layer1.0.en1.weight'][0] == base_lr

@@ -3,8 +3,8 @@
 # with every SN layer replaced by EN (per-image importance ratios; sn_mm.ops.exemplar_norm,
 # docs/en.md), as the full-size configs/deeplabv3/*-en_* do.
 # Optimizer (inherited SNOptimWrapperConstructor): no weight decay on any EN parameter (weight,
-# bias and the ratio network; sn_decay_mult=0.0); sn_lr_mult=30 does not apply to EN (it has no
-# logits: its ratio network trains at the base lr).
+# bias and the ratio network; sn_decay_mult=0.0); sn_lr_mult=30 applies to
+# EN's ratio network (reduce_weight, ratio_weight, ratio_bias), as to SN's logits.
 # SNRatioHook (inherited, skip_without_sn=True) logs SN layers only: nothing for this model;
 # `tools/analyze_sn.py --en-ratios CONFIG CKPT` shows the per-image ratios.
 _base_ = './deeplabv3_r18-d8-sn_demo-ade20k.py'

@@ -2,12 +2,12 @@
 :mod:`sn_mm.apis.compare` (``tools/compare_norms_det.py``, ``tools/compare_norms_seg.py``).
 
 To compare another normalizer, add one line to :data:`DET_NORMS` or :data:`SEG_NORMS`
-(and its demo configs). A row name ``<norm>@lr<x>`` trains ``<norm>``'s config with the SN
-importance logits at ``x`` times the learning rate
-(``optim_wrapper.paramwise_cfg.sn_lr_mult``; the demo configs use 30). ``sn_lr_mult``
-scales SW's logits (``sw_mean_weight``/``sw_var_weight``) too; a row whose model has no
-importance logits (:data:`NO_LOGITS`: BN, GN, EN, whose ratio network trains at the base
-rate) would train the same model with ``@lr<x>``, and is an error. Config folders
+(and its demo configs). A row name ``<norm>@lr<x>`` trains ``<norm>``'s config with the
+parameters that learn the mixture at ``x`` times the learning rate
+(``optim_wrapper.paramwise_cfg.sn_lr_mult``; the demo configs use 30): SN's importance
+logits, SW's (``sw_mean_weight``/``sw_var_weight``), EN's ratio network. A row whose
+model learns no mixture (:data:`NO_LOGITS`: BN, GN) would train the same model with
+``@lr<x>``, and is an error. Config folders
 are arguments: the package does not know where a source checkout is.
 """
 import re
@@ -37,8 +37,8 @@ SEG_NORMS = {'syncbn': 'SyncBN (= BN on one process)', 'gn': 'GN (16 groups)', '
 SEG_TITLES = {'cityscapes': 'Cityscapes-layout demo', 'ade20k': 'ADE20K-layout demo'}
 #: the sn_lr_mult of the demo configs
 DEMO_SN_LR_MULT = 30.0
-#: rows whose models have no importance logits for ``sn_lr_mult`` to scale
-NO_LOGITS = frozenset({'bn', 'syncbn', 'gn', 'bn_gn-head', 'en'})
+#: rows whose models learn no mixture, so ``sn_lr_mult`` has nothing to scale
+NO_LOGITS = frozenset({'bn', 'syncbn', 'gn', 'bn_gn-head'})
 #: the row every other row is compared to
 REFERENCE = 'sn'
 
@@ -52,7 +52,7 @@ def parse_row_name(name: str, norms) -> Tuple[str, Optional[float]]:
     if match.group(2) is not None and match.group(1) in NO_LOGITS:
         raise ValueError(f'row {name!r}: {match.group(1)!r} has no importance logits, so '
                          f'sn_lr_mult changes nothing (it scales the logits of SN, SSN and '
-                         f'SW); use {match.group(1)!r}')
+                         f'SW and the ratio network of EN); use {match.group(1)!r}')
     return match.group(1), None if match.group(2) is None else float(match.group(2))
 
 

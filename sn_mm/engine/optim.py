@@ -9,11 +9,13 @@ silently keep the full weight decay. ``SNOptimWrapperConstructor`` adds two
 - ``sn_decay_mult`` (float >= 0): weight decay of every SN/SyncSN parameter is
   ``weight_decay * sn_decay_mult``. If absent, ``norm_decay_mult`` (when given) is
   used for SN layers too; if both are absent SN parameters keep the base decay.
-  Exemplar Normalization layers (EN/SyncEN) get it on every parameter too (``weight``,
-  ``bias`` and the ratio network); ``sn_lr_mult`` does not apply to them.
-- ``sn_lr_mult`` (float >= 0): learning rate of the SN importance logits
-  (``mean_weight`` and ``var_weight`` of every SN/SyncSN layer; not its ``weight``/``bias``,
-  nothing else) is ``lr * sn_lr_mult``. Absent or 1.0: the logits train at the base
+  Switchable Whitening (SW/SyncSW) and Exemplar Normalization (EN/SyncEN) layers get it
+  on every parameter too.
+- ``sn_lr_mult`` (float >= 0): learning rate of the parameters that learn the mixture is
+  ``lr * sn_lr_mult``: SN/SyncSN's importance logits ``mean_weight``/``var_weight``, SW's
+  ``sw_mean_weight``/``sw_var_weight``, and EN's ratio network (``reduce_weight``,
+  ``ratio_weight``, ``ratio_bias``: EN has no logits, its mixture is that network's output);
+  not ``weight``/``bias``, nothing else. Absent or 1.0: the logits train at the base
   rate, the paper's setting. mmengine's parameter schedulers scale every group from its
   own initial rate, so the ratio holds through warm-up and decay (up to an absolute
   floor such as ``PolyLR``'s ``eta_min``). 0 freezes the shares at their initial value.
@@ -47,7 +49,9 @@ from ..ops import SwitchableNorm, SwitchableWhitening
 from ..ops.exemplar_norm import ExemplarNorm
 
 SN_KEYS = ('sn_decay_mult', 'sn_lr_mult')
-LOGIT_NAMES = ('mean_weight', 'var_weight', 'sw_mean_weight', 'sw_var_weight')
+#: the parameters that learn the mixture (SN, SW, EN's ratio network), what sn_lr_mult scales
+LOGIT_NAMES = ('mean_weight', 'var_weight', 'sw_mean_weight', 'sw_var_weight',
+               'reduce_weight', 'ratio_weight', 'ratio_bias')
 # Switchable Whitening (SW/SyncSW) layers take the same multipliers as SN layers
 SN_LAYER_TYPES = (SwitchableNorm, SwitchableWhitening, ExemplarNorm)
 
