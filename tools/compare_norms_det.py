@@ -1,6 +1,6 @@
 """Compare normalizers in Mask R-CNN on the built-in demo data, over seeds.
 
-    python tools/compare_norms_det.py [--rows sn gn bn ssn sn@lr1 sn@lr10] [--seeds 0 1 2]
+    python tools/compare_norms_det.py [--rows sn gn bn ssn sn@lr1 sn@lr10 sw en] [--seeds 0 1 2]
                                       [--iters N] [--threads 1] [--data-root data/coco_demo]
                                       [--work-dir work_dirs/compare_norms_det]
                                       [--write-expected docs/demo_expected.json]
@@ -32,7 +32,7 @@ from sn_mm.apis.norm_tables import det_rows  # noqa: E402
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(REPO, 'configs', 'mask_rcnn_demo')
-DEFAULT_ROWS = ['sn', 'gn', 'bn', 'ssn', 'sn@lr1', 'sn@lr10']
+DEFAULT_ROWS = ['sn', 'gn', 'bn', 'ssn', 'sn@lr1', 'sn@lr10', 'sw', 'en']
 
 
 def parse_args(argv=None):

@@ -1,7 +1,7 @@
 """Compare normalizers in DeepLab on both built-in segmentation demos, over seeds.
 
     python tools/compare_norms_seg.py [--model {deeplabv3,deeplabv3plus}]
-                                      [--rows sn syncbn gn ssn sn@lr1] [--seeds 0 1 2]
+                                      [--rows sn syncbn gn ssn sn@lr1 sn@lr10 sw en] [--seeds 0 1 2]
                                       [--layouts cityscapes ade20k] [--iters N] [--threads 1]
                                       [--data-root data/seg_demo]
                                       [--work-dir work_dirs/compare_norms_seg]
@@ -31,7 +31,7 @@ from sn_mm.apis.seg_demo import HEADLINE, LAYOUTS, MODELS, data_options
 
 REPO = osp.dirname(osp.dirname(osp.abspath(__file__)))
 CONFIG_DIR = osp.join(REPO, 'configs', 'seg_demo')
-DEFAULT_ROWS = ['sn', 'syncbn', 'gn', 'ssn', 'sn@lr1']
+DEFAULT_ROWS = ['sn', 'syncbn', 'gn', 'ssn', 'sn@lr1', 'sn@lr10', 'sw', 'en']
 
 
 def parse_args(argv=None):
