@@ -281,7 +281,8 @@ def leanings_text(summary: Sequence[dict]) -> List[str]:
         parts = '; '.join(f'{part}: {v["leans"]} (per seed IN/LN/BN '
                           + ', '.join('/'.join(f'{x:.2f}' for x in s) for s in v['per_seed'])
                           + ')' for part, v in e['leanings'].items())
-        lines.append(f'- {e["label"]}: {parts}; {len(e["undecided_layers"])} of '
+        where = f'{e["group"]}, ' if e.get('group') else ''
+        lines.append(f'- {where}{e["label"]}: {parts}; {len(e["undecided_layers"])} of '
                      f'{e["sn_layers"]} SN layers within {UNDECIDED_TOL} of 1/3 on every seed.')
     return lines
 
