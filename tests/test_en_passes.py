@@ -110,7 +110,7 @@ def test_bf16_1x1_maps_close_to_float64(layout):
 def test_compiled_step_equals_torch_step(mixture, bn_kind, n, c, span):
     """The C++ (N, C) step and its backward equal the torch-ops step in float64."""
     from sn_mm.ops import exemplar_step as step
-    if step._EXT is None:
+    if step.EXTENSION is None:
         pytest.skip('needs the compiled extension')
     g = torch.Generator().manual_seed(n * 100 + c)
     rnd = lambda *s: torch.randn(*s, generator=g, dtype=torch.float64)  # noqa: E731

@@ -174,23 +174,12 @@ def use_fused_path(x: Tensor) -> bool:
                      or torch.jit.is_tracing()))
 
 
-def _local_batch_moments(layer) -> bool:
-    """False for SyncEN in a distributed training run (its BN moments need collectives)."""
-    return not (isinstance(layer, SyncExemplarNorm) and layer.using_bn and layer.training
-                and sync_world_size(layer.process_group) > 1)
-
-
 def _cpu_passes(x: Tensor):
     """SN's compiled CPU passes (``sn_mm._ext``: ``channel_moments``, ``channel_affine``,
     ``channel_grad_sums``, ``channel_input_grad``) for a non-empty CPU ``x``, else None."""
     if x.device.type != 'cpu' or x.numel() == 0:
         return None
-    return _EXTENSION
-
-
-def _extension_with_passes():
-    from .functional import extension
-    return extension if hasattr(extension, 'channel_moments') else None
+    return exemplar_step.EXTENSION
 
 
 class _FusedExemplarNorm(torch.autograd.Function):
@@ -234,20 +223,20 @@ class _FusedExemplarNorm(torch.autograd.Function):
             var_in = (sq - mean.reshape(sq.shape).square()).clamp_min_(0.0)
             mean_in = mean.reshape(n, c)
         f = length / (length - 1) if (layer.in_variance == 'unbiased' and length > 1) else 1.0
-        if n > 0 and _local_batch_moments(layer):  # the step with its hand-written backward
+        step = graph = None
+        if n > 0 and not layer._syncs_bn():  # the step with its hand-written backward
             u = var_in * f
             bn = layer._bn_moments(x, mean_in, u)  # tracks the running statistics
-            scale, shift, saved = exemplar_step.step_forward(
+            scale, shift, step = exemplar_step.step_forward(
                 mean_in, u, bn, layer.using_bn and layer.training, *params, layer.eps,
                 layer._span, layer.mixture)
-            small = saved
         else:  # SyncEN's union-batch moments (collectives in its autograd) or N = 0
             with torch.enable_grad():
                 leaf_mean = mean_in.detach().requires_grad_()
                 leaf_u = (var_in * f).detach().requires_grad_()
                 leaves = [p.detach().requires_grad_() for p in params]
                 scale, shift = layer._small_step(x, leaf_mean, leaf_u, *leaves)
-            small = (leaf_mean, leaf_u, leaves, scale, shift)
+            graph = (leaf_mean, leaf_u, leaves, scale, shift)
         view = (n, c) + (1,) * len(dims)
         sc = scale.detach()
         if passes is not None:
@@ -258,7 +247,7 @@ class _FusedExemplarNorm(torch.autograd.Function):
             torch.addcmul((shift.detach() + sc * mean_in).to(y.dtype).view(view), y,
                           sc.to(y.dtype).view(view), out=y)  # in place: y = scale d + shift'
         ctx.save_for_backward(x)
-        ctx.small = small
+        ctx.step, ctx.graph = step, graph
         ctx.param_dtypes = tuple(p.dtype for p in params)
         ctx.coeffs = (mean_in.detach(), scale.detach(), f, length)
         return y
@@ -279,10 +268,10 @@ class _FusedExemplarNorm(torch.autograd.Function):
             buf = torch.mul(g, x)
             s_sum = buf.sum(dims, dtype=scale.dtype)
             t_sum = g.sum(dims, dtype=scale.dtype)
-        if isinstance(ctx.small, (exemplar_step.Saved, exemplar_step.CompiledSaved)):
-            d_mean, d_u, param_grads = exemplar_step.step_backward(s_sum, t_sum, ctx.small)
+        if ctx.step is not None:
+            d_mean, d_u, param_grads = exemplar_step.step_backward(s_sum, t_sum, ctx.step)
         else:
-            leaf_mean, leaf_u, leaves, scale_g, shift_g = ctx.small
+            leaf_mean, leaf_u, leaves, scale_g, shift_g = ctx.graph
             grads = torch.autograd.grad((scale_g, shift_g), [leaf_mean, leaf_u] + leaves,
                                         (s_sum, t_sum), allow_unused=True,
                                         retain_graph=True)  # (N, C)-sized; backward may rerun
@@ -301,9 +290,6 @@ class _FusedExemplarNorm(torch.autograd.Function):
                                   for d, dt in zip(param_grads, ctx.param_dtypes))
 
 
-
-
-_EXTENSION = _extension_with_passes()
 
 
 class ExemplarNorm(BNRunningStats):
@@ -444,6 +430,10 @@ class ExemplarNorm(BNRunningStats):
                       else tuple(t[0] for t in _pooled(mean_in, u, 0)))
             return self.ratios(branch_moments(mean_in, u, bn))
 
+    def _syncs_bn(self) -> bool:
+        """True when the BN moments need collectives (SyncEN training in a distributed run)."""
+        return False
+
     def _bn_moments(self, x: Tensor, mean_in: Tensor, u: Tensor
                     ) -> Optional[Tuple[Tensor, Tensor]]:
         """The BN branch's ``(mu, v)`` (C,), updating the running statistics in training."""
@@ -483,9 +473,12 @@ class SyncExemplarNorm(SyncLayer, ExemplarNorm):
     (:class:`~sn_mm.ops.layer_base.SyncLayer`).
     """
 
+    def _syncs_bn(self) -> bool:
+        return (self.using_bn and self.training
+                and sync_world_size(self.process_group) > 1)
+
     def _bn_moments(self, x, mean_in, u):
-        if (not self.using_bn or not self.training
-                or sync_world_size(self.process_group) == 1):
+        if not self._syncs_bn():
             return super()._bn_moments(x, mean_in, u)
         length = math.prod(x.shape[2:])
         mu, v, total = _UnionBatchMoments.apply(mean_in, u, self.process_group, length,

@@ -73,7 +73,8 @@ def _extension():
     return extension if hasattr(extension, 'en_step_forward') else None
 
 
-_EXT = _extension()
+#: the compiled extension when it has EN's step (and with it SN's channel passes), else None
+EXTENSION = _extension()
 
 
 def step_forward(mean_in: Tensor, u: Tensor, bn: Optional[Tuple[Tensor, Tensor]],
@@ -88,7 +89,7 @@ def step_forward(mean_in: Tensor, u: Tensor, bn: Optional[Tuple[Tensor, Tensor]]
     """
     if mixture not in ('outputs', 'statistics'):
         raise ValueError(f"mixture must be 'outputs' or 'statistics', got {mixture!r}")
-    if _EXT is None or mean_in.device.type != 'cpu':
+    if EXTENSION is None or mean_in.device.type != 'cpu':
         return torch_step_forward(mean_in, u, bn, batch_bn, weight, bias, reduce_weight,
                                   ratio_weight, ratio_bias, eps, span, mixture)
     dt = mean_in.dtype
@@ -97,7 +98,7 @@ def step_forward(mean_in: Tensor, u: Tensor, bn: Optional[Tuple[Tensor, Tensor]]
              + (weight, bias, reduce_weight, ratio_weight, ratio_bias)]
     m, uu, bm, bv, gamma, beta, w_red, w_ratio, b_ratio = as_dt
     outputs = mixture == 'outputs'
-    scale, shift, z, rel, ratios, mu_ln, v_ln = _EXT.en_step_forward(
+    scale, shift, z, rel, ratios, mu_ln, v_ln = EXTENSION.en_step_forward(
         m, uu, bm, bv, gamma, beta, w_red, w_ratio, b_ratio, eps, span, outputs)
     saved = CompiledSaved((m, uu, bm, bv, gamma, w_red, w_ratio, z, rel, ratios, mu_ln, v_ln),
                           batch_bn and bn is not None, eps, span, outputs)
@@ -171,7 +172,7 @@ def step_backward(grad_scale: Tensor, grad_shift: Tensor, s
         return torch_step_backward(grad_scale, grad_shift, s)
     m, uu, bm, bv, gamma, w_red, w_ratio, z, rel, ratios, mu_ln, v_ln = s.tensors
     dt = m.dtype
-    dm, du, dg, db, dwr, dwt, dbt = _EXT.en_step_backward(
+    dm, du, dg, db, dwr, dwt, dbt = EXTENSION.en_step_backward(
         grad_scale.to(dt).contiguous(), grad_shift.to(dt).contiguous(), m, uu, bm, bv,
         s.batch_bn, gamma, w_red, w_ratio, z, rel, ratios, mu_ln, v_ln, s.eps, s.span,
         s.outputs)
