@@ -50,7 +50,7 @@ try:  # schemas, CPU kernel and autograd of the ops (setup.py builds it; SN_MM_W
 except ImportError:  # pragma: no cover - exercised by installs without the extension
     extension = None
 if extension is not None and not (
-        hasattr(torch.ops.sn_mm, 'switchable_norm')
+        hasattr(torch.ops.sn_mm, 'switchable_norm') and hasattr(extension, 'switchable_norm')
         and 'int[] pool' in str(torch.ops.sn_mm.switchable_norm.default._schema)):
     warnings.warn('sn_mm._ext is a stale build (its sn_mm::switchable_norm has another schema); '
                   'SN runs its torch reference. Rebuild it: make install, or pip install -e .')
@@ -194,6 +194,9 @@ def _register_kernels() -> Optional[torch.library.Library]:
 _LIBRARY = _register_kernels()
 #: The op's overload, resolved once (calling the packet resolves it on every call: ~4 us).
 _OP = torch.ops.sn_mm.switchable_norm.default if extension is not None else None
+#: The same op through the extension's unboxed binding (``_ext.switchable_norm``): one
+#: dispatcher call as ``_OP``, minus torch.ops' boxing of its 14 arguments.
+_CALL = extension.switchable_norm if extension is not None else None
 _warned_reference = False
 
 
@@ -259,7 +262,14 @@ def switchable_norm(x: Tensor, weight: Tensor, bias: Tensor, mean_weights: Tenso
     codes = _CODES.get(pool)
     if codes is None:
         codes = _CODES[pool] = pool_table.codes(pool)
-    y, _, _, bn_mean, bn_var, count = _OP(
+    # The extension's unboxed entry is the same dispatcher call, without torch.ops' argument
+    # parsing (a few us per layer). torch.ops when something overrides __torch_function__,
+    # and for SyncSN's union batch (BN_SYNC: the op calls its collectives; through the
+    # unboxed entry, 2-rank gloo runs aborted at exit now and then, "terminate called
+    # without an active exception", tests/test_sync_sn_checks.py).
+    call = _OP if bn_mode == BN_SYNC or torch._C._has_torch_function(
+        (x, weight, bias, mean_weights, var_weights, running_mean, running_var)) else _CALL
+    y, _, _, bn_mean, bn_var, count = call(
         x, weight, bias, mean_weights, var_weights, running_mean, running_var, codes,
         num_groups, bn_mode, eps, unbiased, group, softmax)
     return y, bn_mean, bn_var, count

@@ -83,6 +83,8 @@ class NormLayer(nn.Module):
     def _without_autocast(x: torch.Tensor, fn, *args):
         """``fn(*args)`` with autocast off on ``x``'s device when it is on (statistics in
         float32 or wider whatever autocast's dtype); else simply ``fn(*args)``."""
+        if not torch._C._is_any_autocast_enabled():  # the common case, in one cheap call
+            return fn(*args)
         device_type = x.device.type
         if torch.amp.is_autocast_available(device_type) and torch.is_autocast_enabled(device_type):
             with torch.autocast(device_type, enabled=False):

@@ -200,11 +200,13 @@ class SwitchableNorm(BNRunningStats):
             running_mean, running_var = self.running_mean, self.running_var
             if mean_bn.dtype != running_mean.dtype:
                 mean_bn = mean_bn.to(running_mean.dtype)
-            var = self._running_variance(var_bn, count[1])
+            # count[1] is read only where it is needed (indexing costs as much as a lerp_)
+            var = var_bn if self.in_variance == 'unbiased' else \
+                self._running_variance(var_bn, count[1])
             if var.dtype != running_var.dtype:
                 var = var.to(running_var.dtype)
-            running_mean.lerp_(mean_bn, self.momentum)
-            running_var.lerp_(var, self.momentum)
+            # both lerp_ (new = old + momentum * (batch - old)) in one call
+            torch._foreach_lerp_((running_mean, running_var), (mean_bn, var), self.momentum)
 
     # ------------------------------------------------------- batch average
     def start_batch_average(self) -> None:

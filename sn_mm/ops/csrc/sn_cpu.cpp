@@ -35,6 +35,11 @@
 namespace {
 
 constexpr int64_t kBlock = 2048;
+// Rows shorter than this (e.g. a (2, 256, 2, 2) input, or FPN levels at batch 1) are
+// reduced kRowGroup rows at a time with one accumulator per row, vectorized across the rows:
+// a within-row vectorized reduction costs a horizontal add per row, which dominates there.
+constexpr int64_t kShortRow = 16;
+constexpr int64_t kRowGroup = 8;
 
 int64_t row_grain(int64_t length) {
   return std::max<int64_t>(1, 32768 / std::max<int64_t>(length, 1));
@@ -105,7 +110,7 @@ inline __attribute__((always_inline)) void row_moments(
   for (int64_t s = 0; s < length; s += kBlock) {
     const int64_t e = std::min(s + kBlock, length);
     opmath part = 0;
-#pragma omp simd reduction(+ : part)
+#pragma omp simd reduction(+ : part) simdlen(8)
     for (int64_t l = s; l < e; ++l) part += Elem<scalar_t>::load(x, l);
     sum += part;
   }
@@ -115,7 +120,7 @@ inline __attribute__((always_inline)) void row_moments(
   for (int64_t s = 0; s < length; s += kBlock) {
     const int64_t e = std::min(s + kBlock, length);
     opmath sq = 0, dv = 0;
-#pragma omp simd reduction(+ : sq, dv)
+#pragma omp simd reduction(+ : sq, dv) simdlen(8)
     for (int64_t l = s; l < e; ++l) {
       const opmath d = Elem<scalar_t>::load(x, l) - m;
       sq += d * d;
@@ -130,9 +135,49 @@ inline __attribute__((always_inline)) void row_moments(
 
 // The row loop lives inside the multi-versioned function, so short rows (RoI-sized
 // 7x7 maps: 49 values) pay one ISA dispatch per chunk of rows, not one per row.
+// kRowGroup short rows (length < kShortRow) at once, each row the arithmetic of row_moments
+// (one block): float partial sums, the mean in double, the corrected second pass.
+template <typename scalar_t>
+inline __attribute__((always_inline)) void short_rows_moments(
+    const scalar_t* __restrict__ x, int64_t length, acc_t<scalar_t>* mean_out,
+    acc_t<scalar_t>* var_out) {
+  using opmath = acc_t<scalar_t>;
+  opmath part[kRowGroup] = {}, sq[kRowGroup] = {}, dv[kRowGroup] = {}, m[kRowGroup];
+  double mean[kRowGroup];
+  for (int64_t l = 0; l < length; ++l) {
+#pragma omp simd
+    for (int64_t j = 0; j < kRowGroup; ++j) part[j] += Elem<scalar_t>::load(x, j * length + l);
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < kRowGroup; ++j) {
+    mean[j] = double(part[j]) / length;
+    m[j] = static_cast<opmath>(mean[j]);
+  }
+  for (int64_t l = 0; l < length; ++l) {
+#pragma omp simd
+    for (int64_t j = 0; j < kRowGroup; ++j) {
+      const opmath d = Elem<scalar_t>::load(x, j * length + l) - m[j];
+      sq[j] += d * d;
+      dv[j] += d;
+    }
+  }
+#pragma omp simd
+  for (int64_t j = 0; j < kRowGroup; ++j) {
+    const double deviation = dv[j], squares = sq[j];
+    mean_out[j] = static_cast<opmath>(mean[j] + deviation / length);
+    var_out[j] = static_cast<opmath>(
+        std::max(0.0, (squares - deviation * deviation / length) / length));
+  }
+}
+
 template <typename scalar_t>
 SN_MULTIVERSION void rows_moments(const scalar_t* __restrict__ x, int64_t begin, int64_t end,
                                   int64_t length, acc_t<scalar_t>* mean, acc_t<scalar_t>* var) {
+  if (length < kShortRow) {
+    for (; begin + kRowGroup <= end; begin += kRowGroup) {
+      short_rows_moments<scalar_t>(x + begin * length, length, mean + begin, var + begin);
+    }
+  }
   for (int64_t r = begin; r < end; ++r) {
     double m, v;
     row_moments<scalar_t>(x + r * length, length, &m, &v);
@@ -208,6 +253,25 @@ SN_MULTIVERSION void rows_grad_sums(const scalar_t* __restrict__ g, const scalar
                                     acc_t<scalar_t>* total, int64_t begin, int64_t end,
                                     int64_t length) {
   using opmath = acc_t<scalar_t>;
+  if (length < kShortRow) {  // kRowGroup rows at once, vectorized across them
+    for (; begin + kRowGroup <= end; begin += kRowGroup) {
+      const scalar_t* gr = g + begin * length;
+      const scalar_t* xr = x + begin * length;
+      opmath dp[kRowGroup] = {}, gp[kRowGroup] = {};
+      for (int64_t l = 0; l < length; ++l) {
+#pragma omp simd
+        for (int64_t j = 0; j < kRowGroup; ++j) {
+          const opmath gv = Elem<scalar_t>::load(gr, j * length + l);
+          dp[j] += gv * (Elem<scalar_t>::load(xr, j * length + l) - mean[begin + j]);
+          gp[j] += gv;
+        }
+      }
+      for (int64_t j = 0; j < kRowGroup; ++j) {
+        dot[begin + j] = dp[j];
+        total[begin + j] = gp[j];
+      }
+    }
+  }
   for (int64_t r = begin; r < end; ++r) {
     const scalar_t* gr = g + r * length;
     const scalar_t* xr = x + r * length;
@@ -216,7 +280,7 @@ SN_MULTIVERSION void rows_grad_sums(const scalar_t* __restrict__ g, const scalar
     for (int64_t s = 0; s < length; s += kBlock) {
       const int64_t e = std::min(s + kBlock, length);
       opmath dp = 0, gp = 0;
-#pragma omp simd reduction(+ : dp, gp)
+#pragma omp simd reduction(+ : dp, gp) simdlen(8)
       for (int64_t l = s; l < e; ++l) {
         const opmath gv = Elem<scalar_t>::load(gr, l);
         dp += gv * (Elem<scalar_t>::load(xr, l) - m);
@@ -305,10 +369,24 @@ torch::Tensor input_grad(const torch::Tensor& g, const torch::Tensor& x, const t
 
 // ------------------------------------------------------------------ channels_last
 // The same four passes over an (N, C, *spatial) input stored channels_last, that is as
-// (N, L, C) memory: reductions over l for each (n, c) run over a tile of kTile channels
+// (N, L, C) memory: reductions over l for each (n, c) run over a tile of channels
 // at a time (vectorized across channels), elementwise passes over (n, l) rows of C. The
 // output keeps the input's memory format, as BatchNorm2d's does; no layout copy is made.
-constexpr int64_t kTile = 64;
+// A tile is the channels [c0, c1) of one sample, reduced over l in blocks of kTileRows rows
+// (float partial sums per block, added in double). The tiles are as wide as the threads
+// allow (all C channels of a sample on one thread), so a sample is read in one sequential
+// sweep; results do not depend on the tiling (each channel's sums are its own).
+constexpr int64_t kTileRows = 32;
+constexpr int64_t kTileAlign = 16;
+
+// Tiles per sample: one per thread beyond the samples (n >= threads: one, all C channels).
+int64_t channel_tiles(int64_t n, int64_t c) {
+  const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
+  const int64_t per_sample = std::max<int64_t>(1, (threads + n - 1) / std::max<int64_t>(n, 1));
+  const int64_t width = std::max<int64_t>(
+      kTileAlign, (c + per_sample - 1) / per_sample / kTileAlign * kTileAlign);
+  return (c + width - 1) / width;
+}
 
 bool is_channels_last(const torch::Tensor& x) {
   if (x.is_contiguous()) return false;
@@ -332,9 +410,14 @@ SN_MULTIVERSION void nlc_tile_moments(const scalar_t* __restrict__ x, int64_t le
                                       acc_t<scalar_t>* mean, acc_t<scalar_t>* var) {
   using opmath = acc_t<scalar_t>;
   const int64_t w = c1 - c0;
-  opmath part[kTile], part2[kTile], shift[kTile];
-  double sum[kTile], sq[kTile];
-  const int64_t rows = std::max<int64_t>(1, kBlock / kTile);
+  std::vector<opmath> buffers(3 * w);
+  std::vector<double> totals(2 * w);
+  opmath* __restrict__ part = buffers.data();
+  opmath* __restrict__ part2 = part + w;
+  opmath* __restrict__ shift = part2 + w;
+  double* sum = totals.data();
+  double* sq = sum + w;
+  const int64_t rows = kTileRows;
   for (int64_t j = 0; j < w; ++j) {
     sum[j] = sq[j] = 0;
     shift[j] = Elem<scalar_t>::load(x + c0, j);
@@ -367,14 +450,14 @@ std::vector<torch::Tensor> nlc_moments(const torch::Tensor& x) {
   const int64_t n = x.size(0), c = x.size(1), length = x.numel() / std::max<int64_t>(n * c, 1);
   auto opts = x.options().dtype(acc_type(x.scalar_type()));
   auto mean = torch::empty({n, c}, opts), var = torch::empty({n, c}, opts);
-  const int64_t tiles = (c + kTile - 1) / kTile;
+  const int64_t tiles = channel_tiles(n, c), width = (c + tiles - 1) / tiles;
   SN_DISPATCH(x.scalar_type(), "nlc_moments", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     auto* mp = mean.data_ptr<acc_t<scalar_t>>();
     auto* vp = var.data_ptr<acc_t<scalar_t>>();
     at::parallel_for(0, n * tiles, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
-        const int64_t i = t / tiles, c0 = (t % tiles) * kTile, c1 = std::min(c0 + kTile, c);
+        const int64_t i = t / tiles, c0 = (t % tiles) * width, c1 = std::min(c0 + width, c);
         nlc_tile_moments<scalar_t>(xp + i * length * c, length, c, c0, c1, mp + i * c,
                                    vp + i * c);
       }
@@ -423,9 +506,14 @@ SN_MULTIVERSION void nlc_tile_grad_sums(const scalar_t* __restrict__ g,
                                         acc_t<scalar_t>* dot, acc_t<scalar_t>* total) {
   using opmath = acc_t<scalar_t>;
   const int64_t w = c1 - c0;
-  opmath pd[kTile], pg[kTile], m[kTile];
-  double sd[kTile], sg[kTile];
-  const int64_t rows = std::max<int64_t>(1, kBlock / kTile);
+  std::vector<opmath> buffers(3 * w);
+  std::vector<double> totals(2 * w);
+  opmath* __restrict__ pd = buffers.data();
+  opmath* __restrict__ pg = pd + w;
+  opmath* __restrict__ m = pg + w;
+  double* sd = totals.data();
+  double* sg = sd + w;
+  const int64_t rows = kTileRows;
   for (int64_t j = 0; j < w; ++j) {
     sd[j] = sg[j] = 0;
     m[j] = mean[c0 + j];
@@ -458,7 +546,7 @@ std::vector<torch::Tensor> nlc_grad_sums(const torch::Tensor& g, const torch::Te
                                          const torch::Tensor& mean) {
   const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
   auto dot = torch::empty({n, c}, mean.options()), total = torch::empty({n, c}, mean.options());
-  const int64_t tiles = (c + kTile - 1) / kTile;
+  const int64_t tiles = channel_tiles(n, c), width = (c + tiles - 1) / tiles;
   SN_DISPATCH(x.scalar_type(), "nlc_grad_sums", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
@@ -467,7 +555,7 @@ std::vector<torch::Tensor> nlc_grad_sums(const torch::Tensor& g, const torch::Te
     auto* tp = total.data_ptr<acc_t<scalar_t>>();
     at::parallel_for(0, n * tiles, 1, [&](int64_t begin, int64_t end) {
       for (int64_t t = begin; t < end; ++t) {
-        const int64_t i = t / tiles, c0 = (t % tiles) * kTile, c1 = std::min(c0 + kTile, c);
+        const int64_t i = t / tiles, c0 = (t % tiles) * width, c1 = std::min(c0 + width, c);
         nlc_tile_grad_sums<scalar_t>(gp + i * length * c, xp + i * length * c, length, c, c0,
                                      c1, mp + i * c, dp + i * c, tp + i * c);
       }
@@ -948,6 +1036,19 @@ double bessel_factor(int64_t length, bool unbiased) {
   return unbiased && length > 1 ? double(length) / double(length - 1) : 1.0;
 }
 
+// f * t for a contiguous float tensor t (t itself when f is 1), without a TensorIterator
+Tensor scaled(const Tensor& t, double f) {
+  if (f == 1.0) return t;
+  auto out = torch::empty_like(t);
+  AT_DISPATCH_FLOATING_TYPES(t.scalar_type(), "scaled", [&] {
+    const scalar_t* in = t.data_ptr<scalar_t>();
+    scalar_t* o = out.data_ptr<scalar_t>();
+    const scalar_t s = static_cast<scalar_t>(f);
+    for (int64_t i = 0; i < t.numel(); ++i) o[i] = in[i] * s;
+  });
+  return out;
+}
+
 int64_t spatial_length(const Tensor& x) {
   int64_t length = 1;
   for (int64_t d = 2; d < x.dim(); ++d) length *= x.size(d);
@@ -978,7 +1079,7 @@ std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> sn_forward_cpu(
     mean_in = moments[0].view({n, c});
     var_in = moments[1].view({n, c});
   }
-  auto u = var_in * bessel_factor(length, unbiased);
+  auto u = scaled(var_in, bessel_factor(length, unbiased));
   auto w = weight.to(acc).contiguous(), b = bias.to(acc).contiguous();
   auto a = mean_weights.to(acc).contiguous(), bb = var_weights.to(acc).contiguous();
   if (softmax) {
@@ -1565,6 +1666,23 @@ int64_t parallel_threads() {
 #endif
 }
 
+// sn_mm::switchable_norm called from Python without boxing: the same dispatcher call (so
+// autograd, every device's kernel and the fake/meta kernels behave as through torch.ops),
+// minus torch.ops' per-call parsing of 14 arguments into IValues and back (several us,
+// SN's fixed cost on small layers). sn_mm/ops/functional.py uses it in eager mode when no
+// argument or mode overrides __torch_function__; otherwise it calls torch.ops.
+std::tuple<Tensor, Tensor, Tensor, Tensor, Tensor, Tensor> switchable_norm_call(
+    const Tensor& x, const Tensor& weight, const Tensor& bias, const Tensor& mean_weights,
+    const Tensor& var_weights, const std::optional<Tensor>& running_mean,
+    const std::optional<Tensor>& running_var, std::vector<int64_t> pool, int64_t num_groups,
+    int64_t bn_mode, double eps, bool unbiased, int64_t group, bool softmax) {
+  static auto op = c10::Dispatcher::singleton()
+                       .findSchemaOrThrow("sn_mm::switchable_norm", "")
+                       .typed<decltype(sn_forward_cpu)>();
+  return op.call(x, weight, bias, mean_weights, var_weights, running_mean, running_var, pool,
+                 num_groups, bn_mode, eps, unbiased, group, softmax);
+}
+
 }  // namespace
 
 TORCH_LIBRARY(sn_mm, m) {
@@ -1589,6 +1707,8 @@ TORCH_LIBRARY_IMPL(sn_mm, Autograd, m) {
 }
 
 PYBIND11_MODULE(TORCH_EXTENSION_NAME, m) {
+  m.def("switchable_norm", &switchable_norm_call,
+        "torch.ops.sn_mm.switchable_norm.default, called without boxing (eager fast path)");
   m.def("parallel_threads", &parallel_threads,
         "threads the kernels' parallel loops use (1 when built without OpenMP)");
   m.def("channel_moments", &channel_moments,
