@@ -110,7 +110,7 @@ inline __attribute__((always_inline)) void row_moments(
   for (int64_t s = 0; s < length; s += kBlock) {
     const int64_t e = std::min(s + kBlock, length);
     opmath part = 0;
-#pragma omp simd reduction(+ : part) simdlen(8)
+#pragma omp simd reduction(+ : part)
     for (int64_t l = s; l < e; ++l) part += Elem<scalar_t>::load(x, l);
     sum += part;
   }
@@ -120,7 +120,7 @@ inline __attribute__((always_inline)) void row_moments(
   for (int64_t s = 0; s < length; s += kBlock) {
     const int64_t e = std::min(s + kBlock, length);
     opmath sq = 0, dv = 0;
-#pragma omp simd reduction(+ : sq, dv) simdlen(8)
+#pragma omp simd reduction(+ : sq, dv)
     for (int64_t l = s; l < e; ++l) {
       const opmath d = Elem<scalar_t>::load(x, l) - m;
       sq += d * d;
@@ -280,7 +280,7 @@ SN_MULTIVERSION void rows_grad_sums(const scalar_t* __restrict__ g, const scalar
     for (int64_t s = 0; s < length; s += kBlock) {
       const int64_t e = std::min(s + kBlock, length);
       opmath dp = 0, gp = 0;
-#pragma omp simd reduction(+ : dp, gp) simdlen(8)
+#pragma omp simd reduction(+ : dp, gp)
       for (int64_t l = s; l < e; ++l) {
         const opmath gv = Elem<scalar_t>::load(gr, l);
         dp += gv * (Elem<scalar_t>::load(xr, l) - m);
