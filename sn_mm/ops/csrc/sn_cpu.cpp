@@ -10,6 +10,9 @@
 //                      cache, partial sums in blocks, blocks added in double, with the
 //                      exact correction for the rounding of the first-pass mean m:
 //                      mean = m + sum(x - m)/L, var = (sum (x-m)^2 - (sum(x-m))^2/L)/L.
+//                      bfloat16/float16 rows take one pass shifted by the mean of their
+//                      first values where that shift is close to the row's mean
+//                      (row_moments_shifted), else the two passes.
 //   affine:            y = scale[r] * x + shift[r], written in x's dtype.
 //   grad_sums:         (sum_l g (x - mean[r]), sum_l g) per row in one pass.
 //   input_grad:        grad_x = a[r] g + k[r] x + c[r], written in x's dtype.
@@ -133,6 +136,43 @@ inline __attribute__((always_inline)) void row_moments(
   *var_out = std::max(0.0, (squares - deviation * deviation / length) / length);
 }
 
+// One pass for bfloat16/float16 rows: sums of d = x - s and d^2 with the shift s = the
+// mean of the row's first kShiftSample values, var = (sum d^2 - (sum d)^2 / L) / L. The
+// cancellation costs a factor 1 + (mean - s)^2 / var on float32 rounding; it is accepted
+// only where that factor is at most 1.25 (s within half a standard deviation of the mean,
+// e.g. ~1.01 for 64 values of one distribution). Otherwise (the row's head unlike the
+// rest) the caller runs the exact two passes of row_moments. Converts each value of a
+// reduced-precision row, which dominates its cost, once instead of twice.
+constexpr int64_t kShiftSample = 64;
+constexpr int64_t kShiftBlock = 256;  // float partial sums, added in double
+template <typename scalar_t>
+inline __attribute__((always_inline)) bool row_moments_shifted(
+    const scalar_t* __restrict__ x, int64_t length, double* mean_out, double* var_out) {
+  const int64_t head = std::min<int64_t>(length, kShiftSample);
+  float shift = 0;
+  for (int64_t l = 0; l < head; ++l) shift += Elem<scalar_t>::load(x, l);
+  shift /= head;
+  double deviation = 0, squares = 0;
+  for (int64_t s = 0; s < length; s += kShiftBlock) {
+    const int64_t e = std::min(s + kShiftBlock, length);
+    float dv = 0, sq = 0;
+#pragma omp simd reduction(+ : dv, sq)
+    for (int64_t l = s; l < e; ++l) {
+      const float d = Elem<scalar_t>::load(x, l) - shift;
+      dv += d;
+      sq += d * d;
+    }
+    deviation += dv;
+    squares += sq;
+  }
+  const double offset = deviation / length;
+  const double var = (squares - deviation * offset) / length;
+  if (!(offset * offset <= 0.25 * var)) return false;  // also NaN: the two passes decide
+  *mean_out = double(shift) + offset;
+  *var_out = std::max(0.0, var);
+  return true;
+}
+
 // The row loop lives inside the multi-versioned function, so short rows (RoI-sized
 // 7x7 maps: 49 values) pay one ISA dispatch per chunk of rows, not one per row.
 // kRowGroup short rows (length < kShortRow) at once, each row the arithmetic of row_moments
@@ -178,9 +218,12 @@ SN_MULTIVERSION void rows_moments(const scalar_t* __restrict__ x, int64_t begin,
       short_rows_moments<scalar_t>(x + begin * length, length, mean + begin, var + begin);
     }
   }
+  constexpr bool reduced = sizeof(scalar_t) == 2;  // bfloat16, float16
   for (int64_t r = begin; r < end; ++r) {
     double m, v;
-    row_moments<scalar_t>(x + r * length, length, &m, &v);
+    if (!reduced || !row_moments_shifted<scalar_t>(x + r * length, length, &m, &v)) {
+      row_moments<scalar_t>(x + r * length, length, &m, &v);
+    }
     mean[r] = static_cast<acc_t<scalar_t>>(m);
     var[r] = static_cast<acc_t<scalar_t>>(v);
   }
