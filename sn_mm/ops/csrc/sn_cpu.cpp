@@ -418,18 +418,50 @@ torch::Tensor input_grad(const torch::Tensor& g, const torch::Tensor& x, const t
 // A tile is the channels [c0, c1) of one sample, reduced over l in blocks of kTileRows rows
 // (float partial sums per block, added in double). The tiles are as wide as the threads
 // allow (all C channels of a sample on one thread), so a sample is read in one sequential
-// sweep; results do not depend on the tiling (each channel's sums are its own).
+// sweep. Each channel's sums are its own; the tiling (hence the thread count) can move only
+// their last bit, where vector and remainder lanes contract a * b + c differently.
 constexpr int64_t kTileRows = 32;
 constexpr int64_t kTileAlign = 16;
 
-// Tiles per sample: one per thread beyond the samples (n >= threads: one, all C channels).
-int64_t channel_tiles(int64_t n, int64_t c) {
+// fn(i, c0, c1) for every tile of channels [c0, c1) of every sample i, in parallel. Tiles per
+// sample: one per thread beyond the samples (n >= threads: one tile of all C channels).
+template <typename Fn>
+void for_each_channel_tile(int64_t n, int64_t c, const Fn& fn) {
   const int64_t threads = std::max<int64_t>(1, at::get_num_threads());
   const int64_t per_sample = std::max<int64_t>(1, (threads + n - 1) / std::max<int64_t>(n, 1));
-  const int64_t width = std::max<int64_t>(
+  const int64_t aligned = std::max<int64_t>(
       kTileAlign, (c + per_sample - 1) / per_sample / kTileAlign * kTileAlign);
-  return (c + width - 1) / width;
+  const int64_t tiles = (c + aligned - 1) / aligned, width = (c + tiles - 1) / tiles;
+  at::parallel_for(0, n * tiles, 1, [&](int64_t begin, int64_t end) {
+    for (int64_t t = begin; t < end; ++t) {
+      const int64_t c0 = (t % tiles) * width;
+      fn(t / tiles, c0, std::min(c0 + width, c));
+    }
+  });
 }
+
+// A tile's two per-channel sums u, v: float partial sums over a block of kTileRows rows
+// (zeroed by start_block, added into the double totals su, sv by end_block), plus a third
+// per-channel array `extra` for the caller (a shift, a mean).
+template <typename opmath>
+struct TileSums {
+  explicit TileSums(int64_t w) : w(w), parts(3 * w), totals(2 * w, 0.0) {}
+  opmath* u() { return parts.data(); }
+  opmath* v() { return parts.data() + w; }
+  opmath* extra() { return parts.data() + 2 * w; }
+  const double* su() const { return totals.data(); }
+  const double* sv() const { return totals.data() + w; }
+  void start_block() { std::fill(parts.begin(), parts.begin() + 2 * w, opmath(0)); }
+  void end_block() {
+    for (int64_t j = 0; j < w; ++j) {
+      totals[j] += parts[j];
+      totals[w + j] += parts[w + j];
+    }
+  }
+  int64_t w;
+  std::vector<opmath> parts;
+  std::vector<double> totals;
+};
 
 bool is_channels_last(const torch::Tensor& x) {
   if (x.is_contiguous()) return false;
@@ -453,21 +485,14 @@ SN_MULTIVERSION void nlc_tile_moments(const scalar_t* __restrict__ x, int64_t le
                                       acc_t<scalar_t>* mean, acc_t<scalar_t>* var) {
   using opmath = acc_t<scalar_t>;
   const int64_t w = c1 - c0;
-  std::vector<opmath> buffers(3 * w);
-  std::vector<double> totals(2 * w);
-  opmath* __restrict__ part = buffers.data();
-  opmath* __restrict__ part2 = part + w;
-  opmath* __restrict__ shift = part2 + w;
-  double* sum = totals.data();
-  double* sq = sum + w;
-  const int64_t rows = kTileRows;
-  for (int64_t j = 0; j < w; ++j) {
-    sum[j] = sq[j] = 0;
-    shift[j] = Elem<scalar_t>::load(x + c0, j);
-  }
-  for (int64_t s = 0; s < length; s += rows) {
-    const int64_t e = std::min(s + rows, length);
-    for (int64_t j = 0; j < w; ++j) part[j] = part2[j] = 0;
+  TileSums<opmath> sums(w);
+  opmath* __restrict__ part = sums.u();
+  opmath* __restrict__ part2 = sums.v();
+  opmath* __restrict__ shift = sums.extra();
+  for (int64_t j = 0; j < w; ++j) shift[j] = Elem<scalar_t>::load(x + c0, j);
+  for (int64_t s = 0; s < length; s += kTileRows) {
+    const int64_t e = std::min(s + kTileRows, length);
+    sums.start_block();
     for (int64_t l = s; l < e; ++l) {
       const scalar_t* xr = x + l * c + c0;
 #pragma omp simd
@@ -477,11 +502,10 @@ SN_MULTIVERSION void nlc_tile_moments(const scalar_t* __restrict__ x, int64_t le
         part2[j] += d * d;
       }
     }
-    for (int64_t j = 0; j < w; ++j) {
-      sum[j] += part[j];
-      sq[j] += part2[j];
-    }
+    sums.end_block();
   }
+  const double* sum = sums.su();
+  const double* sq = sums.sv();
   for (int64_t j = 0; j < w; ++j) {
     mean[c0 + j] = static_cast<opmath>(double(shift[j]) + sum[j] / length);
     var[c0 + j] = static_cast<opmath>(
@@ -493,17 +517,12 @@ std::vector<torch::Tensor> nlc_moments(const torch::Tensor& x) {
   const int64_t n = x.size(0), c = x.size(1), length = x.numel() / std::max<int64_t>(n * c, 1);
   auto opts = x.options().dtype(acc_type(x.scalar_type()));
   auto mean = torch::empty({n, c}, opts), var = torch::empty({n, c}, opts);
-  const int64_t tiles = channel_tiles(n, c), width = (c + tiles - 1) / tiles;
   SN_DISPATCH(x.scalar_type(), "nlc_moments", [&] {
     const scalar_t* xp = x.data_ptr<scalar_t>();
     auto* mp = mean.data_ptr<acc_t<scalar_t>>();
     auto* vp = var.data_ptr<acc_t<scalar_t>>();
-    at::parallel_for(0, n * tiles, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t i = t / tiles, c0 = (t % tiles) * width, c1 = std::min(c0 + width, c);
-        nlc_tile_moments<scalar_t>(xp + i * length * c, length, c, c0, c1, mp + i * c,
-                                   vp + i * c);
-      }
+    for_each_channel_tile(n, c, [&](int64_t i, int64_t c0, int64_t c1) {
+      nlc_tile_moments<scalar_t>(xp + i * length * c, length, c, c0, c1, mp + i * c, vp + i * c);
     });
   });
   return {mean, var};
@@ -549,21 +568,14 @@ SN_MULTIVERSION void nlc_tile_grad_sums(const scalar_t* __restrict__ g,
                                         acc_t<scalar_t>* dot, acc_t<scalar_t>* total) {
   using opmath = acc_t<scalar_t>;
   const int64_t w = c1 - c0;
-  std::vector<opmath> buffers(3 * w);
-  std::vector<double> totals(2 * w);
-  opmath* __restrict__ pd = buffers.data();
-  opmath* __restrict__ pg = pd + w;
-  opmath* __restrict__ m = pg + w;
-  double* sd = totals.data();
-  double* sg = sd + w;
-  const int64_t rows = kTileRows;
-  for (int64_t j = 0; j < w; ++j) {
-    sd[j] = sg[j] = 0;
-    m[j] = mean[c0 + j];
-  }
-  for (int64_t s = 0; s < length; s += rows) {
-    const int64_t e = std::min(s + rows, length);
-    for (int64_t j = 0; j < w; ++j) pd[j] = pg[j] = 0;
+  TileSums<opmath> sums(w);
+  opmath* __restrict__ pd = sums.u();
+  opmath* __restrict__ pg = sums.v();
+  opmath* __restrict__ m = sums.extra();
+  for (int64_t j = 0; j < w; ++j) m[j] = mean[c0 + j];
+  for (int64_t s = 0; s < length; s += kTileRows) {
+    const int64_t e = std::min(s + kTileRows, length);
+    sums.start_block();
     for (int64_t l = s; l < e; ++l) {
       const scalar_t* gr = g + l * c + c0;
       const scalar_t* xr = x + l * c + c0;
@@ -574,14 +586,11 @@ SN_MULTIVERSION void nlc_tile_grad_sums(const scalar_t* __restrict__ g,
         pg[j] += gv;
       }
     }
-    for (int64_t j = 0; j < w; ++j) {
-      sd[j] += pd[j];
-      sg[j] += pg[j];
-    }
+    sums.end_block();
   }
   for (int64_t j = 0; j < w; ++j) {
-    dot[c0 + j] = static_cast<opmath>(sd[j]);
-    total[c0 + j] = static_cast<opmath>(sg[j]);
+    dot[c0 + j] = static_cast<opmath>(sums.su()[j]);
+    total[c0 + j] = static_cast<opmath>(sums.sv()[j]);
   }
 }
 
@@ -589,19 +598,15 @@ std::vector<torch::Tensor> nlc_grad_sums(const torch::Tensor& g, const torch::Te
                                          const torch::Tensor& mean) {
   const int64_t n = x.size(0), c = x.size(1), length = x.numel() / (n * c);
   auto dot = torch::empty({n, c}, mean.options()), total = torch::empty({n, c}, mean.options());
-  const int64_t tiles = channel_tiles(n, c), width = (c + tiles - 1) / tiles;
   SN_DISPATCH(x.scalar_type(), "nlc_grad_sums", [&] {
     const scalar_t* gp = g.data_ptr<scalar_t>();
     const scalar_t* xp = x.data_ptr<scalar_t>();
     const auto* mp = mean.data_ptr<acc_t<scalar_t>>();
     auto* dp = dot.data_ptr<acc_t<scalar_t>>();
     auto* tp = total.data_ptr<acc_t<scalar_t>>();
-    at::parallel_for(0, n * tiles, 1, [&](int64_t begin, int64_t end) {
-      for (int64_t t = begin; t < end; ++t) {
-        const int64_t i = t / tiles, c0 = (t % tiles) * width, c1 = std::min(c0 + width, c);
-        nlc_tile_grad_sums<scalar_t>(gp + i * length * c, xp + i * length * c, length, c, c0,
-                                     c1, mp + i * c, dp + i * c, tp + i * c);
-      }
+    for_each_channel_tile(n, c, [&](int64_t i, int64_t c0, int64_t c1) {
+      nlc_tile_grad_sums<scalar_t>(gp + i * length * c, xp + i * length * c, length, c, c0, c1,
+                                   mp + i * c, dp + i * c, tp + i * c);
     });
   });
   return {dot, total};
