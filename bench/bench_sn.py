@@ -470,6 +470,8 @@ def main():
                         help='skip the torch.compile section (minutes of compilation on CPU)')
     parser.add_argument('--compile-only', action='store_true',
                         help='run the torch.compile section alone')
+    parser.add_argument('--low-precision-only', action='store_true',
+                        help='run the autocast section (ResNet-50 shapes) alone')
     parser.add_argument('--kernels', default='aten', choices=['aten', 'triton'],
                         help='triton: add the SN-triton variant (the fused Triton kernels; CUDA)')
     parser.add_argument('--memory-format', default='contiguous',
@@ -501,6 +503,10 @@ def main():
         print_compiled(max(5, args.rounds // 3), args.quick)
         return
     shapes = QUICK_SHAPES if args.quick else SHAPES
+    if args.low_precision_only:
+        print('## Low precision: autocast (the input arrives in the low-precision dtype)')
+        print_low_precision(shapes, args.rounds)
+        return
     print('## ResNet-50 shapes at detection batch sizes (the targets), float32')
     ratios = print_table(shapes, args.rounds, True)
     print()
