@@ -259,6 +259,30 @@ def test_double_backward_raises_a_clear_error():
         grad.sum().backward()
 
 
+@pytest.mark.parametrize('dtype', [torch.bfloat16, torch.float16])
+def test_compiled_sn_low_precision_input_matches_eager(dtype):
+    """Compiled SN on a low-precision input: float32 statistics, gradients in the input's dtype."""
+    torch._dynamo.reset()
+    gen = torch.Generator().manual_seed(0)
+    eager = SwitchableNorm(6).train()
+    compiled_layer = copy.deepcopy(eager)
+    compiled = torch.compile(compiled_layer, fullgraph=True)
+    x = torch.randn(3, 6, 5, 7, generator=gen).to(dtype)
+    xe, xc = x.clone().requires_grad_(), x.clone().requires_grad_()
+    ye, yc = eager(xe), compiled(xc)
+    assert yc.dtype == dtype
+    assert_close(yc.float(), ye.float(), rtol=0, atol=0.05)
+    g = torch.randn(ye.shape, generator=gen).to(dtype)
+    ye.backward(g)
+    yc.backward(g)
+    assert xc.grad.dtype == dtype
+    assert_close(xc.grad.float(), xe.grad.float(), rtol=0, atol=0.05)
+    for (name, p), q in zip(eager.named_parameters(), compiled_layer.parameters()):
+        assert_close(q.grad, p.grad, rtol=0.02, atol=0.02, msg=name)
+    for (name, b), c in zip(eager.named_buffers(), compiled_layer.buffers()):
+        assert_close(c, b, rtol=0, atol=1e-3, msg=name)
+
+
 def test_empty_batch_under_compile():
     torch._dynamo.reset()
     layer = SwitchableNorm(4).train()
