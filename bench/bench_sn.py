@@ -339,6 +339,11 @@ def print_low_precision(shapes, rounds):
         for n in names))
 
 
+def print_low_precision_section(shapes, rounds):
+    print('## Low precision: autocast (the input arrives in the low-precision dtype)')
+    print_low_precision(shapes, rounds)
+
+
 def print_parts(rounds):
     """SN's fixed per-layer cost on a tiny input: the op, and the torch reference."""
     print('## Parts')
@@ -504,8 +509,7 @@ def main():
         return
     shapes = QUICK_SHAPES if args.quick else SHAPES
     if args.low_precision_only:
-        print('## Low precision: autocast (the input arrives in the low-precision dtype)')
-        print_low_precision(shapes, args.rounds)
+        print_low_precision_section(shapes, args.rounds)
         return
     print('## ResNet-50 shapes at detection batch sizes (the targets), float32')
     ratios = print_table(shapes, args.rounds, True)
@@ -516,8 +520,7 @@ def main():
           'forward+backward adds at its peak (CPU: resident, fresh process per variant and '
           'shape; CUDA: max_memory_allocated).')
     print()
-    print('## Low precision: autocast (the input arrives in the low-precision dtype)')
-    print_low_precision(shapes, args.rounds)
+    print_low_precision_section(shapes, args.rounds)
     print()
     print_parts(args.rounds)
     if DEVICE.type == 'cuda':

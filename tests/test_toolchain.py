@@ -106,11 +106,16 @@ def test_compile_fullgraph_equals_eager_float64(training, in_variance, device):
         assert_close(yc, ye, rtol=0, atol=1e-10)
         ye.square().sum().backward()
         yc.square().sum().backward()
-    for (name, p), q in zip(eager.named_parameters(), compiled_model.parameters()):
+    _assert_grads_and_buffers_close(compiled_model, eager, grad_tol=(0, 1e-10), buffer_atol=1e-10)
+
+
+def _assert_grads_and_buffers_close(compiled, eager, grad_tol, buffer_atol):
+    """Each parameter's gradient (``grad_tol = (rtol, atol)``) and each buffer of the two."""
+    for (name, p), q in zip(eager.named_parameters(), compiled.parameters()):
         assert p.grad is not None, name
-        assert_close(q.grad, p.grad, rtol=0, atol=1e-10, msg=name)
-    for (name, b), c in zip(eager.named_buffers(), compiled_model.buffers()):
-        assert_close(c, b, rtol=0, atol=1e-10, msg=name)
+        assert_close(q.grad, p.grad, rtol=grad_tol[0], atol=grad_tol[1], msg=name)
+    for (name, b), c in zip(eager.named_buffers(), compiled.buffers()):
+        assert_close(c, b, rtol=0, atol=buffer_atol, msg=name)
 
 
 @pytest.mark.parametrize('training', [True, False])
@@ -277,10 +282,7 @@ def test_compiled_sn_low_precision_input_matches_eager(dtype):
     yc.backward(g)
     assert xc.grad.dtype == dtype
     assert_close(xc.grad.float(), xe.grad.float(), rtol=0, atol=0.05)
-    for (name, p), q in zip(eager.named_parameters(), compiled_layer.parameters()):
-        assert_close(q.grad, p.grad, rtol=0.02, atol=0.02, msg=name)
-    for (name, b), c in zip(eager.named_buffers(), compiled_layer.buffers()):
-        assert_close(c, b, rtol=0, atol=1e-3, msg=name)
+    _assert_grads_and_buffers_close(compiled_layer, eager, grad_tol=(0.02, 0.02), buffer_atol=1e-3)
 
 
 def test_empty_batch_under_compile():

@@ -34,12 +34,13 @@
 // masked blend (NaN), where "avx512f" alone took 8 lanes of AVX2 and a pack/permute/blend
 // sequence; v3 adds FMA and F16C to AVX2. The bf16 affine pass at (2, 256, 200, 272), one
 // thread, into written memory: 13.5 ms with the "avx512f" clone, 8-11 ms with x86-64-v4.
-#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__) && \
-    __GNUC__ >= 12
+#if defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#if __GNUC__ >= 12
 #define SN_MULTIVERSION \
   __attribute__((target_clones("arch=x86-64-v4", "arch=x86-64-v3", "default")))
-#elif defined(__GNUC__) && !defined(__clang__) && defined(__x86_64__) && defined(__linux__)
+#else
 #define SN_MULTIVERSION __attribute__((target_clones("avx512f", "avx2", "default")))
+#endif
 #else
 #define SN_MULTIVERSION
 #endif
